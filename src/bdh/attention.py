@@ -1,0 +1,177 @@
+"""BDH-GPU linear attention: RoPE, and one function in three forms.
+
+The attention of a layer (paper eq. 4/5; reference `Attention.forward`) with queries = keys = RoPE(x_sparse)
+and values = the layer input v* (d-dim, shared by all heads):
+
+    out_t = sum_{s<t} gamma^(t-s) <QR_t, QR_s> V_s          (strictly causal, tril(-1), no softmax)
+
+gamma is the per-head damping (1 when off, the reference). The three forms compute this same function:
+
+- `attention_parallel`: the quadratic reference form, T x T scores (the readable reference);
+- `attention_chunked`: linear time, masked C x C products inside a chunk plus an exclusive running state
+  across chunks;
+- `attention_step`: one token, read the state then write the token (the recurrent form).
+
+The running state S (the paper's rho_{t-1,l}, kept in the rotated-key basis) is
+S_t = sum_{s<t} gamma^(t-s) QR_s (x) V_s, shape (B, nh, N, D): the state that token t reads. It is
+accumulated in fp32 (fp64 for fp64 inputs) whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+# ----------------------------------------------------------------------------- RoPE
+def rope_freqs(N: int, theta: float) -> torch.Tensor:
+    """Per-neuron RoPE frequencies in turns per position, (N,) float64.
+
+    Computed exactly as the reference (`get_freqs` in fp32: pairs of neurons share a frequency
+    theta^(-2 floor(i/2) / N) / 2pi), then stored in fp64 so that phase arithmetic never happens in a lower
+    precision.
+    """
+    i = torch.arange(0, N, 1, dtype=torch.float32)
+    q = (i / 2).floor() * 2
+    f32 = 1.0 / (torch.tensor(theta, dtype=torch.float32) ** (q / N)) / (2 * math.pi)
+    return f32.to(torch.float64)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, freqs: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the RoPE angles for integer `positions` (..., T) -> (..., T, N) in `dtype`.
+
+    Phases are formed in fp64 and reduced modulo 1 turn before any cast, so positions stay exact over long
+    streams (fp32 phase arithmetic drifts by ~0.14 rad at position 1M).
+    """
+    phase = positions.to(torch.float64).unsqueeze(-1) * freqs.to(torch.float64)  # (..., T, N) turns
+    phase = torch.frac(phase)
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    angle = phase.to(work) * (2 * math.pi)
+    return torch.cos(angle).to(dtype), torch.sin(angle).to(dtype)
+
+
+def rope(v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate neuron pairs (v[2k], v[2k+1]) by the angle of their frequency (reference `Attention.rope`)."""
+    v_rot = torch.stack((-v[..., 1::2], v[..., ::2]), dim=-1).view(*v.size())
+    return v * cos + v_rot * sin
+
+
+# ----------------------------------------------------------------------------- helpers
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the attention state is accumulated in: fp32, or fp64 for fp64 models."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _decay_powers(log_gamma: torch.Tensor | None, exps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """gamma_h ** exps for every head: (nh, *exps.shape) in `dtype`; None when damping is off."""
+    if log_gamma is None:
+        return None
+    return torch.exp(log_gamma.to(torch.float64).view(-1, *([1] * exps.dim())) * exps.to(torch.float64)).to(dtype)
+
+
+def _causal_mask(T: int, log_gamma: torch.Tensor | None, device, dtype) -> torch.Tensor:
+    """Strictly-lower-triangular (T, T) mask, times gamma^(t-s) per head ((nh, T, T)) with damping."""
+    t = torch.arange(T, device=device)
+    dist = t.view(-1, 1) - t.view(1, -1)  # t - s
+    strict = dist > 0
+    if log_gamma is None:
+        return strict.to(dtype)
+    return _decay_powers(log_gamma, dist.clamp(min=0), dtype) * strict.to(dtype)
+
+
+def _no_autocast(device: torch.device):
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+# ----------------------------------------------------------------------------- three forms
+def attention_parallel(
+    QR: torch.Tensor,
+    V: torch.Tensor,
+    S0: torch.Tensor | None = None,
+    log_gamma: torch.Tensor | None = None,
+    need_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Quadratic form (the reference): out = tril(QR QR^T, -1) V [+ QR S0].
+
+    QR (B, nh, T, N); V (B, 1, T, D); S0 (B, nh, N, D) or None; log_gamma (nh,) or None.
+    Returns out (B, nh, T, D) and the state after the last token (or None when not `need_state`).
+    """
+    B, nh, T, N = QR.shape
+    mask = _causal_mask(T, log_gamma, QR.device, QR.dtype)  # (T, T) or (nh, T, T)
+    scores = (QR @ QR.mT) * mask  # (B, nh, T, T)
+    out = scores @ V  # (B, nh, T, D)
+    if S0 is not None:
+        w = _decay_powers(log_gamma, torch.arange(T, device=QR.device), QR.dtype)  # (nh, T): gamma^t
+        read = QR @ S0.to(QR.dtype)  # (B, nh, T, D)
+        out = out + (read if w is None else read * w.view(1, nh, T, 1))
+    if not need_state:
+        return out, None
+    return out, _advance_state(QR, V, S0, log_gamma)
+
+
+def _advance_state(
+    K: torch.Tensor, V: torch.Tensor, S0: torch.Tensor | None, log_gamma: torch.Tensor | None
+) -> torch.Tensor:
+    """S_T = gamma^T S0 + sum_s gamma^(T-s) K_s (x) V_s, accumulated in fp32/fp64. K (B,nh,T,N), V (B,1,T,D)."""
+    B, nh, T, N = K.shape
+    sd = state_dtype(K.dtype)
+    with _no_autocast(K.device):
+        Kf, Vf = K.to(sd), V.to(sd)
+        w = _decay_powers(log_gamma, T - torch.arange(T, device=K.device), sd)  # (nh, T): gamma^(T-s)
+        if w is not None:
+            Kf = Kf * w.view(1, nh, T, 1)
+        S = Kf.mT @ Vf  # (B, nh, N, D)
+        if S0 is not None:
+            g = _decay_powers(log_gamma, torch.tensor(T, device=K.device), sd)  # (nh,)
+            S = S + (S0 if g is None else S0 * g.view(1, nh, 1, 1))
+    return S
+
+
+def attention_chunked(
+    QR: torch.Tensor,
+    V: torch.Tensor,
+    S0: torch.Tensor | None = None,
+    log_gamma: torch.Tensor | None = None,
+    chunk_size: int = 128,
+    need_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Linear-time form: masked C x C products inside each chunk, running state across chunks.
+
+    Same arguments and result as `attention_parallel`; any T (the last chunk may be shorter).
+    Memory O(T*C + N*D) per head instead of the T x T scores.
+    """
+    B, nh, T, N = QR.shape
+    D = V.shape[-1]
+    sd = state_dtype(QR.dtype)
+    S = S0 if S0 is not None else QR.new_zeros((B, nh, N, D), dtype=sd)
+    outs = []
+    for c0 in range(0, T, chunk_size):
+        c1 = min(c0 + chunk_size, T)
+        q, v = QR[:, :, c0:c1], V[:, :, c0:c1]  # (B, nh, c, N), (B, 1, c, D)
+        inner, _ = attention_parallel(q, v, None, log_gamma, need_state=False)  # inside the chunk
+        w = _decay_powers(log_gamma, torch.arange(c1 - c0, device=QR.device), q.dtype)  # gamma^i
+        read = q @ S.to(q.dtype)  # (B, nh, c, D): the carried state, exclusive of this chunk
+        outs.append(inner + (read if w is None else read * w.view(1, nh, -1, 1)))
+        if c1 < T or need_state:
+            S = _advance_state(q, v, S, log_gamma)
+    return torch.cat(outs, dim=2), (S if need_state else None)
+
+
+def attention_step(
+    qr: torch.Tensor, v: torch.Tensor, S: torch.Tensor, gamma: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recurrent form, one token: read the state, then write the token.
+
+    qr (B, nh, N); v (B, D); S (B, nh, N, D); gamma (nh,) or None.
+    Returns out (B, nh, D) and the new state gamma * (S + qr (x) v) (a new tensor; S is not modified).
+    """
+    out = (qr.unsqueeze(-2).to(S.dtype) @ S).squeeze(-2)  # (B, nh, D): read excludes the current token
+    S_new = torch.baddbmm(
+        S.flatten(0, 1), qr.to(S.dtype).flatten(0, 1).unsqueeze(-1), v.to(S.dtype).repeat_interleave(qr.shape[1], 0).unsqueeze(-2)
+    ).view_as(S)  # S + qr (x) v, (B, nh, N, D)
+    if gamma is not None:
+        S_new.mul_(gamma.to(S.dtype).view(1, -1, 1, 1))
+    return out.to(qr.dtype), S_new
