@@ -93,15 +93,18 @@ def attention_parallel(
     S0: torch.Tensor | None = None,
     log_gamma: torch.Tensor | None = None,
     need_state: bool = True,
+    detach_kv: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Quadratic form (the reference): out = tril(QR QR^T, -1) V [+ QR S0].
 
     QR (B, nh, T, N); V (B, 1, T, D); S0 (B, nh, N, D) or None; log_gamma (nh,) or None.
+    `detach_kv`: no gradient through keys and values (the paper's no-BPTT recipe, §7.2).
     Returns out (B, nh, T, D) and the state after the last token (or None when not `need_state`).
     """
     B, nh, T, N = QR.shape
+    K, V = (QR.detach(), V.detach()) if detach_kv else (QR, V)
     mask = _causal_mask(T, log_gamma, QR.device, QR.dtype)  # (T, T) or (nh, T, T)
-    scores = (QR @ QR.mT) * mask  # (B, nh, T, T)
+    scores = (QR @ K.mT) * mask  # (B, nh, T, T)
     out = scores @ V  # (B, nh, T, D)
     if S0 is not None:
         w = _decay_powers(log_gamma, torch.arange(T, device=QR.device), QR.dtype)  # (nh, T): gamma^t
@@ -109,7 +112,7 @@ def attention_parallel(
         out = out + (read if w is None else read * w.view(1, nh, T, 1))
     if not need_state:
         return out, None
-    return out, _advance_state(QR, V, S0, log_gamma)
+    return out, _advance_state(K, V, S0, log_gamma)
 
 
 def _advance_state(
@@ -137,6 +140,7 @@ def attention_chunked(
     log_gamma: torch.Tensor | None = None,
     chunk_size: int = 128,
     need_state: bool = True,
+    detach_kv: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Linear-time form: masked C x C products inside each chunk, running state across chunks.
 
@@ -151,12 +155,12 @@ def attention_chunked(
     for c0 in range(0, T, chunk_size):
         c1 = min(c0 + chunk_size, T)
         q, v = QR[:, :, c0:c1], V[:, :, c0:c1]  # (B, nh, c, N), (B, 1, c, D)
-        inner, _ = attention_parallel(q, v, None, log_gamma, need_state=False)  # inside the chunk
+        inner, _ = attention_parallel(q, v, None, log_gamma, need_state=False, detach_kv=detach_kv)  # in-chunk
         w = _decay_powers(log_gamma, torch.arange(c1 - c0, device=QR.device), q.dtype)  # gamma^i
         read = q @ S.to(q.dtype)  # (B, nh, c, D): the carried state, exclusive of this chunk
         outs.append(inner + (read if w is None else read * w.view(1, nh, -1, 1)))
         if c1 < T or need_state:
-            S = _advance_state(q, v, S, log_gamma)
+            S = _advance_state(q.detach(), v.detach(), S, log_gamma) if detach_kv else _advance_state(q, v, S, log_gamma)
     return torch.cat(outs, dim=2), (S if need_state else None)
 
 

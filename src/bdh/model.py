@@ -125,11 +125,14 @@ class BDH(nn.Module):
 
     # ------------------------------------------------------------------ the function
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, form: str = "auto"
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, form: str = "auto", detach_kv: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, V) for token ids (B, T) from an empty state, and the mean cross-entropy if `targets`."""
+        """Logits (B, T, V) for token ids (B, T) from an empty state, and the mean cross-entropy if `targets`.
+
+        `detach_kv=True` stops gradients through attention keys and values (no BPTT, paper §7.2).
+        """
         self._check_ids(idx, "idx", 2)
-        logits, _ = self._run(idx, None, self._resolve_form(form, idx.shape[1]), need_state=False)
+        logits, _ = self._run(idx, None, self._resolve_form(form, idx.shape[1]), False, detach_kv)
         loss = None
         if targets is not None:
             if targets.shape != idx.shape:
@@ -138,16 +141,19 @@ class BDH(nn.Module):
         return logits, loss
 
     def prefill(
-        self, idx: torch.Tensor, state: BDHState | None = None, *, form: str = "auto"
+        self, idx: torch.Tensor, state: BDHState | None = None, *, form: str = "auto", detach_kv: bool = False
     ) -> tuple[torch.Tensor, BDHState]:
-        """Run a prompt (B, T), continuing from `state` when given; returns logits (B, T, V) and the new state."""
+        """Run a prompt (B, T), continuing from `state` when given; returns logits (B, T, V) and the new state.
+
+        Differentiable (training with a carried state: detach the returned state between minibatches).
+        """
         self._check_ids(idx, "idx", 2)
         B, T = idx.shape
         if state is None:
             state = self.init_state(B)
         else:
             self._check_state(state, B)
-        return self._run(idx, state, self._resolve_form(form, T), need_state=True)
+        return self._run(idx, state, self._resolve_form(form, T), True, detach_kv)
 
     def step(self, token_ids: torch.Tensor, state: BDHState) -> tuple[torch.Tensor, BDHState]:
         """One token per row, (B,), from `state`: logits (B, V) and the new state. O(1) work per token."""
@@ -173,10 +179,12 @@ class BDH(nn.Module):
         return self.ln(v + self.ln(y))
 
     def _run(
-        self, idx: torch.Tensor, state: BDHState | None, form: str, need_state: bool
+        self, idx: torch.Tensor, state: BDHState | None, form: str, need_state: bool, detach_kv: bool = False
     ) -> tuple[torch.Tensor, BDHState | None]:
         B, T = idx.shape
         if form == "recurrent":
+            if detach_kv:
+                raise ValueError("detach_kv=True is a training option of the parallel and chunked forms")
             if state is None:
                 state = self.init_state(B)
             logits = []
@@ -200,9 +208,9 @@ class BDH(nn.Module):
             QR = rope(x_sparse, cos, sin)
             S0 = None if state is None else state.rho[l]
             if form == "parallel":
-                a, S = attention_parallel(QR, v, S0, self.log_gamma, need_state)
+                a, S = attention_parallel(QR, v, S0, self.log_gamma, need_state, detach_kv)
             else:
-                a, S = attention_chunked(QR, v, S0, self.log_gamma, self.config.chunk_size, need_state)
+                a, S = attention_chunked(QR, v, S0, self.log_gamma, self.config.chunk_size, need_state, detach_kv)
             new_rho.append(S)
             v = self._layer_mlp(v, x_sparse, a)
         logits = v.view(B, T, -1) @ self.lm_head  # (B, T, V)
