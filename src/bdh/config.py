@@ -32,10 +32,8 @@ class BDHConfig:
     # None: off (the reference). "alibi": gamma_h = exp(-m_h) with ALiBi's slopes m_h = 2^(-8(h+1)/n_head).
     # A list of n_head floats in (0, 1]: gamma_h given directly.
     damping: str | list[float] | None = None
-    # Chunk length C of the chunked (linear-time) form.
+    # Chunk length C of the chunked (linear-time) form; form="auto" uses the parallel form up to C tokens.
     chunk_size: int = 128
-    # forward(form="auto") uses the parallel form up to this length and the chunked form above it.
-    auto_parallel_max_len: int = 256
 
     def __post_init__(self) -> None:
         if isinstance(self.damping, tuple):
@@ -79,8 +77,6 @@ class BDHConfig:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise bad(f, "a positive integer")
-        if isinstance(self.auto_parallel_max_len, bool) or not isinstance(self.auto_parallel_max_len, int) or self.auto_parallel_max_len < 0:
-            raise bad("auto_parallel_max_len", "a non-negative integer")
         if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0.0 <= self.dropout < 1.0:
             raise bad("dropout", "a float in [0, 1)")
         if not isinstance(self.rope_theta, (int, float)) or isinstance(self.rope_theta, bool) or not self.rope_theta > 1.0:
