@@ -126,6 +126,13 @@ def load_pretrained(directory: str | os.PathLike, *, device="cpu", dtype: torch.
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{w_path}: truncated or not a safetensors file ({e})") from e
     model = _model_from_tensors(tensors, config, str(w_path))
+    from .tokenization import load_tokenizer
+
+    model.tokenizer = load_tokenizer(directory)  # bytes when the directory holds no tokenizer
+    if model.tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointError(
+            f"{directory}: tokenizer has {model.tokenizer.vocab_size} tokens but the model's vocab_size is {config.vocab_size}"
+        )
     if dtype is not None:
         model = model.to(dtype=dtype)
     return model.to(device=device).eval()

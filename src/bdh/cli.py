@@ -16,11 +16,8 @@ COMMAND_MODULES = ("bdh.cli", "bdh.training.cli")
 
 def _load_model(path: str):
     from .model import BDH
-    from .tokenization import load_tokenizer
 
-    model = BDH.from_pretrained(path)
-    model.tokenizer = load_tokenizer(path)
-    return model
+    return BDH.from_pretrained(path)  # with the tokenizer saved beside it (bytes when none)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -257,7 +257,7 @@ class BDH(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, device="cpu", dtype: torch.dtype | None = None) -> "BDH":
-        """Load a model written by `save_pretrained`."""
+        """Load a model written by `save_pretrained`, in eval mode, with its tokenizer as `model.tokenizer`."""
         from .checkpoint import load_pretrained
 
         return load_pretrained(directory, device=device, dtype=dtype)
