@@ -189,3 +189,13 @@ def test_param_count_matches_formula():
     for kw in [{}, dict(n_head=2, mlp_internal_dim_multiplier=4), dict(vocab_size=1000)]:
         m = BDH(tiny_config(**kw))
         assert m.num_params() == m.config.num_params() == 3 * m.config.n * m.config.D + 2 * m.config.vocab_size * m.config.D
+
+
+def test_inplace_step_equals_functional_step(trained_tiny):
+    with torch.no_grad():
+        _, s = trained_tiny.prefill(torch.tensor([[5, 6, 7], [8, 9, 10]]))
+        a, s_func = trained_tiny.step(torch.tensor([1, 2]), s)
+        own = s.clone()
+        b, s_in = trained_tiny.step(torch.tensor([1, 2]), own, inplace=True)
+    assert s_in is own and torch.equal(a, b) and torch.equal(s_in.pos, s_func.pos)
+    assert all(torch.equal(x, y) for x, y in zip(s_in.rho, s_func.rho))

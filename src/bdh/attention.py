@@ -165,17 +165,22 @@ def attention_chunked(
 
 
 def attention_step(
-    qr: torch.Tensor, v: torch.Tensor, S: torch.Tensor, gamma: torch.Tensor | None = None
+    qr: torch.Tensor, v: torch.Tensor, S: torch.Tensor, gamma: torch.Tensor | None = None, inplace: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Recurrent form, one token: read the state, then write the token.
 
     qr (B, nh, N); v (B, D); S (B, nh, N, D); gamma (nh,) or None.
-    Returns out (B, nh, D) and the new state gamma * (S + qr (x) v) (a new tensor; S is not modified).
+    Returns out (B, nh, D) and the new state gamma * (S + qr (x) v): a new tensor, or S itself updated in
+    place when `inplace` (no allocation; for decode loops that own their state).
     """
     out = (qr.unsqueeze(-2).to(S.dtype) @ S).squeeze(-2)  # (B, nh, D): read excludes the current token
-    S_new = torch.baddbmm(
-        S.flatten(0, 1), qr.to(S.dtype).flatten(0, 1).unsqueeze(-1), v.to(S.dtype).repeat_interleave(qr.shape[1], 0).unsqueeze(-2)
-    ).view_as(S)  # S + qr (x) v, (B, nh, N, D)
+    k = qr.to(S.dtype).flatten(0, 1).unsqueeze(-1)  # (B*nh, N, 1)
+    val = v.to(S.dtype).repeat_interleave(qr.shape[1], 0).unsqueeze(-2)  # (B*nh, 1, D)
+    if inplace:
+        S_new = S
+        S.view(-1, *S.shape[2:]).baddbmm_(k, val)  # S += qr (x) v
+    else:
+        S_new = torch.baddbmm(S.flatten(0, 1), k, val).view_as(S)  # S + qr (x) v, (B, nh, N, D)
     if gamma is not None:
         S_new.mul_(gamma.to(S.dtype).view(1, -1, 1, 1))
     return out.to(qr.dtype), S_new

@@ -202,7 +202,7 @@ def _token_loop(model, ids, max_new_tokens, params, seed, eos_token_id, form, ro
                 nxt = nxt[keep]
                 active = [active[j] for j in keep]
             if n < max_new_tokens - 1:
-                last, state = model.step(nxt, state)
+                last, state = model.step(nxt, state, inplace=True)  # the loop owns this state
     finally:
         model.train(was_training)
 

@@ -155,11 +155,14 @@ class BDH(nn.Module):
             self._check_state(state, B)
         return self._run(idx, state, self._resolve_form(form, T), True, detach_kv)
 
-    def step(self, token_ids: torch.Tensor, state: BDHState) -> tuple[torch.Tensor, BDHState]:
-        """One token per row, (B,), from `state`: logits (B, V) and the new state. O(1) work per token."""
+    def step(self, token_ids: torch.Tensor, state: BDHState, *, inplace: bool = False) -> tuple[torch.Tensor, BDHState]:
+        """One token per row, (B,), from `state`: logits (B, V) and the new state. O(1) work per token.
+
+        `inplace=True` updates `state` itself and returns it (no allocation; for loops that own the state).
+        """
         self._check_ids(token_ids, "token_ids", 1)
         self._check_state(state, token_ids.shape[0])
-        return self._step(token_ids, state)
+        return self._step(token_ids, state, inplace)
 
     def _check_state(self, state: BDHState, batch_size: int) -> None:
         if not isinstance(state, BDHState):
@@ -188,8 +191,10 @@ class BDH(nn.Module):
             if state is None:
                 state = self.init_state(B)
             logits = []
+            own = False  # after the first step the state is ours: update it in place when no autograd is needed
             for t in range(T):
-                lt, state = self._step(idx[:, t], state)
+                lt, state = self._step(idx[:, t], state, inplace=own)
+                own = not torch.is_grad_enabled()
                 logits.append(lt)
             return torch.stack(logits, 1), state  # (B, T, V)
 
@@ -219,7 +224,7 @@ class BDH(nn.Module):
         pos = (state.pos if state is not None else torch.zeros(B, dtype=torch.long, device=idx.device)) + T
         return logits, BDHState(new_rho, pos)
 
-    def _step(self, token_ids: torch.Tensor, state: BDHState) -> tuple[torch.Tensor, BDHState]:
+    def _step(self, token_ids: torch.Tensor, state: BDHState, inplace: bool = False) -> tuple[torch.Tensor, BDHState]:
         B = token_ids.shape[0]
         v = self._embed(token_ids.view(B, 1))  # (B, 1, 1, D)
         cos, sin = rope_cos_sin(state.pos.view(B, 1), self.freqs, v.dtype)  # (B, 1, N)
@@ -229,10 +234,13 @@ class BDH(nn.Module):
         for l in range(self.config.n_layer):
             x_sparse = F.relu(v @ self.encoder)  # (B, nh, 1, N)
             qr = rope(x_sparse, cos, sin)[:, :, 0]  # (B, nh, N)
-            a, S = attention_step(qr, v[:, 0, 0], state.rho[l], gamma)  # (B, nh, D), (B, nh, N, D)
+            a, S = attention_step(qr, v[:, 0, 0], state.rho[l], gamma, inplace)  # (B, nh, D), (B, nh, N, D)
             new_rho.append(S)
             v = self._layer_mlp(v, x_sparse, a.unsqueeze(2))
         logits = v.view(B, -1) @ self.lm_head  # (B, V)
+        if inplace:
+            state.pos += 1
+            return logits, state
         return logits, BDHState(new_rho, state.pos + 1)
 
     # ------------------------------------------------------------------ generation
