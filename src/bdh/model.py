@@ -155,14 +155,20 @@ class BDH(nn.Module):
             self._check_state(state, B)
         return self._run(idx, state, self._resolve_form(form, T), True, detach_kv)
 
-    def step(self, token_ids: torch.Tensor, state: BDHState, *, inplace: bool = False) -> tuple[torch.Tensor, BDHState]:
+    def step(
+        self, token_ids: torch.Tensor, state: BDHState, *, inplace: bool = False, sparse: bool | str = "auto"
+    ) -> tuple[torch.Tensor, BDHState]:
         """One token per row, (B,), from `state`: logits (B, V) and the new state. O(1) work per token.
 
         `inplace=True` updates `state` itself and returns it (no allocation; for loops that own the state).
+        `sparse`: with `inplace=True` in inference, layers whose measured activity is low skip inactive
+        neurons (`bdh.sparse`; same logits). "auto" picks per layer and token, True forces it, False is dense.
         """
         self._check_ids(token_ids, "token_ids", 1)
         self._check_state(state, token_ids.shape[0])
-        return self._step(token_ids, state, inplace)
+        if sparse not in (True, False, "auto"):
+            raise ValueError(f"sparse={sparse!r}: expected True, False or 'auto'")
+        return self._step(token_ids, state, inplace, sparse)
 
     def _check_state(self, state: BDHState, batch_size: int) -> None:
         if not isinstance(state, BDHState):
@@ -224,15 +230,29 @@ class BDH(nn.Module):
         pos = (state.pos if state is not None else torch.zeros(B, dtype=torch.long, device=idx.device)) + T
         return logits, BDHState(new_rho, pos)
 
-    def _step(self, token_ids: torch.Tensor, state: BDHState, inplace: bool = False) -> tuple[torch.Tensor, BDHState]:
+    def _step(
+        self, token_ids: torch.Tensor, state: BDHState, inplace: bool = False, sparse: bool | str = False
+    ) -> tuple[torch.Tensor, BDHState]:
+        from .sparse import SPARSE_MAX_PAIR_ACTIVITY, pair_activity, sparse_step_layer
+
         B = token_ids.shape[0]
         v = self._embed(token_ids.view(B, 1))  # (B, 1, 1, D)
         cos, sin = rope_cos_sin(state.pos.view(B, 1), self.freqs, v.dtype)  # (B, 1, N)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, 1, N)
         gamma = None if self.log_gamma is None else self.log_gamma.exp()
+        # the sparse path writes rho in place and has no damping; it needs inference (no autograd, no dropout)
+        can_sparse = sparse is not False and inplace and gamma is None and not self.training and not torch.is_grad_enabled()
+        if can_sparse:  # RoPE factors of every (b, h, i), flat, shared by the layers
+            nh, N = self.config.n_head, self.config.N
+            cs_flat = [c.view(B, 1, N).expand(B, nh, N).reshape(-1) for c in (cos, sin)]
         new_rho = []
         for l in range(self.config.n_layer):
             x_sparse = F.relu(v @ self.encoder)  # (B, nh, 1, N)
+            if can_sparse and (sparse is True or pair_activity(x_sparse) <= SPARSE_MAX_PAIR_ACTIVITY):
+                v = sparse_step_layer(self, v[:, 0, 0], x_sparse[:, :, 0], state.rho[l], *cs_flat)
+                v = v.view(B, 1, 1, -1)
+                new_rho.append(state.rho[l])
+                continue
             qr = rope(x_sparse, cos, sin)[:, :, 0]  # (B, nh, N)
             a, S = attention_step(qr, v[:, 0, 0], state.rho[l], gamma, inplace)  # (B, nh, D), (B, nh, N, D)
             new_rho.append(S)
@@ -242,6 +262,15 @@ class BDH(nn.Module):
             state.pos += 1
             return logits, state
         return logits, BDHState(new_rho, state.pos + 1)
+
+    def _encoder_v_rows(self) -> torch.Tensor:
+        """D_y as (nh*N, D), contiguous, for gathering the columns of active neurons (cached per weight version)."""
+        key = (self.encoder_v.data_ptr(), self.encoder_v._version, self.encoder_v.dtype)
+        cache = getattr(self, "_dy_rows_cache", None)
+        if cache is None or cache[0] != key:
+            cache = (key, self.encoder_v.detach().transpose(1, 2).reshape(-1, self.config.D).contiguous())
+            self._dy_rows_cache = cache
+        return cache[1]
 
     # ------------------------------------------------------------------ generation
     def generate(self, *args, **kwargs):
