@@ -174,13 +174,9 @@ def attention_step(
     place when `inplace` (no allocation; for decode loops that own their state).
     """
     out = (qr.unsqueeze(-2).to(S.dtype) @ S).squeeze(-2)  # (B, nh, D): read excludes the current token
-    k = qr.to(S.dtype).flatten(0, 1).unsqueeze(-1)  # (B*nh, N, 1)
-    val = v.to(S.dtype).repeat_interleave(qr.shape[1], 0).unsqueeze(-2)  # (B*nh, 1, D)
-    if inplace:
-        S_new = S
-        S.view(-1, *S.shape[2:]).baddbmm_(k, val)  # S += qr (x) v
-    else:
-        S_new = torch.baddbmm(S.flatten(0, 1), k, val).view_as(S)  # S + qr (x) v, (B, nh, N, D)
+    k = qr.to(S.dtype).unsqueeze(-1)  # (B, nh, N, 1)
+    val = v.to(S.dtype)[:, None, None, :]  # (B, 1, 1, D)
+    S_new = S.addcmul_(k, val) if inplace else torch.addcmul(S, k, val)  # S + qr (x) v: one pass over S
     if gamma is not None:
         S_new.mul_(gamma.to(S.dtype).view(1, -1, 1, 1))
     return out.to(qr.dtype), S_new

@@ -1,0 +1,248 @@
+"""Shared helpers for the benchmark scripts: machine description, memory readings, a median-of-repeats timer.
+
+Import from a benchmark script next to this file (``sys.path`` holds the script's folder when it is run as
+``python benchmarks/<name>.py``):
+
+    from common import machine_info, median_time, peak_rss_bytes, reset_peak_rss, write_json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- machine
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _cpu_flags(wanted=("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "neon")) -> list[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith(("flags", "features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return [w for w in wanted if w in have]
+    except OSError:
+        pass
+    return []
+
+
+def _mem_total_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def git_commit(repo: Path = REPO_ROOT) -> dict[str, Any]:
+    """HEAD commit and whether the working tree has changes (None fields when git is unavailable)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def machine_info() -> dict[str, Any]:
+    """Platform, CPU, cores, RAM, Python/torch versions, torch threads, load average, git commit."""
+    import torch
+
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = None
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # older torch
+        capability = None
+    mem = _mem_total_bytes()
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": affinity,
+        "ram_bytes": mem,
+        "ram_gib": None if mem is None else round(mem / 2**30, 1),
+        "loadavg_1_5_15": load,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cpu_capability": capability,
+        "torch_num_threads": torch.get_num_threads(),
+        "torch_num_interop_threads": torch.get_num_interop_threads(),
+        "mkldnn": bool(torch.backends.mkldnn.is_available()),
+        "mkl": bool(torch.backends.mkl.is_available()),
+        "git": git_commit(),
+        "argv": sys.argv,
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def format_machine(info: dict[str, Any]) -> str:
+    g = info.get("git") or {}
+    commit = (g.get("commit") or "?")[:12] + ("+dirty" if g.get("dirty") else "")
+    return (
+        f"{info['cpu_model']} | {info['cpu_affinity'] or info['cpu_count']} cores usable "
+        f"({info['cpu_count']} online) | {info['ram_gib']} GiB RAM | torch {info['torch']} "
+        f"({info['torch_cpu_capability']}), {info['torch_num_threads']} threads | load {info['loadavg_1_5_15']} "
+        f"| git {commit}"
+    )
+
+
+# ----------------------------------------------------------------------------- memory
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process since start, or since the last successful `reset_peak_rss`.
+
+    Reads VmHWM from /proc/self/status (which `reset_peak_rss` can reset) and falls back to
+    resource.getrusage (lifetime peak; kilobytes on Linux, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return lifetime_peak_rss_bytes()
+
+
+def lifetime_peak_rss_bytes() -> int:
+    """resource.getrusage peak RSS of this process (on Linux, `reset_peak_rss` resets this mark too)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024
+
+
+def current_rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak-RSS mark (Linux: write 5 to /proc/self/clear_refs). True when it worked.
+
+    When it does not work, `peak_rss_bytes` keeps reporting the lifetime peak, so per-phase peaks are only
+    meaningful when phases run from the smallest to the largest.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- timing
+def median_time(
+    fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, setup: Callable[[], Any] | None = None
+) -> dict[str, Any]:
+    """Run `fn` `warmup` times untimed, then `repeats` times timed (perf_counter); summary in seconds.
+
+    `setup`, when given, runs untimed before every call (warm-up calls included). Returns
+    {"median_s", "min_s", "max_s", "mean_s", "stdev_s", "repeats", "times_s", "cpu_per_wall"}: the last is
+    this process's CPU time over wall time while timing (about the thread count when the cores are free;
+    well below it when other processes take the cores).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats}: expected >= 1")
+    for _ in range(warmup):
+        if setup is not None:
+            setup()
+        fn()
+    times, cpu = [], []
+    for _ in range(repeats):
+        if setup is not None:
+            setup()
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return summarize(times, cpu)
+
+
+def time_once(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call of `fn`."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def summarize(times: list[float], cpu: list[float] | None = None) -> dict[str, Any]:
+    """Median/min/max/mean/stdev of wall times (seconds), and CPU/wall when CPU times are given."""
+    if not times:
+        raise ValueError("summarize: no times")
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "mean_s": statistics.fmean(times),
+        "stdev_s": statistics.stdev(times) if len(times) > 1 else 0.0,
+        "repeats": len(times),
+        "times_s": times,
+        "cpu_per_wall": None if cpu is None else sum(cpu) / sum(times),
+    }
+
+
+# ----------------------------------------------------------------------------- output
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write JSON atomically (temporary file + rename), creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
