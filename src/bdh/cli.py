@@ -11,7 +11,7 @@ import importlib
 import json
 import sys
 
-COMMAND_MODULES = ("bdh.cli", "bdh.training.cli")
+COMMAND_MODULES = ("bdh.cli", "bdh.training.cli", "bdh.analysis.cli", "bdh.graph.cli")
 
 
 def _load_model(path: str):

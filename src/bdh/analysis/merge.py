@@ -1,0 +1,192 @@
+"""Model merging by neuron concatenation (paper §7.1, Table 2).
+
+`merge_models(A, B)` builds a model with N_A + N_B neurons per head: in every head the neurons of A come first,
+then those of B, each keeping its own D_x column (`encoder`), D_y column (`encoder_v`), E row (`decoder`) and RoPE
+frequency (`freqs`, never recomputed from the new N). The tensors without a neuron axis (`embed.weight`,
+`lm_head`) are averaged (weights `alpha`, 1 - alpha). Because a head's attention sums over its neurons,
+the merged layer's scores are the sum of the two models' scores for the same layer input, and its E y is the
+sum of the two E y (the merge is not an ensemble).
+
+The merged config must give N_A + N_B neurons per head through N = mlp_internal_dim_multiplier * d / h, so
+(N_A + N_B) * h must be a multiple of d; otherwise the merge is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+
+from ..config import BDHConfig
+
+
+class MergeError(ValueError):
+    """Two models that cannot be merged (different d, heads, vocabulary, layers, damping or tokenizer)."""
+
+
+def _tokenizer_fingerprint(model) -> str | None:
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        return None
+    try:
+        return tok.fingerprint()
+    except Exception:  # noqa: BLE001 - a tokenizer without a fingerprint cannot be compared
+        return None
+
+
+def check_mergeable(a, b) -> None:
+    """MergeError naming the first mismatch that makes `a` and `b` unmergeable."""
+    ca, cb = a.config, b.config
+    for f, why in (("n_embd", "low-rank dimension d"), ("n_head", "number of heads"),
+                   ("vocab_size", "vocabulary size"), ("n_layer", "number of layers")):
+        if getattr(ca, f) != getattr(cb, f):
+            raise MergeError(f"cannot merge: {f} differs ({getattr(ca, f)} vs {getattr(cb, f)}); both models need the "
+                             f"same {why}")
+    if ca.decay() != cb.decay():
+        raise MergeError(f"cannot merge: damping differs ({ca.damping!r} vs {cb.damping!r})")
+    fa, fb = _tokenizer_fingerprint(a), _tokenizer_fingerprint(b)
+    if fa is not None and fb is not None and fa != fb:
+        raise MergeError(f"cannot merge: the tokenizers differ ({a.tokenizer.name} vs {b.tokenizer.name}, different "
+                         "encodings)")
+    for m, name in ((a, "first"), (b, "second")):
+        if m.freqs.shape != (m.config.N,):
+            raise MergeError(f"cannot merge: the {name} model's freqs has shape {tuple(m.freqs.shape)}, expected ({m.config.N},)")
+
+
+def merged_config(ca: BDHConfig, cb: BDHConfig) -> BDHConfig:
+    """The config with N_A + N_B neurons per head (other fields from A)."""
+    N = ca.N + cb.N
+    d, h = ca.n_embd, ca.n_head
+    if (N * h) % d:  # cannot happen for two valid configs (N = mult * d / h), kept as a guard
+        raise MergeError(
+            f"cannot merge: N_A + N_B = {ca.N} + {cb.N} = {N} neurons per head is not representable as "
+            f"mlp_internal_dim_multiplier * n_embd / n_head = mult * {d} / {h} (needs {N} * {h} divisible by {d})"
+        )
+    cfg = BDHConfig(**{**dataclasses.asdict(ca), "mlp_internal_dim_multiplier": N * h // d})
+    if cfg.N != N:  # pragma: no cover - guarded by the divisibility check
+        raise MergeError(f"cannot merge: the merged config has N={cfg.N}, expected {N}")
+    return cfg
+
+
+def merge_models(a, b, *, alpha: float = 0.5):
+    """A BDH whose neurons are those of `a` then `b` per head; embed and lm_head averaged (alpha * A + (1-alpha) * B)."""
+    from ..model import BDH
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha}: expected a weight in [0, 1]")
+    check_mergeable(a, b)
+    cfg = merged_config(a.config, b.config)
+    h, d = cfg.n_head, cfg.n_embd
+    Na, Nb = a.config.N, b.config.N
+    with torch.no_grad():
+        dt = a.dtype
+        sd = {
+            "encoder": torch.cat([a.encoder, b.encoder.to(dt)], dim=2),  # (h, d, Na + Nb)
+            "encoder_v": torch.cat([a.encoder_v, b.encoder_v.to(dt)], dim=2),
+            "decoder": torch.cat([a.decoder.view(h, Na, d), b.decoder.to(dt).view(h, Nb, d)], dim=1).reshape(h * (Na + Nb), d),
+            "freqs": torch.cat([a.freqs.to(torch.float64), b.freqs.to(torch.float64).to(a.freqs.device)]),
+            "embed.weight": alpha * a.embed.weight + (1 - alpha) * b.embed.weight.to(dt),
+            "lm_head": alpha * a.lm_head + (1 - alpha) * b.lm_head.to(dt),
+        }
+        with torch.device("meta"):
+            merged = BDH(cfg)
+        merged = merged.to_empty(device=a.device)
+        merged.load_state_dict({k: v.clone() for k, v in sd.items()}, strict=True)
+        if cfg.damping is not None:
+            merged.log_gamma = torch.log(torch.tensor(cfg.decay(), dtype=torch.float64, device=a.device))
+    merged = merged.to(dtype=dt).eval()
+    tok = getattr(a, "tokenizer", None) or getattr(b, "tokenizer", None)
+    if tok is not None:
+        merged.tokenizer = tok
+    return merged
+
+
+def merge_pretrained(dir_a: str | os.PathLike, dir_b: str | os.PathLike, out: str | os.PathLike, *, alpha: float = 0.5):
+    """Load two `save_pretrained` directories, merge them, save the result (with A's tokenizer) to `out`."""
+    from ..model import BDH
+
+    a, b = BDH.from_pretrained(dir_a), BDH.from_pretrained(dir_b)
+    merged = merge_models(a, b, alpha=alpha)
+    merged.save_pretrained(out, tokenizer=getattr(merged, "tokenizer", None))
+    return merged
+
+
+# ----------------------------------------------------------------------------- the §7.1 experiment
+def _corpus_tokens(model, spec: str):
+    """(train ids, validation ids) of a corpus spec with the model's tokenizer."""
+    import numpy as np
+
+    from ..data.corpora import resolve_corpus
+
+    c = resolve_corpus(spec)
+    return tuple(np.asarray(model.tokenizer.encode(t), dtype=np.int64) for t in (c.train, c.val))
+
+
+def continue_training(model, tokens, *, steps: int, batch_size: int = 16, block_size: int = 128, lr: float = 1e-3,
+                      weight_decay: float = 0.1, seed: int = 0):
+    """A copy of `model` trained `steps` AdamW steps (constant lr) on random crops of `tokens` (1-D ids)."""
+    import numpy as np
+
+    from ..model import BDH
+
+    m = BDH(model.config).to(device=model.device, dtype=model.dtype)
+    m.load_state_dict(model.state_dict())
+    m.train()
+    tok = getattr(model, "tokenizer", None)
+    if len(tokens) < block_size + 2:
+        raise ValueError(f"continue_training: {len(tokens)} tokens, fewer than block_size + 2 = {block_size + 2}")
+    opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=weight_decay)
+    rng = np.random.default_rng(seed)
+    data = torch.from_numpy(np.asarray(tokens, dtype=np.int64)).to(m.device)
+    for _ in range(steps):
+        starts = rng.integers(0, len(data) - block_size - 1, batch_size)
+        x = torch.stack([data[s : s + block_size] for s in starts])
+        y = torch.stack([data[s + 1 : s + block_size + 1] for s in starts])
+        _, loss = m(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    m = m.eval()
+    if tok is not None:
+        m.tokenizer = tok
+    return m
+
+
+def merge_experiment(base_dir: str | os.PathLike, corpus_a: str, corpus_b: str, out_dir: str | os.PathLike, *,
+                     steps: int = 200, batch_size: int = 16, block_size: int = 128, lr: float = 1e-3,
+                     eval_tokens: int = 16384, seed: int = 0) -> dict:
+    """§7.1 at small scale: continue a trained base model on corpus A and on corpus B, merge the two, evaluate.
+
+    Corpora are `bdh.data.corpora.resolve_corpus` specs (e.g. "gettext:fr", "gettext:es"). Every model (base, +A,
+    +B, merged) is evaluated on the validation split of both corpora with `bdh.training.evaluate` (nats/token
+    and bits/byte, independent windows). Writes the models and `merge_experiment.json` into `out_dir`.
+    """
+    import json
+
+    from ..model import BDH
+    from ..training import evaluate, token_byte_lengths
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = BDH.from_pretrained(base_dir)
+    tok = base.tokenizer
+    data = {name: _corpus_tokens(base, spec) for name, spec in (("A", corpus_a), ("B", corpus_b))}
+    ma = continue_training(base, data["A"][0], steps=steps, batch_size=batch_size, block_size=block_size, lr=lr, seed=seed)
+    mb = continue_training(base, data["B"][0], steps=steps, batch_size=batch_size, block_size=block_size, lr=lr, seed=seed + 1)
+    merged = merge_models(ma, mb)
+    bl = token_byte_lengths(tok)
+    results = {}
+    for name, m in (("base", base), ("+A", ma), ("+B", mb), ("merged", merged)):
+        results[name] = {}
+        for cname in ("A", "B"):
+            r = evaluate(m, data[cname][1], bl, block_size, batch_size=8, max_tokens=eval_tokens)
+            results[name][cname] = {"loss": r["loss"], "bpb": r["bpb"]}
+    for name, m in (("continued_A", ma), ("continued_B", mb), ("merged", merged)):
+        m.save_pretrained(out / name, tokenizer=tok)
+    report = {"base": str(base_dir), "corpus_A": corpus_a, "corpus_B": corpus_b, "steps": steps, "lr": lr,
+              "block_size": block_size, "batch_size": batch_size, "eval_tokens": eval_tokens,
+              "N_base": base.config.N, "N_merged": merged.config.N, "validation": results}
+    (out / "merge_experiment.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
