@@ -1,0 +1,107 @@
+"""`bdh train` and `bdh eval`: parse arguments, call `bdh.training`.
+
+    bdh train                                   # the default config: Shakespeare, bytes, ~8 min on 2 CPU cores
+    bdh train --config tiny --set train.steps=50 --out runs/tiny
+    bdh train --config my.toml --data corpus.txt --out runs/x --resume
+    torchrun --nproc_per_node=2 -m bdh.cli train --config tiny --out runs/ddp
+    bdh eval --model runs/tiny [--data SPEC]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_run_config
+    from .trainer import launch
+
+    overrides = list(args.set or [])
+    if args.data is not None:
+        overrides.append(f"data.corpus={json.dumps(args.data)}")
+    run = load_run_config(args.config, overrides)
+    out = Path(args.out) if args.out else Path("runs") / run.name
+    t0 = time.time()
+    s = launch(run, out, resume=args.resume, progress=None if not args.no_progress else False)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: one report
+        return 0
+    print(f"val loss {s['val_loss']:.4f} nats/token | {s['val_bpb']:.4f} bits/byte | {s['step']} steps | "
+          f"{s['tok_per_s']:,.0f} tok/s | wall {time.time() - t0:.0f}s | model in {out}")
+    return 0
+
+
+def _eval_settings(model_dir: Path) -> dict:
+    """The [data] settings of the run that trained `model_dir` (run.json of a run, trainer.json of a checkpoint)."""
+    for name, key in (("run.json", "config"), ("trainer.json", "run_config")):
+        try:
+            return json.loads((model_dir / name).read_text(encoding="utf-8"))[key]["data"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return {}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..data.corpora import resolve_corpus
+    from ..model import BDH
+    from ..tokenization import load_tokenizer
+    from .evaluation import evaluate, token_byte_lengths
+
+    for name in ("block_size", "batch_size", "tokens"):
+        v = getattr(args, name)
+        if v is not None and v < (0 if name == "tokens" else 1):
+            raise ValueError(f"--{name.replace('_', '-')} {v}: expected a {'non-negative' if name == 'tokens' else 'positive'} integer")
+    model_dir = Path(args.model)
+    model = BDH.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(
+            f"{model_dir}: tokenizer vocab_size {tokenizer.vocab_size} != model vocab_size {model.config.vocab_size}"
+        )
+    data = _eval_settings(model_dir)
+    corpus = args.data or data.get("corpus", "shakespeare")
+    block = args.block_size or data.get("block_size", 256)
+    carry = args.carry if args.carry is not None else data.get("batching") == "tbptt"
+    import numpy as np
+
+    val = resolve_corpus(corpus, jsonl_field=data.get("jsonl_field", "text"),
+                         encoding_errors=data.get("encoding_errors", "strict"),
+                         val_fraction=data.get("val_fraction", 0.1)).val
+    tokens = np.asarray(tokenizer.encode(val), dtype=np.int64)
+    res = evaluate(model, tokens, token_byte_lengths(tokenizer), block, batch_size=args.batch_size,
+                   max_tokens=args.tokens, carry=carry)
+    if args.json:
+        print(json.dumps({"model": str(model_dir), "corpus": corpus, "block_size": block, "carry": carry, **res}))
+    else:
+        print(f"{corpus} validation: loss {res['loss']:.4f} nats/token | {res['bpb']:.4f} bits/byte | "
+              f"{res['tokens']:,} tokens, {res['bytes']:,} bytes (block {block}, state {'carried' if carry else 'reset'})")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a BDH model (TOML config + overrides)",
+                       description="Train BDH. Configs: tiny, default, reference-25m, or a .toml path.")
+    p.add_argument("--config", default="default", help="shipped config name (tiny, default, reference-25m) or .toml path")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--data", default=None, metavar="SPEC",
+                   help="corpus: shakespeare, pydoc, gettext:fr, a file, directory, glob or .jsonl (= data.corpus)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<config name>); ends holding the model")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                   help="continue from the latest checkpoint in --out, or from the given checkpoint/run directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (text lines instead)")
+    p.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="validation loss (nats/token) and bits/byte of a saved model")
+    e.add_argument("--model", required=True, help="model directory (bdh train --out)")
+    e.add_argument("--data", default=None, help="corpus spec (default: the one the model was trained on)")
+    e.add_argument("--block-size", type=int, default=None, help="tokens per chunk (default: the training block size)")
+    e.add_argument("--batch-size", type=int, default=32, help="validation streams evaluated together")
+    e.add_argument("--tokens", type=int, default=0, help="evaluate at most this many tokens (0 = all)")
+    e.add_argument("--carry", action=argparse.BooleanOptionalAction, default=None,
+                   help="carry the attention state along each stream (default: if trained with TBPTT)")
+    e.add_argument("--json", action="store_true", help="print JSON")
+    e.set_defaults(func=cmd_eval)

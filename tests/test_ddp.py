@@ -1,0 +1,122 @@
+"""DistributedDataParallel on CPU (gloo): 2 processes keep identical parameters and log the losses of a
+one-process run with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from bdh.training import load_run_config, train
+
+BATCHING = ("random", "tbptt")
+OVERRIDES = ["train.steps=6", "train.batch_size=4", "train.eval_every=3", "train.sample_tokens=0",
+             "train.checkpoint_every=3", "train.threads=1"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, tmp: str) -> None:
+    from safetensors.torch import save_file
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo")  # one group for both runs (train() then leaves it open)
+    try:
+        for batching in BATCHING:
+            run = load_run_config("tiny", OVERRIDES + [f"data.batching={batching}"])
+            result = train(run, f"{tmp}/{batching}/ddp", progress=False, echo=lambda s: None)
+            state = {k: v.contiguous() for k, v in result.model.state_dict().items()}
+            save_file(state, f"{tmp}/{batching}/rank{rank}.safetensors")
+            with open(f"{tmp}/{batching}/rank{rank}.json", "w") as f:
+                json.dump(result.summary, f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _train_losses(out: Path) -> dict[int, float]:
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in recs if r.get("split") == "train"}
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    """Both batching modes trained by 2 spawned gloo processes on 127.0.0.1 (one launch)."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    for b in BATCHING:
+        (tmp / b).mkdir()
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp)), nprocs=2, start_method="spawn", join=True)
+    return tmp
+
+
+@pytest.mark.parametrize("batching", BATCHING)
+def test_two_gloo_processes_match_one_process(ddp_runs, tmp_path, batching):
+    from safetensors.torch import load_file
+
+    overrides = OVERRIDES + [f"data.batching={batching}"]
+    results = ddp_runs / batching
+    r0, r1 = load_file(str(results / "rank0.safetensors")), load_file(str(results / "rank1.safetensors"))
+    assert r0.keys() == r1.keys()
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"parameter {k} differs between the processes"
+    s0, s1 = (json.loads((results / f"rank{r}.json").read_text()) for r in range(2))
+    assert s0["val_loss"] == s1["val_loss"]  # validation is sharded and all-reduced
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = train(load_run_config("tiny", overrides), tmp_path / "single", progress=False, echo=lambda s: None)
+    finally:
+        torch.set_num_threads(n)
+    ld, ls = _train_losses(results / "ddp"), _train_losses(tmp_path / "single")
+    assert sorted(ld) == sorted(ls) == list(range(1, 7))
+    for s in ls:
+        assert ld[s] == pytest.approx(ls[s], abs=1e-5)
+    assert s0["val_loss"] == pytest.approx(single.summary["val_loss"], abs=1e-5)
+    for k, v in single.model.state_dict().items():
+        torch.testing.assert_close(r0[k], v, atol=1e-5, rtol=1e-4)
+    ck = results / "ddp" / "checkpoints" / "step-00000006"
+    assert json.loads((ck / "trainer.json").read_text())["world_size"] == 2
+    assert (ck / "rank0.safetensors").is_file() and (ck / "rank1.safetensors").is_file()
+
+
+def test_bdh_train_spawns_local_processes(tmp_path, capfd):
+    """train.processes = 2: `bdh train` launches the DDP processes itself; errors in them are one-line errors."""
+    from bdh.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--config", "tiny", "--out", str(out), "--no-progress", "--set", "train.processes=2",
+            "--set", "train.threads=1", "--set", "train.steps=4", "--set", "train.sample_tokens=0"]
+    assert main(argv) == 0
+    printed = capfd.readouterr()
+    assert printed.out.count("val loss") == 1 and "x 2 processes" in printed.err
+    assert json.loads((out / "run.json").read_text())["world_size"] == 2
+    short = tmp_path / "short.txt"
+    short.write_text("too short\n")
+    assert main(argv[:4] + [str(tmp_path / "other"), "--data", str(short)] + argv[5:]) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("bdh train: error:") and "block_size" in err[-1]
+
+
+@pytest.mark.slow
+def test_torchrun_cli(tmp_path):
+    """`torchrun --nproc_per_node=2 -m bdh.cli train` end to end (a second launcher: slower, so marked slow)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "bdh.cli",
+           "train", "--config", "tiny", "--out", str(tmp_path / "run"), "--no-progress", "--set", "train.steps=4"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "x 2 processes" in p.stderr and "val loss" in p.stdout
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["world_size"] == 2
