@@ -33,6 +33,15 @@ def train_briefly(model: BDH, steps: int = 40, T: int = 48, B: int = 8, seed: in
     return model.eval()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids OpenMP barrier stalls (~100x when oversubscribed)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def trained_tiny() -> BDH:
     torch.manual_seed(0)

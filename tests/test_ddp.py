@@ -1,10 +1,11 @@
-"""DistributedDataParallel on CPU (gloo): 2 processes keep identical parameters and log the losses of a
-one-process run with the same global batch."""
+"""DistributedDataParallel on CPU (gloo): 2 processes keep identical parameters, log the losses of a
+one-process run with the same global batch, and resume exactly from their checkpoints."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -41,6 +42,11 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
             save_file(state, f"{tmp}/{batching}/rank{rank}.safetensors")
             with open(f"{tmp}/{batching}/rank{rank}.json", "w") as f:
                 json.dump(result.summary, f)
+        # exact resume with 2 processes: continue the TBPTT run from its step-3 checkpoint (per-process states)
+        if rank == 0:
+            shutil.copytree(f"{tmp}/tbptt/ddp/checkpoints/step-00000003", f"{tmp}/resumed/checkpoints/step-00000003")
+        torch.distributed.barrier()
+        train(run, f"{tmp}/resumed", resume="latest", progress=False, echo=lambda s: None)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -107,6 +113,12 @@ def test_bdh_train_spawns_local_processes(tmp_path, capfd):
     assert main(argv[:4] + [str(tmp_path / "other"), "--data", str(short)] + argv[5:]) == 1
     err = capfd.readouterr().err.strip().splitlines()
     assert err[-1].startswith("bdh train: error:") and "block_size" in err[-1]
+
+
+def test_two_processes_resume_exactly(ddp_runs):
+    full, resumed = _train_losses(ddp_runs / "tbptt" / "ddp"), _train_losses(ddp_runs / "resumed")
+    assert sorted(resumed) == [4, 5, 6]  # the resumed run logs only the steps after its checkpoint
+    assert all(resumed[s] == full[s] for s in resumed)
 
 
 @pytest.mark.slow

@@ -18,14 +18,6 @@ from conftest import tiny_config, train_briefly
 GML = "{http://graphml.graphdrawing.org/xmlns}"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, one_thread):
     torch.manual_seed(0)

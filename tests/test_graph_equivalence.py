@@ -14,14 +14,6 @@ from bdh.graph.vector_form import eq6_run, normfree_rho_run, normfree_sigma_run
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _inputs(B, T, n, seed, density=0.5):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(B, T, n, generator=g, dtype=F64) * (torch.rand(B, T, n, generator=g) < density)

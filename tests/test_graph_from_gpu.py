@@ -8,14 +8,6 @@ from bdh.graph.from_gpu import BDHGPUGraph, GPUWeights, build_graph_form, gpu_lo
 from conftest import english_bytes, tiny_config, train_briefly
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def trained_tiny(one_thread):
     """A briefly trained tiny model (n = 256, d = 32, h = 4, L = 2), trained on one thread."""

@@ -11,14 +11,6 @@ from bdh.graph.spiking import Spiker
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_spike_counts_are_unbiased_bernoulli():
     q = torch.tensor([0.0, 0.3, 1.0, 2.7], dtype=F64).repeat(40000, 1)
     s = Spiker(samples=1, seed=0).sample(q)

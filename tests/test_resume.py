@@ -26,14 +26,6 @@ ARGS = ["--config", "tiny", "--no-progress", "--set", f"train.steps={STEPS}", "-
         "--set", "train.eval_every=25", "--set", "model.dropout=0.1", "--set", "train.sample_tokens=0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 

@@ -22,13 +22,6 @@ from bdh.training.schedule import lr_factor
 QUIET = dict(progress=False, echo=lambda s: None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared machine: one thread avoids OpenMP barrier stalls (100x slower when oversubscribed)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 FAST = ["train.eval_every=0", "train.sample_tokens=0", "train.checkpoint_every=0"]
 
 
