@@ -21,9 +21,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# A layer runs sparsely when at most this fraction of its RoPE pairs is active (measured per token); above it
-# the gathers cost more than the dense products. Measured on 2 CPU cores with benchmarks/sparse_decode.py.
-SPARSE_MAX_PAIR_ACTIVITY = 0.25
+# sparse="auto" runs a layer sparsely when at most this fraction of its RoPE pairs is active. Not yet calibrated:
+# on the shared 2-core CPU the gather/scatter path was not faster than the dense products at any activity we
+# tried (down to 8% of pairs), so "auto" stays dense until a benchmark shows a crossover; sparse=True forces it.
+SPARSE_MAX_PAIR_ACTIVITY = 0.0
 
 
 def pair_activity(x_sparse: torch.Tensor) -> torch.Tensor:
