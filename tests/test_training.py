@@ -33,7 +33,8 @@ def losses(out) -> dict[int, float]:
 def snapshot(directory: Path) -> dict[str, bytes]:
     """Bytes of every file of the complete checkpoints (hidden staging directories excluded)."""
     files = [p for p in sorted(directory.rglob("*")) if p.is_file()]
-    return {str(p.relative_to(directory)): p.read_bytes() for p in files if not p.relative_to(directory).parts[0].startswith(".")}
+    rel = {p: p.relative_to(directory) for p in files}
+    return {str(r): p.read_bytes() for p, r in rel.items() if not r.parts[0].startswith(".")}
 
 
 # ------------------------------------------------------------------------------------------------- config

@@ -64,7 +64,8 @@ class Streams:
     Stream j starts at j * L (L = (len - 1) // streams); micro-step m of a step reads streams
     m * batch_size ... (m + 1) * batch_size - 1, so consecutive optimizer steps continue the same streams and
     the trainer carries each micro-step's attention state to the next step. After the last full chunk every
-    stream wraps to its start and `reset` is True (the state starts empty again).
+    stream wraps to its start and `reset` is True (the state starts empty again). The layout is fixed (it
+    does not use `data_seed`).
     """
 
     kind = "tbptt"

@@ -58,7 +58,7 @@ def find_checkpoint(spec: str | os.PathLike) -> Path:
         found = list_checkpoints(root)
         if found:
             return found[-1]
-    raise ValueError(f"--resume: no complete checkpoint under {str(p)!r} (expected {p}/checkpoints/step-*/{TRAINER_FILE})")
+    raise ValueError(f"--resume: no complete checkpoint under {str(p)!r} (expected {p}/checkpoints/step-*/)")
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -118,7 +118,8 @@ def set_rng_state(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
     k, s, pos, g, c = meta["numpy"]
     np.random.set_state((k, np.asarray(s, dtype=np.uint32), pos, g, c))
     torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.split(".")[-1]))]
+    cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.split(".")[-1]))
+    cuda = [tensors[k] for k in cuda_keys]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
 
@@ -156,7 +157,8 @@ def save_checkpoint(
             _write_tensors(staging / OPTIMIZER_FILE, opt_tensors)
             _write_json(
                 staging / TRAINER_FILE,
-                {"format": FORMAT, "version": VERSION, "step": step, "world_size": world, "optimizer": opt_meta, **trainer_meta},
+                {"format": FORMAT, "version": VERSION, "step": step, "world_size": world, "optimizer": opt_meta,
+                 **trainer_meta},
             )
             old = None
             if final.exists():

@@ -34,26 +34,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_settings(model_dir: Path) -> dict:
-    """The [data] settings of the run that trained `model_dir` (run.json of a run, trainer.json of a checkpoint)."""
+def _run_settings(model_dir: Path) -> dict:
+    """The resolved config of the run that trained `model_dir` (run.json of a run, trainer.json of a checkpoint)."""
     for name, key in (("run.json", "config"), ("trainer.json", "run_config")):
         try:
-            return json.loads((model_dir / name).read_text(encoding="utf-8"))[key]["data"]
+            return json.loads((model_dir / name).read_text(encoding="utf-8"))[key]
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return {}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
     from ..data.corpora import resolve_corpus
     from ..model import BDH
     from ..tokenization import load_tokenizer
     from .evaluation import evaluate, token_byte_lengths
 
-    for name in ("block_size", "batch_size", "tokens"):
+    for name, least in (("block_size", 1), ("batch_size", 1), ("tokens", 0), ("threads", 0)):
         v = getattr(args, name)
-        if v is not None and v < (0 if name == "tokens" else 1):
-            raise ValueError(f"--{name.replace('_', '-')} {v}: expected a {'non-negative' if name == 'tokens' else 'positive'} integer")
+        if v is not None and v < least:
+            raise ValueError(f"--{name.replace('_', '-')} {v}: expected an integer >= {least}")
     model_dir = Path(args.model)
     model = BDH.from_pretrained(model_dir)
     tokenizer = load_tokenizer(model_dir)
@@ -61,12 +64,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{model_dir}: tokenizer vocab_size {tokenizer.vocab_size} != model vocab_size {model.config.vocab_size}"
         )
-    data = _eval_settings(model_dir)
+    settings = _run_settings(model_dir)
+    data = settings.get("data", {})
+    threads = args.threads if args.threads is not None else settings.get("train", {}).get("threads", 0)
+    if threads:
+        torch.set_num_threads(threads)
     corpus = args.data or data.get("corpus", "shakespeare")
     block = args.block_size or data.get("block_size", 256)
     carry = args.carry if args.carry is not None else data.get("batching") == "tbptt"
-    import numpy as np
-
     val = resolve_corpus(corpus, jsonl_field=data.get("jsonl_field", "text"),
                          encoding_errors=data.get("encoding_errors", "strict"),
                          val_fraction=data.get("val_fraction", 0.1)).val
@@ -76,15 +81,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": str(model_dir), "corpus": corpus, "block_size": block, "carry": carry, **res}))
     else:
+        state = "carried" if carry else "reset"
         print(f"{corpus} validation: loss {res['loss']:.4f} nats/token | {res['bpb']:.4f} bits/byte | "
-              f"{res['tokens']:,} tokens, {res['bytes']:,} bytes (block {block}, state {'carried' if carry else 'reset'})")
+              f"{res['tokens']:,} tokens, {res['bytes']:,} bytes (block {block}, state {state})")
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a BDH model (TOML config + overrides)",
                        description="Train BDH. Configs: tiny, default, reference-25m, or a .toml path.")
-    p.add_argument("--config", default="default", help="shipped config name (tiny, default, reference-25m) or .toml path")
+    p.add_argument("--config", default="default",
+                   help="shipped config name (tiny, default, reference-25m) or .toml path")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--data", default=None, metavar="SPEC",
@@ -103,5 +110,6 @@ def register(sub) -> None:
     e.add_argument("--tokens", type=int, default=0, help="evaluate at most this many tokens (0 = all)")
     e.add_argument("--carry", action=argparse.BooleanOptionalAction, default=None,
                    help="carry the attention state along each stream (default: if trained with TBPTT)")
+    e.add_argument("--threads", type=int, default=None, help="CPU threads (default: the training run's train.threads)")
     e.add_argument("--json", action="store_true", help="print JSON")
     e.set_defaults(func=cmd_eval)

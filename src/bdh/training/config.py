@@ -109,7 +109,7 @@ class TrainConfig:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise _bad(self, "device", "auto, cpu, cuda or cuda:N")
         if self.batch_size % self.processes:
-            raise _bad(self, "batch_size", f"a multiple of train.processes = {self.processes} (the global batch is split)")
+            raise _bad(self, "batch_size", f"a multiple of train.processes = {self.processes} (the global batch)")
         if self.sample_tokens and not self.sample_prompt:
             raise _bad(self, "sample_prompt", "a non-empty prompt (or sample_tokens = 0)")
 

@@ -21,7 +21,8 @@ from .batching import windows
 
 def token_byte_lengths(tokenizer, device=None) -> torch.Tensor:
     """(V,) int64: UTF-8 bytes of every token id."""
-    return torch.tensor([len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)], dtype=torch.long, device=device)
+    lengths = [len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)]
+    return torch.tensor(lengths, dtype=torch.long, device=device)
 
 
 @torch.no_grad()

@@ -248,11 +248,11 @@ def _states_to_tensors(states: list[BDHState | None]) -> dict[str, torch.Tensor]
 
 
 def _states_from_tensors(tensors: dict, n: int, n_layer: int, device) -> list[BDHState | None]:
-    return [
-        BDHState([tensors[f"stream.{m}.rho.{l}"].to(device) for l in range(n_layer)], tensors[f"stream.{m}.pos"].to(device))
-        if f"stream.{m}.pos" in tensors else None
-        for m in range(n)
-    ]
+    def state(m: int) -> BDHState:
+        rho = [tensors[f"stream.{m}.rho.{l}"].to(device) for l in range(n_layer)]
+        return BDHState(rho, tensors[f"stream.{m}.pos"].to(device))
+
+    return [state(m) if f"stream.{m}.pos" in tensors else None for m in range(n)]
 
 
 def _check_resume(run: RunConfig, saved: dict, model_cfg: BDHConfig, path: Path) -> None:
