@@ -199,3 +199,13 @@ def test_inplace_step_equals_functional_step(trained_tiny):
         b, s_in = trained_tiny.step(torch.tensor([1, 2]), own, inplace=True)
     assert s_in is own and torch.equal(a, b) and torch.equal(s_in.pos, s_func.pos)
     assert all(torch.equal(x, y) for x, y in zip(s_in.rho, s_func.rho))
+
+
+def test_saved_files_have_ordinary_permissions_and_are_deterministic(tmp_path, trained_tiny):
+    trained_tiny.save_pretrained(tmp_path / "a")
+    trained_tiny.save_pretrained(tmp_path / "b")
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "a" / name).stat().st_mode & 0o777 == 0o666 & ~umask
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

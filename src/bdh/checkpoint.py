@@ -42,6 +42,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -99,7 +102,7 @@ def save_pretrained(model, directory: str | os.PathLike, tokenizer: Any = None) 
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt", "model_type": "bdh"})
+        save_file(tensors, tmp, metadata={"format": "pt"})  # one key: byte-identical files for identical weights
     with atomic_path(directory / CONFIG_NAME) as tmp:
         model.config.save(tmp)
     if tokenizer is not None:
