@@ -89,7 +89,7 @@ def _model_from_tensors(tensors: dict[str, torch.Tensor], config: BDHConfig, sou
         model = BDH(config)
     model = model.to_empty(device="cpu")
     model.load_state_dict({k: v.to(torch.float64 if k == "freqs" else v.dtype) for k, v in tensors.items()}, strict=True)
-    if model.log_gamma is not None or config.damping is not None:  # non-persistent buffer: rebuild on CPU
+    if config.damping is not None:  # non-persistent buffer (garbage after to_empty): rebuild on CPU
         model.log_gamma = torch.log(torch.tensor(config.decay(), dtype=torch.float64))
     return model
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from .attention import attention_chunked, attention_parallel, attention_step, rope, rope_cos_sin, rope_freqs, state_dtype
 from .config import FORMS, BDHConfig
+from .sparse import SPARSE_MAX_PAIR_ACTIVITY, pair_activity, sparse_step_layer
 from .state import BDHState
 
 
@@ -233,8 +234,6 @@ class BDH(nn.Module):
     def _step(
         self, token_ids: torch.Tensor, state: BDHState, inplace: bool = False, sparse: bool | str = False
     ) -> tuple[torch.Tensor, BDHState]:
-        from .sparse import SPARSE_MAX_PAIR_ACTIVITY, pair_activity, sparse_step_layer
-
         B = token_ids.shape[0]
         v = self._embed(token_ids.view(B, 1))  # (B, 1, 1, D)
         cos, sin = rope_cos_sin(state.pos.view(B, 1), self.freqs, v.dtype)  # (B, 1, N)
