@@ -181,7 +181,7 @@ def median_time(
     """Run `fn` `warmup` times untimed, then `repeats` times timed (perf_counter); summary in seconds.
 
     `setup`, when given, runs untimed before every call (warm-up calls included). Returns
-    {"median_s", "min_s", "max_s", "mean_s", "stdev_s", "repeats", "times_s", "cpu_per_wall"}: the last is
+    {"median_s", "min_s", "max_s", "mean_s", "stdev_s", "repeats", "times_s", "cpu_per_wall", "cpu_s"}: cpu_per_wall is
     this process's CPU time over wall time while timing (about the thread count when the cores are free;
     well below it when other processes take the cores).
     """
@@ -222,6 +222,7 @@ def summarize(times: list[float], cpu: list[float] | None = None) -> dict[str, A
         "repeats": len(times),
         "times_s": times,
         "cpu_per_wall": None if cpu is None else sum(cpu) / sum(times),
+        "cpu_s": cpu,
     }
 
 

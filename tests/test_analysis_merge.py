@@ -131,3 +131,85 @@ def test_main_cli_integration_one_line_errors(pair, tmp_path, monkeypatch, capsy
     assert len(err) == 1 and "vocab_size differs" in err[0]
     assert bdh.cli.main(["analyze", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def _tiny_experiment_inputs(tmp_path):
+    from bdh.tokenization import ByteTokenizer
+
+    torch.manual_seed(0)
+    BDH(tiny_config(n_head=2, mlp_internal_dim_multiplier=2)).save_pretrained(tmp_path / "base", tokenizer=ByteTokenizer())
+    (tmp_path / "a.txt").write_text("the cat sat on the mat.\n" * 300)
+    (tmp_path / "b.txt").write_text("zyx wvu tsr qpo\n" * 400)
+    return str(tmp_path / "base"), str(tmp_path / "a.txt"), str(tmp_path / "b.txt")
+
+
+def _main_with_analysis(monkeypatch):
+    import bdh.cli
+
+    if "bdh.analysis.cli" not in bdh.cli.COMMAND_MODULES:
+        monkeypatch.setattr(bdh.cli, "COMMAND_MODULES", (*bdh.cli.COMMAND_MODULES, "bdh.analysis.cli"))
+    return bdh.cli.main
+
+
+def test_merge_experiment_cli_writes_the_table(tmp_path, monkeypatch, capsys):
+    import json
+    import math
+
+    main = _main_with_analysis(monkeypatch)
+    base, a, b = _tiny_experiment_inputs(tmp_path)
+    out = tmp_path / "exp"
+    assert main(["merge-experiment", "--base", base, "--a", a, "--b", b, "--out", str(out), "--steps", "2",
+                 "--batch-size", "2", "--block-size", "32", "--eval-tokens", "128", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    table = (out / "merge_experiment.md").read_text()
+    assert table in printed
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    assert [r.split("|")[1].strip().split(" ")[0] for r in rows] == ["base", "+A", "+B", "merged"]
+    rep = json.loads((out / "merge_experiment.json").read_text())
+    vals = [v for r in rep["validation"].values() for c in ("A", "B") for v in (r[c]["loss"], r[c]["bpb"])]
+    assert len(vals) == 16 and all(math.isfinite(v) and v > 0 for v in vals)
+    sizes = rep["models"]
+    assert sizes["merged"]["n"] == 2 * sizes["base"]["n"] and f"{sizes['merged']['params']:,}" in rows[3]
+    assert sizes["+A"]["params"] == sizes["base"]["params"]
+    for r in rows:  # 7 columns: model, n, params, then loss / bpb on A and on B
+        cells = [c.strip() for c in r.strip("|").split("|")]
+        assert len(cells) == 7 and all(math.isfinite(float(c)) for c in cells[3:])
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--steps", "0"], "--steps 0"),
+    (["--lr", "-1"], "--lr -1"),
+    (["--block-size", "1"], "--block-size 1"),
+    (["--a", "no/such/corpus.txt"], "no/such/corpus.txt"),
+    (["--base", "missing-model"], "missing-model"),
+])
+def test_merge_experiment_cli_bad_input_leaves_files(tmp_path, monkeypatch, capsys, extra, needle):
+    main = _main_with_analysis(monkeypatch)
+    base, a, b = _tiny_experiment_inputs(tmp_path)
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "merge_experiment.md").write_text("previous table\n")
+    args = {"--base": base, "--a": a, "--b": b, "--out": str(out), "--steps": "1", "--batch-size": "2",
+            "--block-size": "32", "--eval-tokens": "64"}
+    args.update(dict(zip(extra[::2], extra[1::2])))
+    if args["--base"] == "missing-model":
+        args["--base"] = str(tmp_path / "missing-model")
+    capsys.readouterr()
+    assert main(["merge-experiment", *[x for kv in args.items() for x in kv], "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in err if "Warning" not in line]
+    assert len(err) == 1 and needle in err[0] and err[0].startswith("bdh merge-experiment: error:")
+    assert (out / "merge_experiment.md").read_text() == "previous table\n"
+    assert sorted(p.name for p in out.iterdir()) == ["merge_experiment.md"]
+
+
+def test_merge_experiment_library_checks_settings(tmp_path):
+    from bdh.analysis.merge import merge_experiment
+
+    for kw, name in ((dict(steps=0), "steps=0"), (dict(batch_size=-1), "batch_size=-1"), (dict(lr=0.0), "lr=0.0"),
+                     (dict(eval_tokens=1), "eval_tokens=1")):
+        with pytest.raises(ValueError, match=name):
+            merge_experiment(tmp_path / "nothing", "a", "b", tmp_path / "out", **kw)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        merge_experiment(tmp_path / "nothing", "a", "b", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

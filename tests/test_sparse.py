@@ -1,58 +1,224 @@
-"""Sparse decode (bdh.sparse) gives the dense recurrent path's logits."""
+"""Sparse decode (bdh.sparse) gives the dense recurrent path's logits and states."""
 
 import pytest
 import torch
 
-from bdh import BDH
+import bdh.model
+import bdh.sparse
+from bdh import BDH, BDHState
 from bdh.sparse import pair_activity
 from conftest import tiny_config, train_briefly
 
 
 @pytest.fixture(scope="module")
 def trained():
+    """Trained weights without damping (3 layers)."""
     torch.manual_seed(2)
     return train_briefly(BDH(tiny_config(n_layer=3, mlp_internal_dim_multiplier=16)), steps=60)
 
 
+@pytest.fixture(scope="module")
+def trained_damped():
+    """Trained weights with ALiBi damping (the default config's choice)."""
+    torch.manual_seed(3)
+    return train_briefly(BDH(tiny_config(n_layer=2, mlp_internal_dim_multiplier=16, damping="alibi")), steps=60)
+
+
+def _prefill_ragged(model, B, g):
+    """A state whose rows sit at different positions (prompts of different lengths, prefilled one by one)."""
+    states = [model.prefill(torch.randint(32, 127, (1, 20 + 7 * b), generator=g))[1] for b in range(B)]
+    return BDHState.cat(states)
+
+
+def _compare(model, B, steps=40, seed=0, tol=1e-5):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        s_dense = _prefill_ragged(model, B, g)
+        s_sparse = s_dense.clone()
+        acts, lazy = [], False
+        for t in torch.randint(32, 127, (steps, B), generator=g):
+            ld, s_dense = model.step(t, s_dense)  # functional, dense
+            ls, s_sparse = model.step(t, s_sparse, inplace=True, sparse=True)
+            assert (ld - ls).abs().max().item() <= tol
+            lazy |= bool(s_sparse._scale)
+            x = torch.relu(model._embed(t.view(-1, 1)) @ model.encoder)
+            acts.append(pair_activity(x).item())
+    assert torch.equal(s_dense.pos, s_sparse.pos)
+    for a, b in zip(s_dense.rho, s_sparse.rho):  # .rho folds the lazy damping scale
+        # rho sums many tokens (|rho| up to ~10-100): fp32 rounding of the two summation orders, relative
+        assert (a - b).abs().max().item() <= tol * max(1.0, a.abs().max().item() / 10)
+    assert not s_sparse._scale  # folded
+    assert max(acts) < 1.0  # some pairs are inactive: the sparse path really skipped work
+    return lazy
+
+
 @pytest.mark.parametrize("B", [1, 4])
 def test_sparse_equals_dense_on_trained_weights(trained, B):
-    g = torch.Generator().manual_seed(B)
-    prompt = torch.randint(32, 127, (B, 30), generator=g)
-    toks = torch.randint(32, 127, (40, B), generator=g)
-    with torch.no_grad():
-        _, s_dense = trained.prefill(prompt)
-        s_sparse = s_dense.clone()
-        acts = []
-        for t in toks:
-            ld, s_dense = trained.step(t, s_dense)  # functional, dense
-            ls, s_sparse = trained.step(t, s_sparse, inplace=True, sparse=True)
-            assert (ld - ls).abs().max() <= 1e-5
-            x = torch.relu(trained._embed(t.view(-1, 1)) @ trained.encoder)
-            acts.append(pair_activity(x).item())
-    for a, b in zip(s_dense.rho, s_sparse.rho):
-        assert (a - b).abs().max() <= 1e-5
-    assert max(acts) < 1.0  # some pairs are inactive: the sparse path really skipped work
+    assert not _compare(trained, B)
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_sparse_equals_dense_with_damping(trained_damped, B):
+    assert _compare(trained_damped, B, steps=60)  # the lazy scale was used
+
+
+@pytest.mark.parametrize("y_max", [0.0, 1.0])
+def test_both_y_variants(trained_damped, monkeypatch, y_max):
+    """y from gathered D_y columns (few active neurons) or from one dense product: same logits."""
+    monkeypatch.setattr(bdh.sparse, "SPARSE_Y_MAX_ACTIVITY", y_max)
+    _compare(trained_damped, 2, steps=20)
+
+
+def test_fold_often(trained_damped, monkeypatch):
+    """Folding the lazy scale into the state (normally every ~90 tokens) at every step keeps the results."""
+    monkeypatch.setattr(bdh.sparse, "SCALE_FLOOR", 2.0)  # every scale is < 2 after one decay: fold each step
+    assert not _compare(trained_damped, 2, steps=20)
 
 
 def test_sparse_float64_exact():
     torch.manual_seed(0)
-    m = BDH(tiny_config()).double().eval()
+    for damping in (None, "alibi"):
+        m = BDH(tiny_config(damping=damping)).double().eval()
+        with torch.no_grad():
+            _, s = m.prefill(torch.randint(0, 256, (2, 12)))
+            s2 = s.clone()
+            for t in torch.randint(0, 256, (10, 2)):
+                a, s = m.step(t, s)
+                b, s2 = m.step(t, s2, inplace=True, sparse=True)
+                assert (a - b).abs().max() <= 1e-12
+            assert all((x - y).abs().max() <= 1e-12 for x, y in zip(s.rho, s2.rho))
+
+
+def test_lazy_scale_state_is_honest(trained_damped, tmp_path):
+    """A state with a pending lazy scale looks like the true rho to select/cat/clone/save/load."""
+    m = trained_damped
     with torch.no_grad():
-        _, s = m.prefill(torch.randint(0, 256, (2, 12)))
-        s2 = s.clone()
-        for t in torch.randint(0, 256, (10, 2)):
-            a, s = m.step(t, s)
-            b, s2 = m.step(t, s2, inplace=True, sparse=True)
-            assert (a - b).abs().max() <= 1e-12
+        _, s = m.prefill(torch.randint(32, 127, (2, 10)))
+        ref = s.clone()
+        for t in torch.randint(32, 127, (5, 2)):
+            _, ref = m.step(t, ref)
+            _, s = m.step(t, s, inplace=True, sparse=True)
+    assert set(s._scale) == {0, 1}
+    raw0 = s._rho[0].clone()
+    c0 = s._scale[0].clone()
+    assert not torch.allclose(raw0, ref.rho[0], atol=1e-3)  # the stored tensor is not the true rho...
+    true0 = raw0 * c0.view(2, -1, 1, 1)
+    assert (true0 - ref.rho[0]).abs().max() <= 1e-5  # ...scale * stored is
+    sel = s.select([1])  # folds
+    assert not s._scale
+    assert (sel.rho[0] - ref.rho[0][1:]).abs().max() <= 1e-5
+    s.save(tmp_path / "s.safetensors")
+    back = BDHState.load(tmp_path / "s.safetensors")
+    cat = BDHState.cat([back, sel])
+    assert all((a - b).abs().max() <= 1e-5 for a, b in zip(cat.rho, BDHState.cat([ref, ref.select([1])]).rho))
 
 
-def test_sparse_falls_back_to_dense_with_damping_or_grad():
+def test_fold_outside_inference_mode(trained_damped):
+    """Sparse steps under inference_mode leave a lazy scale; reading rho afterwards still works."""
+    m = trained_damped
+    with torch.inference_mode():
+        _, s = m.prefill(torch.randint(32, 127, (1, 10)))
+        ref = s.clone()
+        for t in torch.randint(32, 127, (4, 1)):
+            _, ref = m.step(t, ref)
+            _, s = m.step(t, s, inplace=True, sparse=True)
+    assert s._scale
+    assert all((a - b).abs().max() <= 1e-5 for a, b in zip(s.rho, ref.rho))
+
+
+def _layers_run_sparsely(model, monkeypatch, sparse, token, state):
+    calls = []
+    real = bdh.model.sparse_step_layer
+
+    def spy(model_, v, x, qr, st, l, gamma, rows=None):
+        calls.append(l)
+        return real(model_, v, x, qr, st, l, gamma, rows)
+
+    monkeypatch.setattr(bdh.model, "sparse_step_layer", spy)
+    with torch.no_grad():
+        logits, _ = model.step(token, state, inplace=True, sparse=sparse)
+    return calls, logits
+
+
+def _row_activity(model, token, state):
+    """Fraction of active state rows per layer for this token (dense pass on a copy)."""
+    from bdh.attention import rope, rope_cos_sin
+    from bdh.sparse import active_rows
+
+    s = state.clone()
+    acts = []
+    with torch.no_grad():
+        v = model._embed(token.view(-1, 1))
+        cos, sin = rope_cos_sin(s.pos.view(-1, 1), model.freqs, v.dtype)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        for l in range(model.config.n_layer):
+            x = torch.relu(v @ model.encoder)
+            qr = rope(x, cos, sin)[:, :, 0]
+            acts.append(active_rows(x, qr).numel() / qr.numel())
+            a, _ = bdh.attention.attention_step(qr, v[:, 0, 0], s.rho[l], None)
+            v = model._layer_mlp(v, x, a.unsqueeze(2))
+    return acts
+
+
+def test_auto_chooses_per_layer(trained, monkeypatch):
+    m = trained
+    with torch.no_grad():
+        _, s0 = m.prefill(torch.randint(32, 127, (1, 30), generator=torch.Generator().manual_seed(5)))
+    # find a token whose layers have different activities, and put the threshold between them
+    for tok in range(32, 127):
+        t = torch.tensor([tok])
+        acts = _row_activity(m, t, s0)
+        if max(acts) - min(acts) > 0.02:
+            break
+    else:
+        pytest.skip("no token with distinct per-layer activity")
+    thr = (max(acts) + min(acts)) / 2
+    want_sparse = [l for l, a in enumerate(acts) if a <= thr]
+    assert 0 < len(want_sparse) < m.config.n_layer
+    ref, _ = m.step(t, s0)
+    monkeypatch.setattr(bdh.model, "SPARSE_MIN_STATE", 0)
+    monkeypatch.setattr(bdh.model, "SPARSE_MAX_ACTIVITY", thr)
+    calls, logits = _layers_run_sparsely(m, monkeypatch, "auto", t, s0.clone())
+    assert calls == want_sparse
+    assert (logits - ref).abs().max() <= 1e-5
+    # forced either way; and "auto" on a model below SPARSE_MIN_STATE is dense
+    assert _layers_run_sparsely(m, monkeypatch, True, t, s0.clone())[0] == list(range(m.config.n_layer))
+    assert _layers_run_sparsely(m, monkeypatch, False, t, s0.clone())[0] == []
+    monkeypatch.setattr(bdh.model, "SPARSE_MIN_STATE", m.config.n * m.config.D + 1)
+    assert _layers_run_sparsely(m, monkeypatch, "auto", t, s0.clone())[0] == []
+
+
+def test_default_generate_identical_sparse_on_off(trained_damped, monkeypatch):
+    """`generate` (sparse="auto" by default) gives the same text with every layer sparse or every layer dense."""
+    m = trained_damped
+    prompts = ["The quick brown fox", "Lists are"]  # different lengths: rows at different positions
+    outs = []
+    for min_state, max_act in ((0, 1.0), (1 << 62, 1.0)):  # auto -> always sparse, auto -> always dense
+        monkeypatch.setattr(bdh.model, "SPARSE_MIN_STATE", min_state)
+        monkeypatch.setattr(bdh.model, "SPARSE_MAX_ACTIVITY", max_act)
+        calls = []
+        real = bdh.model.sparse_step_layer
+        monkeypatch.setattr(bdh.model, "sparse_step_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+        outs.append(m.generate(prompts, max_new_tokens=40, temperature=0.8, seed=1))
+        assert bool(calls) == (min_state == 0)
+    assert outs[0] == outs[1]
+    assert all(len(o) > 0 for o in outs[0])
+
+
+def test_sparse_falls_back_to_dense_without_inplace_or_with_grad():
     torch.manual_seed(0)
     m = BDH(tiny_config(damping="alibi")).eval()
     with torch.no_grad():
         _, s = m.prefill(torch.randint(0, 256, (1, 5)))
+        before = [r.clone() for r in s.rho]
         a, _ = m.step(torch.tensor([3]), s)
-        b, _ = m.step(torch.tensor([3]), s.clone(), inplace=True, sparse=True)
-    assert (a - b).abs().max() <= 1e-6
+        b, s_new = m.step(torch.tensor([3]), s, sparse=True)  # functional: the state passed in is unchanged
+        assert s_new is not s and all(torch.equal(x, y) for x, y in zip(before, s.rho))
+        c, _ = m.step(torch.tensor([3]), s.clone(), inplace=True, sparse=True)
+    assert (a - b).abs().max() <= 1e-6 and (a - c).abs().max() <= 1e-6
+    m.train()
+    with torch.no_grad():
+        d, _ = m.step(torch.tensor([3]), s.clone(), inplace=True, sparse=True)  # training mode: dense
+    assert (a - d).abs().max() <= 1e-6
     with pytest.raises(ValueError, match="sparse='yes'"):
         m.step(torch.tensor([3]), s, sparse="yes")

@@ -152,14 +152,15 @@ def attention_chunked(
     sd = state_dtype(QR.dtype)
     S = S0 if S0 is not None else QR.new_zeros((B, nh, N, D), dtype=sd)
     outs = []
-    for c0 in range(0, T, chunk_size):
-        c1 = min(c0 + chunk_size, T)
-        q, v = QR[:, :, c0:c1], V[:, :, c0:c1]  # (B, nh, c, N), (B, 1, c, D)
+    # split (not slicing in a loop): backward then concatenates the chunk gradients instead of zero-filling a
+    # full-size gradient per chunk
+    chunks = list(zip(QR.split(chunk_size, 2), V.split(chunk_size, 2)))  # (B, nh, c, N), (B, 1, c, D)
+    for i, (q, v) in enumerate(chunks):
         inner, _ = attention_parallel(q, v, None, log_gamma, need_state=False, detach_kv=detach_kv)  # in-chunk
-        w = _decay_powers(log_gamma, torch.arange(c1 - c0, device=QR.device), q.dtype)  # gamma^i
+        w = _decay_powers(log_gamma, torch.arange(q.shape[2], device=QR.device), q.dtype)  # gamma^i
         read = q @ S.to(q.dtype)  # (B, nh, c, D): the carried state, exclusive of this chunk
         outs.append(inner + (read if w is None else read * w.view(1, nh, -1, 1)))
-        if c1 < T or need_state:
+        if i < len(chunks) - 1 or need_state:
             S = _advance_state(q.detach(), v.detach(), S, log_gamma) if detach_kv else _advance_state(q, v, S, log_gamma)
     return torch.cat(outs, dim=2), (S if need_state else None)
 

@@ -94,6 +94,24 @@ def _model_from_tensors(tensors: dict[str, torch.Tensor], config: BDHConfig, sou
     return model
 
 
+def _generic_from_tensors(tensors: dict[str, torch.Tensor], config, source: str):
+    """Any other model type (the GPT baseline): keys and shapes checked against a freshly built model."""
+    from .models import build_model
+
+    with torch.device("meta"):
+        model = build_model(config)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing, unexpected = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: missing tensor(s) {missing}, unexpected tensor(s) {unexpected}")
+    for k, shape in want.items():
+        if tuple(tensors[k].shape) != shape:
+            raise CheckpointError(f"{source}: tensor {k!r} has shape {tuple(tensors[k].shape)}, the config expects {shape}")
+    model = build_model(config)  # on CPU: non-persistent buffers are computed, parameters then overwritten
+    model.load_state_dict(tensors, strict=True)
+    return model
+
+
 # ----------------------------------------------------------------------------- native format
 def save_pretrained(model, directory: str | os.PathLike, tokenizer: Any = None) -> None:
     from safetensors.torch import save_file
@@ -120,15 +138,20 @@ def load_pretrained(directory: str | os.PathLike, *, device="cpu", dtype: torch.
     for p in (cfg_path, w_path):
         if not p.is_file():
             raise CheckpointError(f"{directory}: missing {p.name} (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
+    from .models import load_config
+
     try:
-        config = BDHConfig.load(cfg_path)
+        config = load_config(cfg_path)  # BDHConfig or GPTConfig ("model_type")
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{cfg_path}: invalid config: {e}") from e
     try:
         tensors = load_file(str(w_path))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{w_path}: truncated or not a safetensors file ({e})") from e
-    model = _model_from_tensors(tensors, config, str(w_path))
+    if isinstance(config, BDHConfig):
+        model = _model_from_tensors(tensors, config, str(w_path))
+    else:
+        model = _generic_from_tensors(tensors, config, str(w_path))
     from .tokenization import load_tokenizer
 
     model.tokenizer = load_tokenizer(directory)  # bytes when the directory holds no tokenizer

@@ -11,13 +11,13 @@ import importlib
 import json
 import sys
 
-COMMAND_MODULES = ("bdh.cli", "bdh.training.cli", "bdh.analysis.cli", "bdh.graph.cli")
+COMMAND_MODULES = ("bdh.cli", "bdh.training.cli", "bdh.analysis.cli", "bdh.graph.cli", "bdh.baselines.compare")
 
 
 def _load_model(path: str):
-    from .model import BDH
+    from .models import load_model
 
-    return BDH.from_pretrained(path)  # with the tokenizer saved beside it (bytes when none)
+    return load_model(path)  # BDH or the GPT baseline, with the tokenizer saved beside it (bytes when none)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -44,6 +44,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def model_info(model) -> dict:
     """Config, parameter counts (actual and 3nd + 2Vd), FLOPs per token and state size of a model."""
     c = model.config
+    if not hasattr(c, "N"):  # the GPT baseline: its KV cache grows with the context
+        return {"config": {"model_type": "gpt", **c.to_dict()}, "params_actual": model.num_params(),
+                "params_formula": c.num_params(), "params_match": model.num_params() == c.num_params(),
+                "flops_per_token_decode_at_context_1024": model.flops_per_token(1024),
+                "kv_cache_bytes_per_token_fp32": 2 * c.n_layer * c.n_embd * 4, "dtype": str(model.dtype).removeprefix("torch.")}
     state_bytes = c.n_layer * c.n * c.D * 4
     return {
         "config": c.to_dict(),
@@ -65,6 +70,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     c = info["config"]
+    if c.get("model_type") == "gpt":
+        print(f"GPT baseline at {args.model}")
+        print(f"  layers L={c['n_layer']}  d={c['n_embd']}  heads={c['n_head']}  mlp={c['mlp_dim'] or 4 * c['n_embd']}  "
+              f"positions={c['positions']}  vocab V={c['vocab_size']}  dtype={info['dtype']}")
+        print(f"  parameters: {info['params_actual']:,}")
+        print(f"  FLOPs/token (decode at context 1024): {info['flops_per_token_decode_at_context_1024']:,}")
+        print(f"  KV cache: {info['kv_cache_bytes_per_token_fp32']:,} bytes fp32 per token of context")
+        return 0
     print(f"BDH-GPU model at {args.model}")
     print(f"  layers L={c['n_layer']}  d={c['n_embd']}  heads h={c['n_head']}  N/head={info['neurons_per_head_N']}  "
           f"n={info['neurons_n']}  vocab V={c['vocab_size']}")

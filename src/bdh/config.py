@@ -105,6 +105,8 @@ class BDHConfig:
     def from_dict(cls, d: dict[str, Any]) -> "BDHConfig":
         if not isinstance(d, dict):
             raise ValueError(f"BDH config: expected a JSON object, got {type(d).__name__}")
+        if d.get("model_type", "bdh") != "bdh":
+            raise ValueError(f"config has model_type {d['model_type']!r}, not 'bdh' (load it with bdh.load_model)")
         names = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k not in ("model_type", "bdh_version")}
         unknown = sorted(set(d) - names)

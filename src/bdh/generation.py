@@ -14,7 +14,6 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .state import BDHState
 
 
 @dataclasses.dataclass
@@ -173,7 +172,7 @@ def _token_loop(model, ids, max_new_tokens, params, seed, eos_token_id, form, ro
         else:
             outs = [model.prefill(torch.tensor([p], device=device), form=form) for p in ids]
             last = torch.cat([lg[:, -1] for lg, _ in outs], 0)
-            state = BDHState.cat([s for _, s in outs])
+            state = type(outs[0][1]).cat([s for _, s in outs])  # BDHState or a GPT KV cache
         active = list(range(len(ids)))  # batch row -> prompt index
         for n in range(max_new_tokens):
             if not active:

@@ -35,7 +35,7 @@ from torch import nn
 
 from .attention import attention_chunked, attention_parallel, attention_step, rope, rope_cos_sin, rope_freqs, state_dtype
 from .config import FORMS, BDHConfig
-from .sparse import SPARSE_MAX_PAIR_ACTIVITY, pair_activity, sparse_step_layer
+from .sparse import SPARSE_MAX_ACTIVITY, SPARSE_MIN_STATE, active_rows, sparse_step_layer
 from .state import BDHState
 
 
@@ -162,8 +162,9 @@ class BDH(nn.Module):
         """One token per row, (B,), from `state`: logits (B, V) and the new state. O(1) work per token.
 
         `inplace=True` updates `state` itself and returns it (no allocation; for loops that own the state).
-        `sparse`: with `inplace=True` in inference, layers whose measured activity is low skip inactive
-        neurons (`bdh.sparse`; same logits). "auto" picks per layer and token, True forces it, False is dense.
+        `sparse`: with `inplace=True` in inference (eval mode, no autograd), layers can skip inactive neurons
+        (`bdh.sparse`; same logits to float rounding). "auto" picks per layer and token from the measured
+        activity (and only for models large enough to gain), True forces it, False is dense.
         """
         self._check_ids(token_ids, "token_ids", 1)
         self._check_state(state, token_ids.shape[0])
@@ -235,28 +236,34 @@ class BDH(nn.Module):
         self, token_ids: torch.Tensor, state: BDHState, inplace: bool = False, sparse: bool | str = False
     ) -> tuple[torch.Tensor, BDHState]:
         B = token_ids.shape[0]
-        v = self._embed(token_ids.view(B, 1))  # (B, 1, 1, D)
-        cos, sin = rope_cos_sin(state.pos.view(B, 1), self.freqs, v.dtype)  # (B, 1, N)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, 1, N)
+        c = self.config
+        nh, N, D = c.n_head, c.N, c.D
+        v = self._embed(token_ids.view(B, 1)).view(B, D)  # (B, D)
+        cos, sin = rope_cos_sin(state.pos.view(B, 1), self.freqs, v.dtype)  # (B, 1, N): broadcast over heads
         gamma = None if self.log_gamma is None else self.log_gamma.exp()
-        # the sparse path writes rho in place and has no damping; it needs inference (no autograd, no dropout)
-        can_sparse = sparse is not False and inplace and gamma is None and not self.training and not torch.is_grad_enabled()
-        if can_sparse:  # RoPE factors of every (b, h, i), flat, shared by the layers
-            nh, N = self.config.n_head, self.config.N
-            cs_flat = [c.view(B, 1, N).expand(B, nh, N).reshape(-1) for c in (cos, sin)]
+        # the sparse path writes rho in place; it needs inference (no autograd, no dropout). "auto" only
+        # considers it for models large enough that it can win (bdh.sparse.SPARSE_MIN_STATE).
+        can_sparse = sparse is not False and inplace and not self.training and not torch.is_grad_enabled()
+        if sparse == "auto" and c.n * D < SPARSE_MIN_STATE:
+            can_sparse = False
         new_rho = []
-        for l in range(self.config.n_layer):
-            x_sparse = F.relu(v @ self.encoder)  # (B, nh, 1, N)
-            if can_sparse and (sparse is True or pair_activity(x_sparse) <= SPARSE_MAX_PAIR_ACTIVITY):
-                v = sparse_step_layer(self, v[:, 0, 0], x_sparse[:, :, 0], state.rho[l], *cs_flat)
-                v = v.view(B, 1, 1, -1)
-                new_rho.append(state.rho[l])
-                continue
-            qr = rope(x_sparse, cos, sin)[:, :, 0]  # (B, nh, N)
-            a, S = attention_step(qr, v[:, 0, 0], state.rho[l], gamma, inplace)  # (B, nh, D), (B, nh, N, D)
+        for l in range(c.n_layer):
+            # per-head products as (nh, B, .) bmm: `(B,1,1,D) @ (nh,D,N)` would broadcast-copy the weights B times
+            x_sparse = F.relu(torch.bmm(v.unsqueeze(0).expand(nh, B, D), self.encoder)).transpose(0, 1).contiguous()
+            qr = rope(x_sparse, cos, sin)  # (B, nh, N)
+            if can_sparse:
+                rows = active_rows(x_sparse, qr)
+                if sparse is True or rows.numel() <= SPARSE_MAX_ACTIVITY * qr.numel():
+                    v = sparse_step_layer(self, v, x_sparse, qr, state, l, gamma, rows)
+                    new_rho.append(state._rho[l])
+                    continue
+            S0 = state._fold(l)  # the true rho of this layer (folds a pending lazy scale of the sparse path)
+            a, S = attention_step(qr, v, S0, gamma, inplace)  # (B, nh, D), (B, nh, N, D)
             new_rho.append(S)
-            v = self._layer_mlp(v, x_sparse, a.unsqueeze(2))
-        logits = v.view(B, -1) @ self.lm_head  # (B, V)
+            y_sparse = F.relu(torch.bmm(self.ln(a).transpose(0, 1), self.encoder_v)).transpose(0, 1)  # (B, nh, N)
+            xy_sparse = self.drop(x_sparse * y_sparse)  # gate with x_sparse before RoPE (as `_layer_mlp`)
+            v = self.ln(v + self.ln(xy_sparse.reshape(B, nh * N) @ self.decoder))  # (B, D)
+        logits = v @ self.lm_head  # (B, V)
         if inplace:
             state.pos += 1
             return logits, state
@@ -294,9 +301,12 @@ class BDH(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, device="cpu", dtype: torch.dtype | None = None) -> "BDH":
         """Load a model written by `save_pretrained`, in eval mode, with its tokenizer as `model.tokenizer`."""
-        from .checkpoint import load_pretrained
+        from .checkpoint import CheckpointError, load_pretrained
 
-        return load_pretrained(directory, device=device, dtype=dtype)
+        model = load_pretrained(directory, device=device, dtype=dtype)
+        if not isinstance(model, cls):
+            raise CheckpointError(f"{directory}: holds a model of model_type 'gpt', not BDH (use bdh.load_model)")
+        return model
 
     @classmethod
     def from_reference(cls, path_or_state_dict, config: BDHConfig) -> "BDH":

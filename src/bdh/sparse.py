@@ -1,19 +1,39 @@
 """Sparse recurrent decode: per token and layer, work only for active neurons.
 
 A neuron i with x_sparse_i = 0 contributes nothing to y, to the decoder, to the state write or to the
-state read, except through its RoPE partner: RoPE rotates the pair (2k, 2k+1), so a pair is active when
-either member is. Per layer (batch rows and heads flattened into (b, h) rows):
+state read, except through its RoPE partner: RoPE rotates the pair (2k, 2k+1), so the rotated query/key
+qr_i = RoPE(x_sparse)_i is non-zero when either member of its pair is active. Per layer (batch rows and
+heads flattened into (b, h) rows; the state stored as R with true rho = c * R, see "damping" below):
 
-    x      = relu(v @ D_x)                          dense, (B, h, N): the one d x n product
-    pairs  = {(b, h, k): x[b,h,2k] > 0 or x[b,h,2k+1] > 0}
-    a      = sum_{active i} QR_i * rho[b,h,i,:]        gather rho rows of active pairs      (read)
-    rho[b,h,i,:] += QR_i * v                           scatter into the same rows, in place  (write)
-    y_i    = relu(LN(a) . D_y[:, i]) for x_i > 0       gather D_y columns of active neurons
-    v'     = LN(v + LN(sum_{x_i y_i > 0} x_i y_i E_i))  gather decoder rows of gated neurons
+    x      = relu(v @ D_x)                            dense, (B, h, N): the one d x n product
+    qr     = RoPE(x)                                  dense, O(n) elementwise
+    rows   = {(b, h, i): qr_i != 0 or x_i > 0}        the only rows of rho that are read or written
+    a      = c * sum_{i in rows} qr_i R[b,h,i,:]      gather + weighted sum (embedding_bag)       (read)
+    R[b,h,i,:] += qr_i * v / c   for i in rows        scatter-add into the same rows, in place   (write;
+                                                      one dense rank-1 update when many rows are active)
+    c     *= gamma_h                                  the damping of every row of rho, O(1) per head
+    y_i    = relu(LN(a) . D_y[:, i])  for x_i > 0     gather the D_y columns of those neurons (or one dense
+                                                      product when many are active: SPARSE_Y_MAX_ACTIVITY)
+    v'     = LN(v + LN(sum_{x_i y_i > 0} x_i y_i E_i))   decoder rows of gated neurons only (embedding_bag)
 
-`dense_step_layer` in `bdh.model` (the reference) computes the same function densely; tests check equality.
-The sparse path updates rho in place (copying it would cost the dense O(n d) it avoids) and does not support
-damping (gamma would rescale every row of rho at every token): such layers run densely.
+Damping: the dense recurrence is rho <- gamma_h (rho + qr (x) v), which rescales every row of rho at every
+token (O(n d)). The sparse path keeps a lazy per-(b, h) scale c (`BDHState._scale`): the write adds
+qr (x) v / c to the stored rows and the decay multiplies c only; the read multiplies by c. When some c falls
+below `SCALE_FLOOR` the scale is folded into the stored tensor (one dense pass, every ~90 tokens for the fastest
+ALiBi head gamma = e^-0.5) so that 1/c never overflows. `BDHState.rho` folds pending scales on access, so
+everything outside this module sees the true rho.
+
+`BDH._step` computes the same function densely (`attention_step`, then the y-encoder and decoder products);
+tests check equality of logits and states on trained weights, with and without damping.
+
+When it pays (benchmarks/sparse_decode.py, shared 2-core CPU, one thread, results in
+benchmarks/results/sparse_decode.json): the sparse layer still does the dense x = relu(v D_x) product and
+~30 small tensor ops of fixed overhead; the rest scales with the active rows. At the default config's size
+(n = 1024, d = 64) the overhead dominates and sparse is slower (0.7-0.8x). At n = 32768 with the activity of
+our briefly trained model (~35-40% of x active, ~55-60% of rows) it gains ~1.1-1.2x; the gain grows as
+activity falls (~2.5x at batch 1 with ~3% of x active, measured on a random-weight probe with silenced
+neurons). `sparse="auto"` therefore runs a layer sparsely only when the model is large enough
+(`SPARSE_MIN_STATE`) and the current token's active rows are few enough (`SPARSE_MAX_ACTIVITY`).
 """
 
 from __future__ import annotations
@@ -21,10 +41,28 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# sparse="auto" runs a layer sparsely when at most this fraction of its RoPE pairs is active. Not yet calibrated:
-# on the shared 2-core CPU the gather/scatter path was not faster than the dense products at any activity we
-# tried (down to 8% of pairs), so "auto" stays dense until a benchmark shows a crossover; sparse=True forces it.
-SPARSE_MAX_PAIR_ACTIVITY = 0.0
+# sparse="auto": a layer runs sparsely when n * d (neurons times embedding) is at least SPARSE_MIN_STATE and at
+# most SPARSE_MAX_ACTIVITY of its state rows (the (b, h, i) with qr_i != 0 or x_i > 0, i.e. active RoPE pairs)
+# are active for the current token. Calibrated with benchmarks/sparse_decode.py and random-weight probes on the
+# 2-core CPU (one thread, d = 64): at n*d = 2^16 (the default config) sparse is ~2x slower than dense at any
+# activity (fixed op overhead), at 2^18 it still loses, at 2^19 it is even, at 2^21 it wins at every activity
+# measured (up to random init, ~75% of rows). 2^20 keeps "auto" on the safe side.
+SPARSE_MIN_STATE = 1 << 20
+SPARSE_MAX_ACTIVITY = 0.85
+
+# Inside a sparse layer, y = relu(LN(a) D_y) is computed only for the neurons with x > 0 (gathering their D_y
+# columns) when the active rows are at most this fraction; above it one dense product is cheaper (CPU).
+SPARSE_Y_MAX_ACTIVITY = 0.25
+
+# The state write scatters into the active rows (index_add_) when they are at most this fraction, else it is one
+# dense rank-1 update of the stored state (addcmul_, zeros for inactive rows): on the CPU index_add_ is ~5x
+# slower per row than the dense update (measured at n*d = 2^21), so the scatter only pays for few rows.
+# Either way the lazy damping scale spares the dense decay pass.
+SPARSE_SCATTER_MAX_ACTIVITY = 0.15
+
+# Fold the lazy damping scale into the stored state when some scale c drops below this (1/c <= 1e20 keeps the
+# stored values far from the fp32 overflow at 3.4e38).
+SCALE_FLOOR = 1e-20
 
 
 def pair_activity(x_sparse: torch.Tensor) -> torch.Tensor:
@@ -32,43 +70,78 @@ def pair_activity(x_sparse: torch.Tensor) -> torch.Tensor:
     return (x_sparse.unflatten(-1, (-1, 2)) > 0).any(-1).float().mean()
 
 
-def sparse_step_layer(model, v: torch.Tensor, x: torch.Tensor, S: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """One layer of one decode step, sparse. Updates S in place.
+def active_rows(x: torch.Tensor, qr: torch.Tensor) -> torch.Tensor:
+    """Flat indices (b*nh + h)*N + i of the state rows touched by this token: qr_i != 0 or x_i > 0. Sorted."""
+    return (qr.reshape(-1).ne(0) | x.reshape(-1).gt(0)).nonzero().squeeze(1)
 
-    v (B, D): the layer input; x (B, nh, N): x_sparse (already computed densely); S (B, nh, N, D);
-    cos, sin (B*nh*N,): the RoPE factors of every (b, h, i). Returns the next layer input (B, D).
-    Neurons are addressed by their flat index n = (b*nh + h)*N + i, which is also their row in S.
+
+def sparse_step_layer(model, v: torch.Tensor, x: torch.Tensor, qr: torch.Tensor, state, l: int, gamma, rows=None):
+    """One layer of one decode step, sparse. Updates the stored rho of layer l of `state` in place.
+
+    v (B, D): the layer input; x (B, nh, N): x_sparse; qr (B, nh, N): RoPE(x_sparse) (both computed densely);
+    state: the BDHState (its raw storage and lazy scale are used); gamma (nh,) or None (no damping);
+    rows: `active_rows(x, qr)` when already computed. Returns the next layer input (B, D).
+    Neurons are addressed by their flat index (b*nh + h)*N + i, which is also their row in the stored rho.
     """
     B, nh, N = x.shape
     D = v.shape[-1]
-    x = x.reshape(-1)  # (B*nh*N,)
-    # --- active RoPE pairs and their rotated query/key values
-    p = (x.view(-1, 2) > 0).any(-1).nonzero().squeeze(1)  # (P,) active pairs
-    n0, n1 = 2 * p, 2 * p + 1
-    x0, x1 = x.index_select(0, n0), x.index_select(0, n1)
-    q0 = x0 * cos.index_select(0, n0) - x1 * sin.index_select(0, n0)  # RoPE of the pair (reference `rope`)
-    q1 = x1 * cos.index_select(0, n1) + x0 * sin.index_select(0, n1)
-    r = torch.cat([n0, n1])  # (2P,) rows of S
-    q = torch.cat([q0, q1]).to(S.dtype).unsqueeze(-1)  # (2P, 1)
-    S_rows = S.view(-1, D)  # (B*nh*N, D)
-    # --- read, then write (the read excludes the current token)
-    S_sel = S_rows.index_select(0, r)  # (2P, D): the rho rows of active pairs
-    a = _segment_matrix(r // N, q.squeeze(-1), B * nh) @ S_sel  # (B*nh, D): sum over the rows of each (b, h)
-    S_rows.index_copy_(0, r, S_sel + q * v.to(S.dtype).index_select(0, r // (nh * N)))  # rows are distinct
-    # --- y only where x > 0 (the gate), decoder rows only where x*y > 0
-    xn = (x > 0).nonzero().squeeze(1)  # (A,) active neurons
-    w = xn % (nh * N)  # row of the neuron in D_y^T (nh*N, D) and in the decoder E (nh*N, D)
+    HN = nh * N
+    R, c = state._raw(l)
+    sd = R.dtype
+    R_rows = R.view(-1, D)  # (B*nh*N, D)
+    if rows is None:
+        rows = active_rows(x, qr)
+    seg = rows.div(N, rounding_mode="floor")  # (M,) the (b, h) of each row, sorted
+    q = qr.reshape(-1).index_select(0, rows).to(sd)  # (M,)
+    bh = _arange(B * nh, rows.device)
+    # --- read (excludes the current token): a[b,h] = c * sum_i q_i R[b,h,i]
+    a = F.embedding_bag(rows, R_rows, torch.searchsorted(seg, bh), mode="sum", per_sample_weights=q)  # (B*nh, D)
+    if gamma is not None and c is None:
+        c = torch.ones(B * nh, dtype=sd, device=R.device)
+    vf = v.to(sd)
+    if c is not None:
+        a = a * c.unsqueeze(1)
+        vbh = (vf.unsqueeze(1) / c.view(B, nh, 1)).view(B * nh, D)  # v / c per (b, h)
+    else:
+        vbh = vf.unsqueeze(1).expand(B, nh, D).reshape(B * nh, D)
+    # --- write: R[rows] += q (x) v / c (rows are distinct), then the decay multiplies c only
+    if rows.numel() <= SPARSE_SCATTER_MAX_ACTIVITY * qr.numel():
+        R_rows.index_add_(0, rows, vbh.index_select(0, seg).mul_(q.unsqueeze(1)))
+    else:  # many rows: one dense rank-1 update (qr = 0 elsewhere, adds exact zeros) beats the scatter
+        qd = qr.to(sd) if c is None else qr.to(sd) / c.view(B, nh, 1)
+        R.addcmul_(qd.unsqueeze(-1), vf.view(B, 1, 1, D))
+    if gamma is not None:
+        c = (c.view(B, nh) * gamma.to(sd)).view(-1)
+        state._scale[l] = c
+        if float(c.min()) < SCALE_FLOOR:
+            state._fold(l)
+    # --- y, then the decoder rows of gated neurons only (x * y > 0)
     ln_a = model.ln(a.to(v.dtype))  # (B*nh, D)
-    y = F.relu((ln_a.index_select(0, xn // N) * model._encoder_v_rows().index_select(0, w)).sum(-1))  # (A,)
-    xy = x.index_select(0, xn) * y
-    keep = (xy > 0).nonzero().squeeze(1)
-    E_rows = model.decoder.index_select(0, w.index_select(0, keep))  # (K, D)
-    out = _segment_matrix(xn.index_select(0, keep) // (nh * N), xy.index_select(0, keep), B) @ E_rows  # (B, D)
-    return model.ln(v + model.ln(out))
+    xf = x.reshape(-1)
+    if rows.numel() <= SPARSE_Y_MAX_ACTIVITY * xf.numel():  # few neurons: y only where x > 0 (D_y columns)
+        xn = xf.gt(0).nonzero().squeeze(1)  # (A,) neurons with x > 0 (nonzero of a bool mask: ~3x faster)
+        w = xn.remainder(HN)  # row of the neuron in D_y^T (nh*N, D) and in the decoder E (nh*N, D)
+        seg_x = xn.div(N, rounding_mode="floor")
+        y = (model._encoder_v_rows().index_select(0, w) * ln_a.index_select(0, seg_x)).sum(-1).relu_()  # (A,)
+        xy = xf.index_select(0, xn).mul_(y)
+        keep = xy.gt(0).nonzero().squeeze(1)  # (K,)
+        gated, w, xy = xn.index_select(0, keep), w.index_select(0, keep), xy.index_select(0, keep)
+    else:  # many active neurons: one dense (d x n) product is cheaper than gathering most columns
+        y = F.relu(torch.bmm(ln_a.view(B, nh, D).transpose(0, 1), model.encoder_v)).transpose(0, 1).reshape(-1)
+        xy = xf * y
+        gated = xy.gt(0).nonzero().squeeze(1)  # (K,)
+        w, xy = gated.remainder(HN), xy.index_select(0, gated)
+    off = bh[:1] if B == 1 else torch.searchsorted(gated.div(HN, rounding_mode="floor"), bh[:B])
+    out = F.embedding_bag(w, model.decoder, off, mode="sum", per_sample_weights=xy)  # (B, D)
+    return model.ln(v + model.ln(out))  # (B, D)
 
 
-def _segment_matrix(segment: torch.Tensor, values: torch.Tensor, n_segments: int) -> torch.Tensor:
-    """(n_segments, K) matrix M with M[segment[k], k] = values[k]: M @ rows sums rows per segment."""
-    M = values.new_zeros(n_segments, values.shape[0])
-    M[segment, torch.arange(values.shape[0], device=values.device)] = values
-    return M
+_ARANGE: dict = {}
+
+
+def _arange(n: int, device) -> torch.Tensor:
+    key = (n, str(device))
+    t = _ARANGE.get(key)
+    if t is None:
+        t = _ARANGE[key] = torch.arange(n, device=device)
+    return t

@@ -4,12 +4,17 @@
 (sum over past tokens s of RoPE_s(x_sparse_s) (x) v*_s, times the damping gamma^(t-s) when enabled).
 `pos` (B,) int64 is the absolute position of the next token of every row, so rows may sit at different
 positions (prompts of different lengths). States are values: model calls return new states and never
-modify the one passed in.
+modify the one passed in (except `model.step(..., inplace=True)`, which updates the state it is given).
+
+Lazy damping scale (private, used only by the sparse decode path, `bdh.sparse`): with damping, every token
+multiplies all of rho by gamma_h, which costs O(n d) even when only a few neurons are active. The sparse path
+instead keeps, per layer, a per-(row, head) scalar c with true rho = c * stored (`_scale[l]`, shape (B*nh,)).
+`rho` folds any pending scale into the stored tensors on access, so every other user (select, cat, clone,
+save, the trainer, the analysis tools) sees the true rho.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Sequence
@@ -17,10 +22,48 @@ from typing import Sequence
 import torch
 
 
-@dataclasses.dataclass
 class BDHState:
-    rho: list[torch.Tensor]  # L x (B, nh, N, D)
-    pos: torch.Tensor  # (B,) int64
+    """rho: L x (B, nh, N, D) tensors; pos: (B,) int64."""
+
+    def __init__(self, rho: list[torch.Tensor], pos: torch.Tensor):
+        self._rho = rho
+        self._scale: dict[int, torch.Tensor] = {}  # layer -> (B*nh,) pending lazy damping scale (sparse decode)
+        self.pos = pos
+
+    @property
+    def rho(self) -> list[torch.Tensor]:
+        """The true rho per layer (any pending lazy scale is folded in first)."""
+        if self._scale:
+            for l in list(self._scale):
+                self._fold(l)
+        return self._rho
+
+    @rho.setter
+    def rho(self, value: list[torch.Tensor]) -> None:
+        self._rho = value
+        self._scale = {}
+
+    def __repr__(self) -> str:
+        shapes = [tuple(r.shape) for r in self._rho]
+        return f"BDHState(rho={shapes}, pos={self.pos.tolist()}, dtype={self._rho[0].dtype if self._rho else None})"
+
+    # ------------------------------------------------------------------ lazy scale (bdh.sparse only)
+    def _fold(self, l: int) -> torch.Tensor:
+        """Multiply layer l's pending scale into its stored rho (in place); returns the true rho of layer l."""
+        c = self._scale.pop(l, None)
+        r = self._rho[l]
+        if c is not None:
+            c = c.to(r.dtype).view(r.shape[0], r.shape[1], 1, 1)
+            with torch.no_grad():
+                if r.is_inference() and not torch.is_inference_mode_enabled():
+                    r = self._rho[l] = r * c  # inference tensors cannot be updated in place outside inference mode
+                else:
+                    r.mul_(c)
+        return r
+
+    def _raw(self, l: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Layer l's stored rho and pending scale (None = 1): true rho = scale * stored."""
+        return self._rho[l], self._scale.get(l)
 
     @property
     def batch_size(self) -> int:
@@ -28,18 +71,18 @@ class BDHState:
 
     @property
     def n_layer(self) -> int:
-        return len(self.rho)
+        return len(self._rho)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.rho[0].dtype
+        return self._rho[0].dtype
 
     @property
     def device(self) -> torch.device:
-        return self.rho[0].device
+        return self._rho[0].device
 
     def nbytes(self) -> int:
-        return sum(r.numel() * r.element_size() for r in self.rho) + self.pos.numel() * 8
+        return sum(r.numel() * r.element_size() for r in self._rho) + self.pos.numel() * 8
 
     def clone(self) -> "BDHState":
         return BDHState([r.clone() for r in self.rho], self.pos.clone())
@@ -71,7 +114,7 @@ class BDHState:
         want = (n_head, N, D)
         if self.n_layer != n_layer:
             raise ValueError(f"state has {self.n_layer} layers, the model has n_layer={n_layer}")
-        for l, r in enumerate(self.rho):
+        for l, r in enumerate(self._rho):
             if r.dim() != 4 or tuple(r.shape[1:]) != want or r.shape[0] != self.batch_size:
                 raise ValueError(
                     f"state rho[{l}] has shape {tuple(r.shape)}, expected (B={self.batch_size}, n_head={n_head}, "

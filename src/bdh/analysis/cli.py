@@ -2,6 +2,7 @@
 
     bdh analyze --model runs/default --out report/            # plots, report.json, report.html
     bdh merge runs/en-fr runs/en-pt -o runs/merged            # neuron concatenation (paper §7.1)
+    bdh merge-experiment --base runs/default --a gettext:fr --b gettext:de --out runs/merge   # §7.1, Table 2
 """
 
 from __future__ import annotations
@@ -59,6 +60,35 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge_experiment(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .merge import merge_experiment, merge_table
+
+    for flag, v, lo in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1),
+                        ("--block-size", args.block_size, 2), ("--eval-tokens", args.eval_tokens, 2),
+                        ("--threads", args.threads, 0)):
+        if v < lo:
+            raise ValueError(f"{flag} {v}: expected an integer >= {lo}")
+    if not 0 < args.lr < float("inf"):
+        raise ValueError(f"--lr {args.lr}: expected a positive finite learning rate")
+    if not Path(args.base).is_dir():
+        raise FileNotFoundError(f"--base {args.base!r}: model directory does not exist")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    rep = merge_experiment(
+        args.base, args.a, args.b, args.out,
+        steps=args.steps, batch_size=args.batch_size, block_size=args.block_size, lr=args.lr,
+        eval_tokens=args.eval_tokens, seed=args.seed,
+        log=None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True)),
+    )
+    print(merge_table(rep), end="")
+    print(f"({rep['elapsed_s']:.0f} s) table: {args.out}/merge_experiment.md, numbers: {args.out}/merge_experiment.json")
+    return 0
+
+
 def register(sub) -> None:
     from .report import SECTIONS
 
@@ -87,3 +117,18 @@ def register(sub) -> None:
     m.add_argument("-o", "--out", required=True, help="output model directory")
     m.add_argument("--alpha", type=float, default=0.5, help="weight of model A in the averaged embed / lm_head")
     m.set_defaults(func=cmd_merge)
+    e = sub.add_parser("merge-experiment",
+                       help="paper §7.1 / Table 2 at small scale: continue a model on two corpora, merge, evaluate on both")
+    e.add_argument("--base", required=True, help="trained base model directory (save_pretrained / bdh train --out)")
+    e.add_argument("--a", required=True, help="corpus spec of continuation A (e.g. gettext:fr, pydoc, a path)")
+    e.add_argument("--b", required=True, help="corpus spec of continuation B (e.g. gettext:de)")
+    e.add_argument("--out", required=True, help="output directory: the three models, merge_experiment.json and .md")
+    e.add_argument("--steps", type=int, default=500, help="AdamW steps of each continuation")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--block-size", type=int, default=128, help="tokens per training and evaluation window")
+    e.add_argument("--lr", type=float, default=1e-3, help="constant learning rate of the continuations")
+    e.add_argument("--eval-tokens", type=int, default=65536, help="validation tokens per model and corpus")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    e.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    e.set_defaults(func=cmd_merge_experiment)

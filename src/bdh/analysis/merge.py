@@ -154,39 +154,103 @@ def continue_training(model, tokens, *, steps: int, batch_size: int = 16, block_
     return m
 
 
+def _check_experiment_args(*, steps, batch_size, block_size, lr, eval_tokens) -> None:
+    """ValueError naming the first bad experiment setting."""
+    for name, v, lo in (("steps", steps, 1), ("batch_size", batch_size, 1), ("block_size", block_size, 2),
+                        ("eval_tokens", eval_tokens, 2)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"{name}={v!r}: expected an integer >= {lo}")
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr < float("inf")):
+        raise ValueError(f"lr={lr!r}: expected a positive finite learning rate")
+
+
+MODEL_ROWS = ("base", "+A", "+B", "merged")
+
+
+def merge_table(report: dict) -> str:
+    """Markdown table of a `merge_experiment` report, laid out like the paper's Table 2.
+
+    Rows: base, +A, +B, merged; columns: neurons n, parameters, then validation loss (nats/token) and bits/byte
+    on corpus A and on corpus B.
+    """
+    a, b = report["corpus_A"], report["corpus_B"]
+    val, sizes = report["validation"], report.get("models", {})
+    label = {"base": "base", "+A": f"+A ({a})", "+B": f"+B ({b})", "merged": "merged (+A, +B)"}
+    head = (f"| model | neurons n | parameters | {a} loss | {a} bits/byte | {b} loss | {b} bits/byte |\n"
+            "|---|---:|---:|---:|---:|---:|---:|\n")
+    rows = []
+    for name in MODEL_ROWS:
+        r, z = val[name], sizes.get(name, {})
+        n = f"{z['n']:,}" if "n" in z else "?"
+        params = f"{z['params']:,}" if "params" in z else "?"
+        rows.append(f"| {label[name]} | {n} | {params} | {r['A']['loss']:.3f} | {r['A']['bpb']:.3f} | "
+                    f"{r['B']['loss']:.3f} | {r['B']['bpb']:.3f} |")
+    return head + "\n".join(rows) + "\n"
+
+
 def merge_experiment(base_dir: str | os.PathLike, corpus_a: str, corpus_b: str, out_dir: str | os.PathLike, *,
-                     steps: int = 200, batch_size: int = 16, block_size: int = 128, lr: float = 1e-3,
-                     eval_tokens: int = 16384, seed: int = 0) -> dict:
+                     steps: int = 500, batch_size: int = 16, block_size: int = 128, lr: float = 1e-3,
+                     eval_tokens: int = 65536, seed: int = 0, log=None) -> dict:
     """§7.1 at small scale: continue a trained base model on corpus A and on corpus B, merge the two, evaluate.
 
-    Corpora are `bdh.data.corpora.resolve_corpus` specs (e.g. "gettext:fr", "gettext:es"). Every model (base, +A,
-    +B, merged) is evaluated on the validation split of both corpora with `bdh.training.evaluate` (nats/token
-    and bits/byte, independent windows). Writes the models and `merge_experiment.json` into `out_dir`.
+    Corpora are `bdh.data.corpora.resolve_corpus` specs (e.g. "gettext:fr", "gettext:de"). Every model (base, +A,
+    +B, merged; the merged one with no further training) is evaluated on the validation split of both corpora
+    with `bdh.training.evaluate` (nats/token and bits/byte, independent windows of `block_size`, the same
+    `eval_tokens` tokens for every model). Writes the models (`continued_A`, `continued_B`, `merged`),
+    `merge_experiment.json` and `merge_experiment.md` (the table of `merge_table`) into `out_dir`.
+
+    All settings, the base model and both corpora are checked before anything is written, so bad input leaves
+    `out_dir` untouched. `log` (optional) receives progress lines.
     """
     import json
+    import time
 
     from ..model import BDH
     from ..training import evaluate, token_byte_lengths
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_experiment_args(steps=steps, batch_size=batch_size, block_size=block_size, lr=lr, eval_tokens=eval_tokens)
+    say = log or (lambda s: None)
+    t0 = time.perf_counter()
     base = BDH.from_pretrained(base_dir)
     tok = base.tokenizer
-    data = {name: _corpus_tokens(base, spec) for name, spec in (("A", corpus_a), ("B", corpus_b))}
-    ma = continue_training(base, data["A"][0], steps=steps, batch_size=batch_size, block_size=block_size, lr=lr, seed=seed)
-    mb = continue_training(base, data["B"][0], steps=steps, batch_size=batch_size, block_size=block_size, lr=lr, seed=seed + 1)
-    merged = merge_models(ma, mb)
+    data = {}
+    for name, spec in (("A", corpus_a), ("B", corpus_b)):
+        train, val = _corpus_tokens(base, spec)
+        if len(train) < block_size + 2:
+            raise ValueError(f"corpus {spec!r}: {len(train)} training tokens, fewer than block_size + 2 = {block_size + 2}")
+        if len(val) < 2:
+            raise ValueError(f"corpus {spec!r}: {len(val)} validation tokens, at least 2 are needed")
+        data[name] = (train, val)
+        say(f"corpus {name} = {spec}: {len(train):,} training / {len(val):,} validation tokens")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output {str(out)!r} exists and is not a directory")
+    torch.manual_seed(seed)
+    models = {"base": base}
+    for i, name in enumerate(("A", "B")):
+        t = time.perf_counter()
+        models["+" + name] = continue_training(base, data[name][0], steps=steps, batch_size=batch_size,
+                                               block_size=block_size, lr=lr, seed=seed + i)
+        say(f"+{name}: {steps} steps on {(corpus_a, corpus_b)[i]} in {time.perf_counter() - t:.0f} s")
+    models["merged"] = merge_models(models["+A"], models["+B"])
     bl = token_byte_lengths(tok)
-    results = {}
-    for name, m in (("base", base), ("+A", ma), ("+B", mb), ("merged", merged)):
+    results, sizes = {}, {}
+    for name in MODEL_ROWS:
+        m = models[name]
+        sizes[name] = {"N": m.config.N, "n": m.config.n, "params": m.num_params()}
         results[name] = {}
         for cname in ("A", "B"):
             r = evaluate(m, data[cname][1], bl, block_size, batch_size=8, max_tokens=eval_tokens)
-            results[name][cname] = {"loss": r["loss"], "bpb": r["bpb"]}
-    for name, m in (("continued_A", ma), ("continued_B", mb), ("merged", merged)):
-        m.save_pretrained(out / name, tokenizer=tok)
+            results[name][cname] = {"loss": r["loss"], "bpb": r["bpb"], "tokens": r["tokens"]}
+        say(f"{name}: loss A {results[name]['A']['loss']:.3f}, loss B {results[name]['B']['loss']:.3f} nats/token")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, key in (("continued_A", "+A"), ("continued_B", "+B"), ("merged", "merged")):
+        models[key].save_pretrained(out / name, tokenizer=tok)
     report = {"base": str(base_dir), "corpus_A": corpus_a, "corpus_B": corpus_b, "steps": steps, "lr": lr,
-              "block_size": block_size, "batch_size": batch_size, "eval_tokens": eval_tokens,
-              "N_base": base.config.N, "N_merged": merged.config.N, "validation": results}
+              "block_size": block_size, "batch_size": batch_size, "eval_tokens": eval_tokens, "seed": seed,
+              "threads": torch.get_num_threads(), "tokenizer": getattr(tok, "name", None),
+              "N_base": base.config.N, "N_merged": models["merged"].config.N, "models": sizes,
+              "validation": results, "elapsed_s": round(time.perf_counter() - t0, 1)}
     (out / "merge_experiment.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "merge_experiment.md").write_text(merge_table(report), encoding="utf-8")
     return report

@@ -49,7 +49,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.corpora import resolve_corpus
-    from ..model import BDH
+    from ..models import load_model
     from ..tokenization import load_tokenizer
     from .evaluation import evaluate, token_byte_lengths
 
@@ -58,7 +58,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if v is not None and v < least:
             raise ValueError(f"--{name.replace('_', '-')} {v}: expected an integer >= {least}")
     model_dir = Path(args.model)
-    model = BDH.from_pretrained(model_dir)
+    model = load_model(model_dir)  # BDH or the GPT baseline
     tokenizer = load_tokenizer(model_dir)
     if tokenizer.vocab_size != model.config.vocab_size:
         raise ValueError(

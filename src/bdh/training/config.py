@@ -1,4 +1,5 @@
-"""The run configuration: `[model]` (BDHConfig fields), `[data]` and `[train]`, read from TOML once and validated.
+"""The run configuration: `[model]` (BDHConfig fields, or with `model_type = "gpt"` the GPTConfig fields of the
+GPT-2 baseline), `[data]` and `[train]`, read from TOML once and validated.
 
     cfg = load_run_config("tiny", overrides=["train.lr=3e-4", "data.block_size=64"])
 
@@ -121,8 +122,24 @@ class RunConfig:
     train: TrainConfig
     name: str = "custom"  # the config's name (shipped name or file stem)
 
-    def model_config(self, vocab_size: int) -> BDHConfig:
-        return BDHConfig(**self.model, vocab_size=vocab_size)
+    @property
+    def model_type(self) -> str:
+        return self.model.get("model_type", "bdh")
+
+    def model_config(self, vocab_size: int):
+        """The BDHConfig (or, with model.model_type = "gpt", the GPTConfig) for a tokenizer of `vocab_size`."""
+        from ..models import config_class
+
+        cls = config_class(self.model_type)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in self.model.items() if k != "model_type"}
+        wrong = sorted(set(kwargs) - fields)
+        if wrong:
+            raise ValueError(
+                f"model.{wrong[0]} is not a setting of model_type {self.model_type!r}; it has "
+                + ", ".join(sorted(fields - {"vocab_size"}))
+            )
+        return cls(**kwargs, vocab_size=vocab_size)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -145,7 +162,15 @@ class RunConfig:
     def validate(self) -> None:
         self.data.validate()
         self.train.validate()
-        BDHConfig(**self.model)  # raises ValueError naming the bad field
+        self.model_config(self.model.get("vocab_size", 256))  # raises ValueError naming the bad field
+        if self.model_type != "bdh":  # the GPT baseline: no carried state, one attention form
+            if self.data.batching != "random":
+                raise ValueError(f"data.batching = {self.data.batching!r}: model_type {self.model_type!r} has no carried "
+                                 "state; use random")
+            if self.train.no_bptt:
+                raise ValueError(f"train.no_bptt = true is a BDH option; model_type {self.model_type!r} does not support it")
+            if self.train.form not in ("auto", "parallel"):
+                raise ValueError(f"train.form = {self.train.form!r}: model_type {self.model_type!r} has one form (auto)")
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -219,7 +244,14 @@ def _toml_value(v: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- type checks
-_MODEL_TYPES = typing.get_type_hints(BDHConfig)
+def _model_types() -> dict[str, Any]:
+    from ..baselines.gpt import GPTConfig
+
+    types_ = {**typing.get_type_hints(GPTConfig), **typing.get_type_hints(BDHConfig)}  # BDH's wins where both have it
+    return {**types_, "model_type": str}
+
+
+_MODEL_TYPES = _model_types()
 _TYPES = {"data": typing.get_type_hints(DataConfig), "train": typing.get_type_hints(TrainConfig)}
 
 

@@ -9,7 +9,7 @@ Run directory `OUT`:
     OUT/run.json, run.toml            resolved config (+ world size, versions); --config OUT/run.toml repeats it
     OUT/metrics.jsonl, metrics.csv    one record per log / eval / sample (TensorBoard in OUT/tb if installed)
     OUT/checkpoints/step-*/, best/    see `checkpointing`
-    OUT/config.json, model.safetensors, tokenizer files, summary.json    the final model (BDH.from_pretrained)
+    OUT/config.json, model.safetensors, tokenizer files, summary.json    the final model (bdh.load_model)
 
 Multi-process: launch with `torchrun --nproc_per_node=P -m bdh.cli train ...`; each process reads
 `RANK`/`WORLD_SIZE`/`LOCAL_RANK`, gradients are averaged by DistributedDataParallel (gloo on CPU, NCCL on
@@ -37,8 +37,8 @@ from torch import nn
 
 from .. import __version__
 from ..checkpoint import CheckpointError, atomic_path
-from ..config import BDHConfig
 from ..model import BDH
+from ..models import build_model, load_config
 from ..state import BDHState
 from . import checkpointing as ckpt
 from .batching import make_sampler
@@ -53,7 +53,7 @@ class TrainingDiverged(ValueError):
 
 @dataclasses.dataclass
 class TrainResult:
-    model: BDH
+    model: nn.Module  # BDH or the GPT baseline
     tokenizer: Any
     summary: dict
 
@@ -232,6 +232,16 @@ class Metrics:
 
 
 # ----------------------------------------------------------------------------------------------- training
+def _peak_rss_mib() -> float | None:
+    """Peak resident memory of this process so far (MiB), None where `resource` is unavailable."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20  # Linux: KiB, macOS: bytes
+
+
 def _fmt_time(s: float) -> str:
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -255,8 +265,12 @@ def _states_from_tensors(tensors: dict, n: int, n_layer: int, device) -> list[BD
     return [state(m) if f"stream.{m}.pos" in tensors else None for m in range(n)]
 
 
-def _check_resume(run: RunConfig, saved: dict, model_cfg: BDHConfig, path: Path) -> None:
-    saved_model = BDHConfig.load(path / "config.json").to_dict()
+def _check_resume(run: RunConfig, saved: dict, model_cfg, path: Path) -> None:
+    saved_cfg = load_config(path / "config.json")
+    if type(saved_cfg) is not type(model_cfg):
+        raise CheckpointError(f"--resume {path}: the checkpoint holds a {type(saved_cfg).__name__} model, "
+                              f"the config a {type(model_cfg).__name__}")
+    saved_model = saved_cfg.to_dict()
     diff = [f"{k}={saved_model.get(k)!r} in the checkpoint, {v!r} now" for k, v in model_cfg.to_dict().items()
             if saved_model.get(k) != v]
     if diff:
@@ -326,7 +340,7 @@ def train(
         np.random.seed(t.seed)
         torch.manual_seed(t.seed)
         model_cfg = run.model_config(tokenizer.vocab_size)
-        model = BDH(model_cfg).to(device)
+        model = build_model(model_cfg).to(device)  # BDH, or the GPT baseline (model.model_type = "gpt")
         torch.manual_seed(t.seed + dist.rank)  # dropout differs between processes
         optimizer = make_optimizer(model, t)
         scheduler = make_scheduler(optimizer, t)
@@ -374,12 +388,11 @@ def train(
                 f.write(run.to_toml())
             metrics = Metrics(out, step if resume_path is not None else None)
         tokens_per_step = t.batch_size * t.grad_accum * T
-        say(f"BDH L={model_cfg.n_layer} d={model_cfg.n_embd} h={model_cfg.n_head} n={model_cfg.n} "
-            f"params={model.num_params():,} | {run.data.corpus}: {len(train_tokens):,} train / {len(val_tokens):,} val "
+        say(f"{type(model).__name__} {model.extra_repr()} | {run.data.corpus}: {len(train_tokens):,} train / {len(val_tokens):,} val "
             f"tokens ({tokenizer.name}) | {t.steps} steps x {tokens_per_step:,} tokens | {device}"
             + (f" x {dist.world} processes" if dist.world > 1 else ""))
 
-        if carry and model_cfg.damping is None:
+        if carry and getattr(model_cfg, "damping", 0) is None:
             say("note: data.batching = 'tbptt' with model.damping = none: the carried state sums every past token of a "
                 "stream (tens of thousands); long contexts need damping (--set model.damping=alibi)")
 
@@ -502,7 +515,8 @@ def train(
                    "val_bytes": final["bytes"], "train_time_s": elapsed, "tokens": tokens_seen,
                    "tok_per_s": tokens_seen / max(elapsed, 1e-9),
                    "best_periodic_val_loss": None if math.isinf(best) else best,
-                   "params": model.num_params()}
+                   "params": model.num_params(), "peak_rss_mib": _peak_rss_mib(),
+                   "peak_cuda_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
         if dist.main:
             model.save_pretrained(out, tokenizer=tokenizer)
             with atomic_path(out / "summary.json") as tmp, open(tmp, "w", encoding="utf-8") as f:

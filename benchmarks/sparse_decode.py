@@ -1,0 +1,250 @@
+"""Sparse vs dense recurrent decode (`model.step(..., inplace=True, sparse=...)`), on trained models.
+
+    python benchmarks/sparse_decode.py --model runs/default --model runs/sparse-large --threads 1
+    python benchmarks/sparse_decode.py --model runs/default --batch 1 --tokens 32 --repeats 3   # quick
+    python benchmarks/sparse_decode.py --synthetic 0.05 --synthetic 0.3 --threads 1   # speed vs activity probe
+
+For every model (a `save_pretrained` directory, repeatable --model) and batch size (repeatable --batch):
+
+1. the same English prompt (rows shifted so they differ) is prefilled (untimed), then `--tokens` tokens are
+   sampled from the model once (dense, temperature 0.8, fixed seed): the decode workload, fixed in advance;
+2. three modes decode those tokens from clones of the prefilled state with `model.step(tok, state,
+   inplace=True, sparse=mode)`: dense (sparse=False), sparse (sparse=True, every layer), auto (sparse="auto",
+   the default of `generate`); repeats run round-robin over the modes (a shared, noisy machine); tokens/s
+   from the median wall time (and, in the JSON, from the median process CPU time);
+3. the logits of the three modes are compared over all decoded tokens (max |delta| vs dense, fp32), and the
+   dense and sparse fp32 logits against a dense float64 decode (the fp32 rounding floor);
+4. the activity per layer over the decoded tokens is measured with an instrumented dense pass: the fraction
+   of x_sparse > 0, of active state rows (qr != 0 or x > 0, i.e. active RoPE pairs: the rows the sparse
+   path reads and writes), and of the gated product x*y > 0 (the decoder rows it gathers); and which layers
+   `sparse="auto"` ran sparsely.
+
+Results (and machine info) go to JSON (--out, default benchmarks/results/sparse_decode.json) and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from common import format_machine, machine_info, summarize, write_json  # noqa: E402
+
+from bdh import BDH, BDHConfig  # noqa: E402
+from bdh.attention import attention_step, rope, rope_cos_sin  # noqa: E402
+from bdh.sparse import SPARSE_MAX_ACTIVITY, SPARSE_MIN_STATE, active_rows  # noqa: E402
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "sparse_decode.json"
+MODES = {"dense": False, "sparse": True, "auto": "auto"}
+
+PROMPT = (
+    "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
+    "Arise, fair sun, and kill the envious moon,\nWho is already sick and pale with grief,\n"
+    "That thou her maid art far more fair than she:\n\nJULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n"
+    "Deny thy father and refuse thy name;\nOr, if thou wilt not, be but sworn my love,\n"
+    "And I'll no longer be a Capulet.\n\n"
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", action="append", default=[], help="model directory (repeatable)")
+    p.add_argument("--synthetic", type=float, action="append", default=[],
+                   help="also a random-init n=32768 model (L=2, d=64, h=8, ALiBi) with only this fraction of "
+                        "RoPE pairs able to fire (the other pairs' encoder columns zeroed): speed vs activity")
+    p.add_argument("--batch", type=int, action="append", help="batch sizes (repeatable; default 1 and 8)")
+    p.add_argument("--tokens", type=int, default=64, help="decoded tokens per timed repeat")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per mode (round-robin)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 on the shared 2-core machine)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    return p.parse_args(argv)
+
+
+def encode(model: BDH, text: str) -> list[int]:
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None and hasattr(tok, "encode"):
+        return list(tok.encode(text))
+    return list(text.encode("utf-8"))
+
+
+def make_prompt(model: BDH, B: int) -> torch.Tensor:
+    ids = encode(model, PROMPT)
+    T = len(ids) - 8 * (B - 1)
+    return torch.tensor([ids[8 * b : 8 * b + T] for b in range(B)], dtype=torch.long)  # rows shifted by 8 tokens
+
+
+@torch.inference_mode()
+def sample_tokens(model: BDH, state, K: int, seed: int, first: torch.Tensor) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    s = state.clone()
+    tok, out = first, []
+    for _ in range(K):
+        out.append(tok)
+        logits, s = model.step(tok, s, inplace=True, sparse=False)
+        tok = torch.multinomial(torch.softmax(logits / 0.8, -1), 1, generator=g).squeeze(1)
+    return torch.stack(out)  # (K, B)
+
+
+@torch.inference_mode()
+def decode(model: BDH, state, toks: torch.Tensor, mode) -> torch.Tensor:
+    s = state.clone()
+    out = []
+    for t in toks:
+        logits, s = model.step(t, s, inplace=True, sparse=mode)
+        out.append(logits)
+    return torch.stack(out)
+
+
+@torch.inference_mode()
+def activity(model: BDH, state, toks: torch.Tensor) -> list[dict]:
+    """Per layer, over the decoded tokens: fractions of x > 0, of active state rows, of x*y > 0; auto's choice."""
+    c = model.config
+    s = state.clone()
+    gamma = None if model.log_gamma is None else model.log_gamma.exp()
+    big = c.n * c.D >= SPARSE_MIN_STATE
+    acc = [{"x": [], "rows": [], "xy": [], "auto_sparse": 0} for _ in range(c.n_layer)]
+    for t in toks:
+        B = t.shape[0]
+        v = model._embed(t.view(B, 1))
+        cos, sin = rope_cos_sin(s.pos.view(B, 1), model.freqs, v.dtype)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        for l in range(c.n_layer):
+            x = F.relu(v @ model.encoder)
+            qr = rope(x, cos, sin)[:, :, 0]
+            a, _ = attention_step(qr, v[:, 0, 0], s.rho[l], gamma, inplace=True)
+            y = F.relu(model.ln(a.unsqueeze(2)) @ model.encoder_v)
+            rows = active_rows(x, qr).numel() / qr.numel()
+            acc[l]["x"].append((x > 0).float().mean().item())
+            acc[l]["rows"].append(rows)
+            acc[l]["xy"].append((x * y > 0).float().mean().item())
+            acc[l]["auto_sparse"] += int(big and rows <= SPARSE_MAX_ACTIVITY)
+            v = model._layer_mlp(v, x, a.unsqueeze(2))
+        s.pos += 1
+    return [
+        {
+            "x_active": statistics.fmean(d["x"]),
+            "rows_active": statistics.fmean(d["rows"]),
+            "rows_active_max": max(d["rows"]),
+            "xy_active": statistics.fmean(d["xy"]),
+            "auto_sparse_fraction": d["auto_sparse"] / len(toks),
+        }
+        for d in acc
+    ]
+
+
+def synthetic_model(keep: float, seed: int) -> BDH:
+    """Random weights, n = 32768; only a `keep` fraction of RoPE pairs can be active (a timing probe, not an LM)."""
+    torch.manual_seed(seed)
+    cfg = BDHConfig(n_layer=2, n_embd=64, n_head=8, mlp_internal_dim_multiplier=512, vocab_size=256, dropout=0.0,
+                    damping="alibi")
+    m = BDH(cfg).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    nh, N = cfg.n_head, cfg.N
+    alive = (torch.rand(nh, 1, N // 2, 1, generator=g) < keep).expand(nh, 1, N // 2, 2).reshape(nh, 1, N)
+    with torch.no_grad():
+        m.encoder.mul_(alive.to(m.encoder.dtype))
+    return m
+
+
+def bench(model: BDH, name: str, B: int, K: int, repeats: int, seed: int) -> dict:
+    prompt = make_prompt(model, B)
+    with torch.inference_mode():
+        _, state = model.prefill(prompt[:, :-1])
+    toks = sample_tokens(model, state, K, seed, prompt[:, -1])
+    times = {m: [] for m in MODES}
+    cpu = {m: [] for m in MODES}
+    logits = {}
+    for m, mode in MODES.items():  # warm-up (also the logits compared)
+        logits[m] = decode(model, state, toks, mode)
+    for _ in range(repeats):
+        for m, mode in MODES.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            decode(model, state, toks, mode)
+            times[m].append(time.perf_counter() - t0)
+            cpu[m].append(time.process_time() - c0)
+    stats = {m: summarize(times[m], cpu[m]) for m in MODES}
+    cpu_tps = {m: B * K / statistics.median(cpu[m]) for m in MODES}
+    # the fp32 noise floor: dense and sparse fp32 logits against a dense float64 decode of the same tokens
+    m64 = copy.deepcopy(model).double()
+    with torch.inference_mode():
+        _, state64 = m64.prefill(prompt[:, :-1])
+    ref64 = decode(m64, state64, toks, False)
+    del m64, state64
+    tps = {m: B * K / stats[m]["median_s"] for m in MODES}
+    scale = logits["dense"].abs().max().item()
+    c = model.config
+    return {
+        "model": name,
+        "config": {"n_layer": c.n_layer, "n_embd": c.D, "n_head": c.n_head, "N": c.N, "n": c.n, "damping": c.damping},
+        "batch": B,
+        "tokens": K,
+        "prompt_tokens": int(prompt.shape[1]),
+        "tok_per_s": tps,
+        "tok_per_cpu_s": cpu_tps,  # tokens per second of this process's CPU time (less sensitive to other load)
+        "speedup_sparse": tps["sparse"] / tps["dense"],
+        "speedup_auto": tps["auto"] / tps["dense"],
+        "timing": stats,
+        "max_abs_diff_sparse": (logits["sparse"] - logits["dense"]).abs().max().item(),
+        "max_abs_diff_auto": (logits["auto"] - logits["dense"]).abs().max().item(),
+        "max_abs_diff_dense_vs_fp64": (logits["dense"].double() - ref64).abs().max().item(),
+        "max_abs_diff_sparse_vs_fp64": (logits["sparse"].double() - ref64).abs().max().item(),
+        "max_abs_logit": scale,
+        "activity": activity(model, state, toks),
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    batches = args.batch or [1, 8]
+    info = machine_info()
+    print(format_machine(info))
+    print(f"threads={args.threads} tokens={args.tokens} repeats={args.repeats} "
+          f"SPARSE_MIN_STATE={SPARSE_MIN_STATE} SPARSE_MAX_ACTIVITY={SPARSE_MAX_ACTIVITY}")
+    results = []
+    models = [(d, lambda d=d: BDH.from_pretrained(d).float().eval()) for d in args.model]
+    models += [(f"synthetic-keep{k:g}", lambda k=k: synthetic_model(k, args.seed)) for k in args.synthetic]
+    if not models:
+        raise SystemExit("nothing to run: give --model DIR and/or --synthetic FRACTION")
+    for d, load in models:
+        model = load()
+        print(f"{d}: {model.extra_repr()}")
+        for B in batches:
+            r = bench(model, d, B, args.tokens, args.repeats, args.seed)
+            results.append(r)
+            act = " ".join(f"L{l}:x={a['x_active']:.1%}/rows={a['rows_active']:.1%}/xy={a['xy_active']:.1%}"
+                           for l, a in enumerate(r["activity"]))
+            print(f"  B={B}: dense {r['tok_per_s']['dense']:.1f} tok/s, sparse {r['tok_per_s']['sparse']:.1f} "
+                  f"({r['speedup_sparse']:.2f}x), auto {r['tok_per_s']['auto']:.1f} ({r['speedup_auto']:.2f}x) | "
+                  f"max|dlogit| sparse {r['max_abs_diff_sparse']:.1e} auto {r['max_abs_diff_auto']:.1e} "
+                  f"(fp64 ref: dense {r['max_abs_diff_dense_vs_fp64']:.1e}, sparse {r['max_abs_diff_sparse_vs_fp64']:.1e}) "
+                  f"(|logit| <= {r['max_abs_logit']:.1f}) | {act}", flush=True)
+    print()
+    print("| model | n | batch | activity per layer: x>0 / active rows / x*y>0 | dense tok/s | sparse tok/s | auto tok/s "
+          "| sparse/dense | auto/dense | max abs diff (sparse) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        act = "; ".join(f"L{l}: {a['x_active']:.1%} / {a['rows_active']:.1%} / {a['xy_active']:.1%}"
+                        for l, a in enumerate(r["activity"]))
+        t = r["tok_per_s"]
+        print(f"| {Path(r['model']).name} | {r['config']['n']} | {r['batch']} | {act} | {t['dense']:.0f} | {t['sparse']:.0f} "
+              f"| {t['auto']:.0f} | {r['speedup_sparse']:.2f}x | {r['speedup_auto']:.2f}x | {r['max_abs_diff_sparse']:.1e} |")
+    out = write_json(args.out, {"machine": info, "threads": args.threads, "tokens": args.tokens,
+                                "repeats": args.repeats, "sparse_min_state": SPARSE_MIN_STATE,
+                                "sparse_max_activity": SPARSE_MAX_ACTIVITY, "results": results})
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,441 @@
+"""The GPT-2 baseline: a nanoGPT-style decoder with a KV cache, trained and saved like BDH.
+
+Pre-LN blocks (LN -> causal self-attention -> residual, LN -> GELU MLP -> residual), tied input/output
+embeddings, positions by ALiBi (the paper's "GPTXL" baseline, default), RoPE, or learned embeddings.
+
+    model = GPT(GPTConfig(n_layer=4, n_embd=128, n_head=4))
+    logits, loss = model(idx, targets)             # (B, T, V): training / full recompute
+    logits, state = model.prefill(prompt_ids)      # KV cache
+    logits, state = model.step(next_ids, state)    # one token per row, reads the cache
+
+The model has BDH's interface (`forward`, `prefill`, `step`, `init_state`, `generate`, `save_pretrained`,
+`from_pretrained`, `num_params`, `flops_per_token`), so the trainer, evaluation and generation run it unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+POSITIONS = ("alibi", "rope", "learned")
+
+
+@dataclasses.dataclass
+class GPTConfig:
+    n_layer: int = 6
+    n_embd: int = 384
+    n_head: int = 6
+    vocab_size: int = 256
+    mlp_dim: int | None = None  # hidden width of the MLP; None: 4 * n_embd (GPT-2)
+    dropout: float = 0.0
+    positions: str = "alibi"  # alibi (the paper's baseline) | rope | learned
+    block_size: int = 1024  # longest context: only limits learned positions (ALiBi and RoPE extrapolate)
+    bias: bool = False  # biases in Linear and LayerNorm (nanoGPT's option; False is slightly better and faster)
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def hidden(self) -> int:
+        return self.mlp_dim if self.mlp_dim is not None else 4 * self.n_embd
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def num_params(self) -> int:
+        """Exact parameter count (tied embeddings counted once)."""
+        d, V, L, H = self.n_embd, self.vocab_size, self.n_layer, self.hidden
+        b = int(self.bias)
+        per_layer = (d * 3 * d + 3 * d * b) + (d * d + d * b) + (d * H + H * b) + (H * d + d * b) + 2 * (2 * d if b else d)
+        return V * d + (self.block_size * d if self.positions == "learned" else 0) + L * per_layer + (2 * d if b else d)
+
+    def validate(self) -> None:
+        def bad(field: str, constraint: str) -> ValueError:
+            return ValueError(f"GPTConfig.{field}={getattr(self, field)!r}: expected {constraint}")
+
+        for f in ("n_layer", "n_embd", "n_head", "vocab_size", "block_size"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise bad(f, "a positive integer")
+        if self.mlp_dim is not None and (isinstance(self.mlp_dim, bool) or not isinstance(self.mlp_dim, int)
+                                         or self.mlp_dim < 1):
+            raise bad("mlp_dim", "a positive integer or None (4 * n_embd)")
+        if self.n_embd % self.n_head:
+            raise bad("n_embd", f"a multiple of n_head ({self.n_head})")
+        if self.positions not in POSITIONS:
+            raise bad("positions", "one of " + ", ".join(POSITIONS))
+        if self.positions == "rope" and self.head_dim % 2:
+            raise bad("n_embd", f"an even head dimension for RoPE (n_embd / n_head = {self.head_dim})")
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0.0 <= self.dropout < 1.0:
+            raise bad("dropout", "a float in [0, 1)")
+        if not isinstance(self.bias, bool):
+            raise bad("bias", "true or false")
+        if not isinstance(self.rope_theta, (int, float)) or isinstance(self.rope_theta, bool) or self.rope_theta <= 1:
+            raise bad("rope_theta", "a number > 1")
+
+    # ------------------------------------------------------------------ (de)serialisation (as BDHConfig)
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"GPT config: expected a JSON object, got {type(d).__name__}")
+        if d.get("model_type", "gpt") != "gpt":
+            raise ValueError(f"config has model_type {d['model_type']!r}, not 'gpt' (load it with bdh.load_model)")
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in ("model_type", "bdh_version")}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"GPT config: unknown field(s) {unknown}; expected some of {sorted(names)}")
+        return cls(**d)
+
+    def save(self, path: str | os.PathLike) -> None:
+        from .. import __version__
+
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"model_type": "gpt", "bdh_version": __version__, **self.to_dict()}, f, indent=2)
+            f.write("\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "GPTConfig":
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        return cls.from_dict(d)
+
+
+def alibi_slopes(n_head: int) -> torch.Tensor:
+    """ALiBi's head slopes m_h (Press et al. 2022), including their rule for a non-power-of-two head count."""
+
+    def power_of_2(n: int) -> list[float]:
+        start = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(n_head).is_integer():
+        s = power_of_2(n_head)
+    else:
+        c = 2 ** math.floor(math.log2(n_head))
+        s = power_of_2(c) + power_of_2(2 * c)[0::2][: n_head - c]
+    return torch.tensor(s, dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------- the KV cache
+@dataclasses.dataclass
+class GPTState:
+    """The KV cache: per layer keys and values (B, nh, S, hd), rows left-padded to a common length S.
+
+    Row b's tokens occupy the last `pos[b]` of the S slots (rows of different lengths share one cache), so the
+    distance between two slots is the same in every row. Keys are stored after RoPE. `pos` (B,) is the position
+    of each row's next token. The buffers may hold spare capacity beyond S for in-place appends.
+    """
+
+    k_buf: list[torch.Tensor]  # L x (B, nh, capacity, hd)
+    v_buf: list[torch.Tensor]
+    length: int  # S: used slots
+    pos: torch.Tensor  # (B,) int64
+
+    @property
+    def k(self) -> list[torch.Tensor]:
+        return [b[:, :, : self.length] for b in self.k_buf]
+
+    @property
+    def v(self) -> list[torch.Tensor]:
+        return [b[:, :, : self.length] for b in self.v_buf]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.pos.shape[0])
+
+    @property
+    def n_layer(self) -> int:
+        return len(self.k_buf)
+
+    def nbytes(self) -> int:
+        """Bytes of the used cache (keys and values of every layer, without spare capacity)."""
+        return sum(t.numel() * t.element_size() for t in self.k + self.v) + self.pos.numel() * 8
+
+    def clone(self) -> "GPTState":
+        return GPTState([t.clone() for t in self.k], [t.clone() for t in self.v], self.length, self.pos.clone())
+
+    def select(self, rows: Sequence[int] | torch.Tensor) -> "GPTState":
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.pos.device)
+        return GPTState([t.index_select(0, idx) for t in self.k], [t.index_select(0, idx) for t in self.v],
+                        self.length, self.pos.index_select(0, idx))
+
+    @staticmethod
+    def cat(states: Sequence["GPTState"]) -> "GPTState":
+        """Stack caches along the batch (left-padding the shorter ones with zeros, which are masked)."""
+        if not states:
+            raise ValueError("GPTState.cat: expected at least one state")
+        S = max(s.length for s in states)
+
+        def pad(t: torch.Tensor) -> torch.Tensor:
+            return F.pad(t, (0, 0, S - t.shape[2], 0))
+
+        L = states[0].n_layer
+        k = [torch.cat([pad(s.k[l]) for s in states], 0) for l in range(L)]
+        v = [torch.cat([pad(s.v[l]) for s in states], 0) for l in range(L)]
+        return GPTState(k, v, S, torch.cat([s.pos for s in states], 0))
+
+    def reserve(self, capacity: int) -> None:
+        """Grow the buffers in place to hold `capacity` slots (geometrically: amortised O(1) per appended token)."""
+        cap = self.k_buf[0].shape[2]
+        if capacity > cap:
+            new_cap = max(capacity, 2 * cap, 64)
+            S = self.length
+            self.k_buf = [F.pad(b[:, :, :S], (0, 0, 0, new_cap - S)) for b in self.k_buf]
+            self.v_buf = [F.pad(b[:, :, :S], (0, 0, 0, new_cap - S)) for b in self.v_buf]
+
+    def extended(self, T: int) -> "GPTState":
+        """A copy with room for T more slots (the state passed to a call without `inplace` stays untouched)."""
+        S = self.length
+        return GPTState([F.pad(b[:, :, :S], (0, 0, 0, T)) for b in self.k_buf],
+                        [F.pad(b[:, :, :S], (0, 0, 0, T)) for b in self.v_buf], S, self.pos.clone())
+
+
+# ----------------------------------------------------------------------------------------------- the model
+class Block(nn.Module):
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        d = c.n_embd
+        self.ln_1 = nn.LayerNorm(d, bias=c.bias)
+        self.c_attn = nn.Linear(d, 3 * d, bias=c.bias)  # q, k, v
+        self.attn_proj = nn.Linear(d, d, bias=c.bias)
+        self.ln_2 = nn.LayerNorm(d, bias=c.bias)
+        self.c_fc = nn.Linear(d, c.hidden, bias=c.bias)
+        self.mlp_proj = nn.Linear(c.hidden, d, bias=c.bias)
+        self.drop = nn.Dropout(c.dropout)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"GPT(config): expected a GPTConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.wte = nn.Embedding(c.vocab_size, c.n_embd)  # also the output projection (tied)
+        self.wpe = nn.Embedding(c.block_size, c.n_embd) if c.positions == "learned" else None
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
+        self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.register_buffer("slopes", alibi_slopes(c.n_head).float(), persistent=False)  # (nh,)
+        inv = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float64) / c.head_dim))
+        self.register_buffer("inv_freq", inv, persistent=False)  # (hd/2,) fp64
+        self.apply(self._init)
+        for blk in self.blocks:  # GPT-2: residual projections scaled by 1/sqrt(2L)
+            for p in (blk.attn_proj.weight, blk.mlp_proj.weight):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.n_layer))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def _apply(self, fn, recurse=True):  # keep the RoPE frequencies fp64 under .to(bf16)
+        inv = self.inv_freq
+        super()._apply(fn, recurse)
+        self.inv_freq = inv.to(fn(inv).device)
+        return self
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def device(self) -> torch.device:
+        return self.wte.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.wte.weight.dtype
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, context: int = 0) -> int:
+        """Forward FLOPs (2 per multiply-add) for one token attending to `context` earlier tokens.
+
+        Matmuls: L (4 d^2 + 2 d H) + d V; attention: 2 L d (context + 1) for the scores and the weighted values.
+        """
+        c = self.config
+        return 2 * (c.n_layer * (4 * c.n_embd**2 + 2 * c.n_embd * c.hidden) + c.n_embd * c.vocab_size
+                    + 2 * c.n_layer * c.n_embd * (context + 1))
+
+    # ------------------------------------------------------------------ state
+    def init_state(self, batch_size: int, device=None) -> GPTState:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
+        c, device = self.config, self.device if device is None else device
+        empty = [torch.zeros(batch_size, c.n_head, 0, c.head_dim, device=device, dtype=self.dtype)
+                 for _ in range(c.n_layer)]
+        return GPTState(empty, [e.clone() for e in empty], 0, torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    # ------------------------------------------------------------------ the function
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, form: str = "auto",
+                detach_kv: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V) and the mean cross-entropy if `targets`; `form` and `detach_kv` exist for BDH's interface."""
+        self._check_ids(idx, "idx", 2)
+        self._check_form(form, detach_kv)
+        logits, _ = self._run(idx, None, False)
+        loss = None
+        if targets is not None:
+            if targets.shape != idx.shape:
+                raise ValueError(f"targets has shape {tuple(targets.shape)}, expected {tuple(idx.shape)} like idx")
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    def prefill(self, idx: torch.Tensor, state: GPTState | None = None, *, form: str = "auto",
+                detach_kv: bool = False) -> tuple[torch.Tensor, GPTState]:
+        """Run (B, T) tokens after `state` (empty when None): logits (B, T, V) and the extended cache."""
+        self._check_ids(idx, "idx", 2)
+        self._check_form(form, detach_kv)
+        state = self.init_state(idx.shape[0]) if state is None else state
+        self._check_state(state, idx.shape[0])
+        return self._run(idx, state, False)
+
+    def step(self, token_ids: torch.Tensor, state: GPTState, *, inplace: bool = False,
+             sparse: bool | str = "auto") -> tuple[torch.Tensor, GPTState]:
+        """One token per row (B,): logits (B, V) and the cache with one more slot (appended in place if `inplace`)."""
+        self._check_ids(token_ids, "token_ids", 1)
+        self._check_state(state, token_ids.shape[0])
+        logits, state = self._run(token_ids.view(-1, 1), state, inplace)
+        return logits[:, 0], state
+
+    def _run(self, idx: torch.Tensor, state: GPTState | None, inplace: bool):
+        B, T = idx.shape
+        c, dev = self.config, idx.device
+        S = 0 if state is None else state.length  # slots before these tokens
+        pos0 = torch.zeros(B, dtype=torch.long, device=dev) if state is None else state.pos
+        positions = pos0.view(B, 1) + torch.arange(T, device=dev)  # (B, T): each row's own positions
+        if c.positions == "learned" and int(positions.max()) >= c.block_size:
+            raise ValueError(f"position {int(positions.max())} is beyond block_size={c.block_size} of the learned "
+                             "position embedding (use positions='alibi' or 'rope' for longer contexts)")
+        x = self.wte(idx)  # (B, T, d)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        x = self.drop(x)
+        rope = self._rope(positions, x.dtype) if c.positions == "rope" else None
+        bias = self._mask(S, T, S - pos0, x.dtype, dev) if state is not None or c.positions == "alibi" else None
+        if state is not None:  # the cache that receives the T new slots: this one (in place) or a copy
+            if inplace:
+                state.reserve(S + T)
+            else:
+                state = state.extended(T)
+        for l, blk in enumerate(self.blocks):
+            q, k, v = blk.c_attn(blk.ln_1(x)).view(B, T, 3, c.n_head, c.head_dim).permute(2, 0, 3, 1, 4)  # (B, nh, T, hd)
+            if rope is not None:  # (cast: under autocast q and k are bf16)
+                cos, sin = rope[0].to(q.dtype), rope[1].to(q.dtype)
+                q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            if state is not None:  # write the new slots, attend over all S + T (no copy of the cache)
+                state.k_buf[l][:, :, S : S + T] = k
+                state.v_buf[l][:, :, S : S + T] = v
+                k, v = state.k_buf[l][:, :, : S + T].to(q.dtype), state.v_buf[l][:, :, : S + T].to(q.dtype)
+            p = c.dropout if self.training else 0.0
+            if bias is None:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p)
+            x = x + blk.drop(blk.attn_proj(y.transpose(1, 2).reshape(B, T, c.n_embd)))
+            x = x + blk.drop(blk.mlp_proj(F.gelu(blk.c_fc(blk.ln_2(x)))))
+        logits = F.linear(self.ln_f(x), self.wte.weight)  # (B, T, V), tied
+        if state is None:
+            return logits, None
+        state.length = S + T
+        state.pos += T  # (a fresh tensor when not in place: `extended` cloned it)
+        return logits, state
+
+    def _mask(self, S: int, T: int, valid_from: torch.Tensor, dtype, device) -> torch.Tensor:
+        """Additive attention bias (B or 1, nh or 1, T, S + T): causal, padding (slots before `valid_from`), ALiBi."""
+        q_slot = S + torch.arange(T, device=device).view(T, 1)  # (T, 1)
+        k_slot = torch.arange(S + T, device=device).view(1, S + T)  # (1, S+T)
+        dist = (q_slot - k_slot).to(dtype)  # (T, S+T): the same in every row (left-padded cache)
+        allowed = (k_slot <= q_slot).unsqueeze(0)  # (1, T, S+T)
+        if S > 0 and bool((valid_from > 0).any()):
+            allowed = allowed & (k_slot.unsqueeze(0) >= valid_from.view(-1, 1, 1))  # (B, T, S+T)
+        allowed = allowed.unsqueeze(1)  # (B or 1, 1, T, S+T)
+        if self.config.positions == "alibi":
+            bias = -self.slopes.to(dtype).view(1, -1, 1, 1) * dist  # (1, nh, T, S+T)
+        else:
+            bias = torch.zeros((), dtype=dtype, device=device)
+        return bias.masked_fill(~allowed, float("-inf"))
+
+    def _rope(self, positions: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        ang = positions.double().unsqueeze(-1) * self.inv_freq  # (B, T, hd/2) fp64
+        return ang.cos().to(dtype).unsqueeze(1), ang.sin().to(dtype).unsqueeze(1)  # (B, 1, T, hd/2)
+
+    # ------------------------------------------------------------------ checks
+    def _check_ids(self, idx: torch.Tensor, what: str, dims: int) -> None:
+        from ..model import BDH
+
+        BDH._check_ids(self, idx, what, dims)  # same checks and messages as BDH
+
+    @staticmethod
+    def _check_form(form: str, detach_kv: bool) -> None:
+        if form not in ("auto", "parallel"):
+            raise ValueError(f"form={form!r}: the GPT baseline has one form; expected 'auto' or 'parallel'")
+        if detach_kv:
+            raise ValueError("detach_kv=True is a BDH training option; the GPT baseline does not support it")
+
+    def _check_state(self, state: GPTState, batch_size: int) -> None:
+        if not isinstance(state, GPTState):
+            raise TypeError(f"state: expected a GPTState (from model.init_state or prefill), got {type(state).__name__}")
+        c = self.config
+        if state.n_layer != c.n_layer or state.k_buf[0].shape[1] != c.n_head or state.k_buf[0].shape[3] != c.head_dim:
+            raise ValueError(f"state: a KV cache of shape {tuple(state.k_buf[0].shape)} x {state.n_layer} layers does not "
+                             f"belong to this model (n_layer={c.n_layer}, n_head={c.n_head}, head_dim={c.head_dim})")
+        if state.batch_size != batch_size:
+            raise ValueError(f"input has batch size {batch_size}, the state has batch size {state.batch_size}")
+
+    # ------------------------------------------------------------------ generation and checkpoints
+    def generate(self, *args, **kwargs):
+        """See `bdh.generation.generate`."""
+        from ..generation import generate
+
+        return generate(self, *args, **kwargs)
+
+    def stream(self, *args, **kwargs):
+        """See `bdh.generation.stream`."""
+        from ..generation import stream
+
+        return stream(self, *args, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None) -> None:
+        """`config.json` (model_type "gpt") and `model.safetensors`, atomically per file, as BDH."""
+        from ..checkpoint import save_pretrained
+
+        save_pretrained(self, directory, tokenizer=tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, device="cpu", dtype: torch.dtype | None = None) -> "GPT":
+        from ..checkpoint import load_pretrained
+
+        model = load_pretrained(directory, device=device, dtype=dtype)
+        if not isinstance(model, cls):
+            from ..checkpoint import CheckpointError
+
+            raise CheckpointError(f"{directory}: holds a {type(model).__name__} model, not a GPT (use bdh.load_model)")
+        return model
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"L={c.n_layer}, d={c.n_embd}, h={c.n_head}, mlp={c.hidden}, positions={c.positions}, "
+                f"V={c.vocab_size}, params={self.num_params():,}")
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on pairs (2i, 2i+1) of the head dimension; x (B, nh, T, hd), cos/sin (B, 1, T, hd/2)."""
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], -1).flatten(-2)

@@ -1,0 +1,70 @@
+"""Model types by name: BDH and the GPT-2 baseline share configs on disk (`config.json` "model_type"),
+the trainer, evaluation, generation and checkpoints.
+
+    model = load_model("runs/default")          # BDH or GPT, whichever the directory holds
+    model = build_model(config)                 # from a BDHConfig or a GPTConfig
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+
+MODEL_TYPES = ("bdh", "gpt")
+
+
+def config_class(model_type: str):
+    if model_type == "bdh":
+        from .config import BDHConfig
+
+        return BDHConfig
+    if model_type == "gpt":
+        from .baselines.gpt import GPTConfig
+
+        return GPTConfig
+    raise ValueError(f"model_type={model_type!r}: expected one of {', '.join(MODEL_TYPES)}")
+
+
+def config_from_dict(d: dict[str, Any]):
+    """A BDHConfig or GPTConfig from a dict with an optional "model_type" (default "bdh")."""
+    if not isinstance(d, dict):
+        raise ValueError(f"model config: expected a JSON object, got {type(d).__name__}")
+    return config_class(d.get("model_type", "bdh")).from_dict(d)
+
+
+def load_config(path: str | os.PathLike):
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    return config_from_dict(d)
+
+
+def model_type(config) -> str:
+    from .config import BDHConfig
+
+    return "bdh" if isinstance(config, BDHConfig) else "gpt"
+
+
+def build_model(config) -> torch.nn.Module:
+    """A freshly initialised model for a BDHConfig or GPTConfig."""
+    from .baselines.gpt import GPT, GPTConfig
+    from .config import BDHConfig
+    from .model import BDH
+
+    if isinstance(config, BDHConfig):
+        return BDH(config)
+    if isinstance(config, GPTConfig):
+        return GPT(config)
+    raise TypeError(f"build_model: expected a BDHConfig or GPTConfig, got {type(config).__name__}")
+
+
+def load_model(directory: str | os.PathLike, *, device="cpu", dtype: torch.dtype | None = None):
+    """Load whichever model (BDH or GPT) `save_pretrained` wrote into `directory`, in eval mode."""
+    from .checkpoint import load_pretrained
+
+    return load_pretrained(directory, device=device, dtype=dtype)

@@ -1,0 +1,276 @@
+"""The GPT-2 baseline: KV-cache decode equals full recompute, checkpoints, trainer, ladders, `bdh compare`."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from bdh import BDH
+from bdh.baselines import GPT, GPTConfig, GPTState
+from bdh.baselines.gpt import alibi_slopes
+from bdh.baselines.ladders import CPU_LADDER, GPU_LADDER, MAX_PARAM_GAP, param_gap
+from bdh.checkpoint import CheckpointError
+from bdh.models import build_model, load_model
+
+from conftest import english_bytes
+
+
+def tiny_gpt(**kw) -> GPT:
+    base = dict(n_layer=2, n_embd=32, n_head=4, vocab_size=256, block_size=64)
+    base.update(kw)
+    return GPT(GPTConfig(**base))
+
+
+def trained(model: GPT, steps: int = 20) -> GPT:
+    g = torch.Generator().manual_seed(0)
+    data = english_bytes()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        i = torch.randint(0, len(data) - 33, (8,), generator=g).tolist()
+        x = torch.stack([data[j : j + 32] for j in i])
+        y = torch.stack([data[j + 1 : j + 33] for j in i])
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=["alibi", "rope", "learned"])
+def gpt(request) -> GPT:
+    torch.manual_seed(0)
+    return trained(tiny_gpt(positions=request.param))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_kv_cache_decode_equals_full_recompute(gpt, dtype, tol):
+    m = gpt.to(dtype)
+    try:
+        idx = torch.randint(0, 256, (3, 40), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            full, _ = m(idx)  # (B, T, V): the recompute decoder reads these rows
+            lg, st = m.prefill(idx[:, :9])
+            outs = [lg]
+            for t in range(9, 40):
+                lt, st = m.step(idx[:, t], st, inplace=t % 3 != 0)  # in place and copying appends mixed
+                outs.append(lt[:, None])
+        assert (torch.cat(outs, 1) - full).abs().max().item() < tol
+        assert st.length == 40 and st.pos.tolist() == [40, 40, 40]
+    finally:
+        m.float()
+
+
+def test_prompts_of_different_lengths_share_a_cache(gpt):
+    idx = torch.randint(0, 256, (3, 30), generator=torch.Generator().manual_seed(2))
+    lens = [5, 12, 8]
+    with torch.no_grad():
+        full, _ = gpt(idx)
+        parts = [gpt.prefill(idx[b : b + 1, :n]) for b, n in enumerate(lens)]
+        st = GPTState.cat([s for _, s in parts])  # left-padded to 12 slots
+        for k in range(10):
+            nxt = torch.stack([idx[b, n + k] for b, n in enumerate(lens)])
+            lt, st = gpt.step(nxt, st, inplace=True)
+            want = torch.stack([full[b, n + k] for b, n in enumerate(lens)])
+            assert (lt - want).abs().max().item() < 1e-5
+        # dropping a row keeps the others exact
+        st = st.select([2, 0])
+        lt, st = gpt.step(torch.stack([idx[2, 18], idx[0, 15]]), st)
+        assert (lt - torch.stack([full[2, 18], full[0, 15]])).abs().max().item() < 1e-5
+
+
+def test_step_without_inplace_leaves_the_state_alone(gpt):
+    idx = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        _, st = gpt.prefill(idx)
+        before = st.clone()
+        a, _ = gpt.step(idx[:, 0], st)
+        b, _ = gpt.step(idx[:, 1], st)  # a second branch from the same state
+        c, _ = gpt.step(idx[:, 1], before)
+    assert st.length == 10 and torch.equal(st.pos, before.pos)
+    assert all(torch.equal(x, y) for x, y in zip(st.k + st.v, before.k + before.v))
+    assert torch.equal(b, c) and not torch.equal(a, b)
+
+
+def test_generate_uses_the_cache_and_matches_greedy_recompute(gpt):
+    prompt = list(b"The cat ")
+    out = gpt.generate(prompt, 12, top_k=1)
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(12):
+            logits, _ = gpt(torch.tensor([ids]))
+            ids.append(int(logits[0, -1].argmax()))
+    assert out == ids[len(prompt):]
+
+
+def test_learned_positions_refuse_contexts_beyond_block_size():
+    m = tiny_gpt(positions="learned", block_size=16)
+    with pytest.raises(ValueError, match="beyond block_size=16"):
+        m(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_alibi_slopes():
+    assert torch.allclose(alibi_slopes(8), torch.tensor([2.0 ** -(i + 1) for i in range(8)], dtype=torch.float64))
+    # non-power-of-two: the 4 slopes of 4 heads, then every other slope of 8 heads (Press et al.)
+    assert torch.allclose(alibi_slopes(6), torch.tensor([2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8, 2.0**-1, 2.0**-3],
+                                                        dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kw,field", [
+    (dict(n_embd=30, n_head=4), "n_embd"),
+    (dict(positions="sinusoidal"), "positions"),
+    (dict(dropout=1.5), "dropout"),
+    (dict(n_layer=0), "n_layer"),
+    (dict(n_embd=12, n_head=4, positions="rope"), "n_embd"),
+])
+def test_config_errors_name_the_field(kw, field):
+    with pytest.raises(ValueError, match=f"GPTConfig.{field}="):
+        tiny_gpt(**kw)
+
+
+def test_num_params_formula_matches_the_module():
+    for kw in (dict(), dict(bias=True), dict(positions="learned"), dict(mlp_dim=48)):
+        m = tiny_gpt(**kw)
+        assert m.num_params() == m.config.num_params()
+
+
+def test_save_load_same_logits_and_type_dispatch(gpt, tmp_path):
+    gpt.save_pretrained(tmp_path / "g")
+    cfg = json.loads((tmp_path / "g" / "config.json").read_text())
+    assert cfg["model_type"] == "gpt"
+    m2 = load_model(tmp_path / "g")
+    assert isinstance(m2, GPT)
+    idx = torch.randint(0, 256, (2, 20))
+    with torch.no_grad():
+        assert torch.equal(gpt(idx)[0], m2(idx)[0])
+    assert isinstance(GPT.from_pretrained(tmp_path / "g"), GPT)
+    with pytest.raises(CheckpointError, match="model_type 'gpt'"):
+        BDH.from_pretrained(tmp_path / "g")
+    # a weights file for another shape is refused and left as it is
+    other = tiny_gpt(n_embd=64, positions=gpt.config.positions)
+    other.save_pretrained(tmp_path / "o")
+    (tmp_path / "g" / "model.safetensors").write_bytes((tmp_path / "o" / "model.safetensors").read_bytes())
+    before = (tmp_path / "g" / "model.safetensors").read_bytes()
+    with pytest.raises(CheckpointError, match="shape"):
+        load_model(tmp_path / "g")
+    assert (tmp_path / "g" / "model.safetensors").read_bytes() == before
+
+
+def test_gpt_has_one_form():
+    m = tiny_gpt()
+    with pytest.raises(ValueError, match="one form"):
+        m(torch.zeros(1, 4, dtype=torch.long), form="chunked")
+
+
+# ----------------------------------------------------------------------------------------------- ladders
+@pytest.mark.parametrize("ladder", [CPU_LADDER, GPU_LADDER], ids=["cpu", "gpu"])
+def test_ladder_pairs_are_within_5_percent(ladder):
+    for rung in ladder:
+        b_cfg, g_cfg = rung.configs()
+        assert param_gap(rung) <= MAX_PARAM_GAP, rung.name
+        with torch.device("meta"):  # the real modules agree with the formulas (meta: no memory for 800M)
+            b, g = build_model(b_cfg), build_model(g_cfg)
+        assert b.num_params() == b_cfg.num_params() and g.num_params() == g_cfg.num_params()
+    bdh_fixed = {(r.bdh["n_embd"], r.bdh["n_layer"], r.bdh["n_head"]) for r in ladder}
+    assert len(bdh_fixed) == 1  # BDH scales only n
+    sizes = [r.params()[0] for r in ladder]
+    assert sizes == sorted(sizes)
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+def _gpt_run(tmp_path, **train):
+    from bdh.training.config import load_run_config
+
+    toml = tmp_path / "gpt.toml"
+    toml.write_text('[model]\nmodel_type = "gpt"\nn_layer = 2\nn_embd = 32\nn_head = 2\n')
+    over = ["data.corpus=pydoc", "data.block_size=32", "train.steps=12", "train.batch_size=4", "train.warmup=2",
+            "train.eval_every=6", "train.eval_tokens=1024", "train.final_eval_tokens=2048", "train.sample_tokens=8",
+            "train.checkpoint_every=6", "train.log_every=0"] + [f"train.{k}={v}" for k, v in train.items()]
+    return load_run_config(toml, over)
+
+
+def test_trainer_trains_saves_and_resumes_the_gpt_exactly(tmp_path):
+    from bdh.training import train
+
+    run = _gpt_run(tmp_path)
+    res = train(run, tmp_path / "a", progress=False, echo=lambda s: None)
+    assert isinstance(res.model, GPT) and math.isfinite(res.summary["val_loss"])
+    first = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in first if r.get("split") == "train"]
+    assert losses[-1] < losses[0]
+    m = load_model(tmp_path / "a")
+    idx = torch.randint(0, 256, (1, 16))
+    with torch.no_grad():
+        assert torch.equal(m(idx)[0], res.model.eval()(idx)[0])
+    # resume from the step-6 checkpoint into a fresh directory: steps 7-12 repeat the uninterrupted run exactly
+    train(run, tmp_path / "b", resume=tmp_path / "a" / "checkpoints" / "step-00000006", progress=False, echo=lambda s: None)
+    again = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in again if r.get("split") == "train"] == losses[6:]
+
+
+@pytest.mark.parametrize("over,msg", [
+    (["data.batching=tbptt"], "no carried state"),
+    (["train.no_bptt=true"], "BDH option"),
+    (["train.form=chunked"], "one form"),
+    (["model.mlp_internal_dim_multiplier=4"], "not a setting of model_type 'gpt'"),
+    (["model.model_type=transformer"], "model_type='transformer'"),
+])
+def test_gpt_run_config_errors(tmp_path, over, msg):
+    from bdh.training.config import apply_override
+
+    run = _gpt_run(tmp_path)
+    with pytest.raises(ValueError, match=msg):
+        for item in over:
+            apply_override(run, item)
+        run.validate()
+
+
+# ----------------------------------------------------------------------------------------------- bdh compare
+def test_compare_trains_both_ladders_and_writes_reports(tmp_path):
+    from bdh.baselines.compare import compare
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(bytes(english_bytes(60000).tolist()))
+    over = ["train.steps=2", "train.batch_size=2", "train.eval_every=1", "train.eval_tokens=256",
+            "train.final_eval_tokens=512", "train.eval_batch_size=2", "train.warmup=1", "train.threads=1"]
+    rows = compare("cpu", tmp_path / "cmp", rungs=1, overrides=over, data=str(corpus), echo=lambda s: None)
+    assert [r["model"] for r in rows] == ["bdh", "gpt"]
+    assert rows[0]["params"] == CPU_LADDER[0].params()[0] and rows[1]["params"] == CPU_LADDER[0].params()[1]
+    assert rows[0]["tokens"] == rows[1]["tokens"] == 2 * 2 * 128
+    assert all(math.isfinite(r["val_bpb"]) and r["peak_rss_mib"] > 0 for r in rows)
+    out = tmp_path / "cmp"
+    for name in ("compare.csv", "compare.md", "compare.json", "compare_params.png", "compare_tokens.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| 0.8M | 819,200 | 820,352 |" in (out / "compare.md").read_text()
+    # both runs saw the same batches: identical resolved data and train settings
+    a, b = (json.loads((out / "0.8M" / k / "run.json").read_text())["config"] for k in ("bdh", "gpt"))
+    assert a["data"] == b["data"] and a["train"] == b["train"]
+    # a repeated command reuses the finished runs
+    msgs = []
+    compare("cpu", out, rungs=1, overrides=over, data=str(corpus), echo=msgs.append)
+    assert sum("reusing" in m for m in msgs) == 2
+
+
+def test_compare_rejects_bad_arguments(tmp_path):
+    from bdh.baselines.compare import compare
+
+    with pytest.raises(ValueError, match="--rungs 7"):
+        compare("cpu", tmp_path, rungs=7)
+    with pytest.raises(ValueError, match="--preset 'tpu'"):
+        compare("tpu", tmp_path)
+    with pytest.raises(ValueError, match="only data.. and train.. can be set"):
+        compare("cpu", tmp_path, overrides=["model.n_embd=32"])
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_cli_info_and_generate_load_a_gpt(gpt, tmp_path, capsys):
+    from bdh.cli import main
+
+    gpt.save_pretrained(tmp_path / "g")
+    assert main(["info", "--model", str(tmp_path / "g"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    c = gpt.config
+    assert info["params_actual"] == gpt.num_params() and info["kv_cache_bytes_per_token_fp32"] == 2 * c.n_layer * c.n_embd * 4
+    assert main(["generate", "--model", str(tmp_path / "g"), "--prompt", "The ", "--max-new-tokens", "10",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == "The " + gpt.generate("The ", 10, temperature=0) + "\n"
