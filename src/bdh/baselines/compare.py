@@ -100,7 +100,9 @@ def _curve(out: Path, tokens_per_step: int) -> list[tuple[int, float]]:
         r = json.loads(line)
         if r.get("split") in ("val", "final"):
             pts.append((r["step"] * tokens_per_step, r["bpb"], r["split"]))
-    return [(t, b) for t, b, s in pts if s == "val"] + [(t, b) for t, b, s in pts if s == "final"][-1:]
+    final = [(t, b) for t, b, s in pts if s == "final"][-1:]
+    last = final[0][0] if final else None  # the final eval (larger) replaces the periodic one at the same step
+    return [(t, b) for t, b, s in pts if s == "val" and t != last] + final
 
 
 def compare(preset: str = "cpu", out: str | os.PathLike = "runs/compare", *, rungs: int | None = None,
@@ -175,7 +177,9 @@ def write_reports(rows: list[dict], curves: dict, out: Path, *, preset: str, com
         w.writerows(rows)
     tokens = rows[0]["tokens"] if rows else 0
     md = (f"# BDH vs GPT ({preset} preset, {tokens:,} training tokens per run)\n\n`{command}`\n\n"
-          + markdown_table(rows) + f"\n\nValidation: bits per byte on the held-out split; wall {wall_s / 60:.1f} min.\n")
+          + markdown_table(rows) + f"\n\nValidation: bits per byte on the held-out split. Training time, sum over the runs: "
+          f"{sum(r['train_time_s'] for r in rows) / 60:.1f} min; wall of this invocation {wall_s / 60:.1f} min "
+          "(finished runs are reused).\n")
     with atomic_path(out / "compare.md") as tmp:
         Path(tmp).write_text(md, encoding="utf-8")
     with atomic_path(out / "compare.json") as tmp:
