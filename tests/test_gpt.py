@@ -274,3 +274,17 @@ def test_cli_info_and_generate_load_a_gpt(gpt, tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "g"), "--prompt", "The ", "--max-new-tokens", "10",
                  "--temperature", "0"]) == 0
     assert capsys.readouterr().out == "The " + gpt.generate("The ", 10, temperature=0) + "\n"
+
+
+def test_evaluation_with_carried_state_refuses_the_gpt(gpt):
+    import numpy as np
+
+    from bdh.training.evaluation import evaluate, token_byte_lengths
+    from bdh.tokenization import get_tokenizer
+
+    tokens = np.frombuffer(b"some validation text " * 20, dtype=np.uint8).astype(np.int64)
+    lengths = token_byte_lengths(get_tokenizer("bytes"))
+    res = evaluate(gpt, tokens, lengths, 16, batch_size=2)
+    assert math.isfinite(res["loss"]) and res["tokens"] > 0
+    with pytest.raises(ValueError, match="needs a BDH model"):
+        evaluate(gpt, tokens, lengths, 16, batch_size=2, carry=True)
