@@ -208,8 +208,28 @@ def test_trainer_trains_saves_and_resumes_the_gpt_exactly(tmp_path):
     assert [r["loss"] for r in again if r.get("split") == "train"] == losses[6:]
 
 
+def test_gpt_tbptt_trains_and_resumes_exactly(tmp_path):
+    from bdh.training import train
+
+    run = _gpt_run(tmp_path, steps=8, checkpoint_every=4, eval_every=4)
+    from bdh.training.config import apply_override
+
+    for item in ("data.batching=tbptt", "model.kv_window=48", "train.grad_accum=2"):
+        apply_override(run, item)
+    run.validate()
+    res = train(run, tmp_path / "a", progress=False, echo=lambda s: None)
+    assert math.isfinite(res.summary["val_loss"])
+    recs = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in recs if r.get("split") == "train"]
+    # resuming from step 4 restores the carried KV caches (in the checkpoint) and repeats steps 5-8 exactly
+    train(run, tmp_path / "b", resume=tmp_path / "a" / "checkpoints" / "step-00000004", progress=False,
+          echo=lambda s: None)
+    again = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in again if r.get("split") == "train"] == losses[4:]
+
+
 @pytest.mark.parametrize("over,msg", [
-    (["data.batching=tbptt"], "no carried state"),
+    (["data.batching=tbptt", "model.positions=learned"], "learned position embeddings end at block_size"),
     (["train.no_bptt=true"], "BDH option"),
     (["train.form=chunked"], "one form"),
     (["model.mlp_internal_dim_multiplier=4"], "not a setting of model_type 'gpt'"),
@@ -276,15 +296,37 @@ def test_cli_info_and_generate_load_a_gpt(gpt, tmp_path, capsys):
     assert capsys.readouterr().out == "The " + gpt.generate("The ", 10, temperature=0) + "\n"
 
 
-def test_evaluation_with_carried_state_refuses_the_gpt(gpt):
+def test_evaluation_with_a_carried_kv_window(gpt):
     import numpy as np
 
-    from bdh.training.evaluation import evaluate, token_byte_lengths
+    import torch.nn.functional as F
     from bdh.tokenization import get_tokenizer
+    from bdh.training.evaluation import evaluate, token_byte_lengths
 
-    tokens = np.frombuffer(b"some validation text " * 20, dtype=np.uint8).astype(np.int64)
+    tokens = np.frombuffer(bytes(english_bytes(49).tolist()), dtype=np.uint8).astype(np.int64)  # 48 predictions
     lengths = token_byte_lengths(get_tokenizer("bytes"))
-    res = evaluate(gpt, tokens, lengths, 16, batch_size=2)
-    assert math.isfinite(res["loss"]) and res["tokens"] > 0
-    with pytest.raises(ValueError, match="needs a BDH model"):
-        evaluate(gpt, tokens, lengths, 16, batch_size=2, carry=True)
+    x, y = torch.tensor(tokens[:-1])[None], torch.tensor(tokens[1:])[None]
+    with torch.no_grad():
+        whole = float(F.cross_entropy(gpt(x)[0][0], y[0]))  # one pass over the stream
+    assert gpt.config.kv_window >= 48
+    carried = evaluate(gpt, tokens, lengths, 16, batch_size=1, carry=True)  # 3 windows, cache carried
+    assert carried["tokens"] == 48 and abs(carried["loss"] - whole) < 1e-5
+    reset = evaluate(gpt, tokens, lengths, 16, batch_size=1, carry=False)
+    assert abs(reset["loss"] - whole) > 1e-4  # windows without context are a different computation
+    old = gpt.config.kv_window
+    try:
+        gpt.config.kv_window = 8  # the carried cache keeps only the last 8 slots: between the two
+        short = evaluate(gpt, tokens, lengths, 16, batch_size=1, carry=True)
+    finally:
+        gpt.config.kv_window = old
+    assert abs(short["loss"] - whole) > 1e-6 and abs(short["loss"] - reset["loss"]) > 1e-6
+
+
+def test_carried_state_is_truncated_and_detached():
+    m = tiny_gpt()
+    _, st = m.prefill(torch.randint(0, 256, (2, 20)))
+    assert st.k[0].requires_grad
+    m.config.kv_window = 12
+    c = m.carry_state(st)
+    assert c.length == 12 and c.pos.tolist() == [20, 20] and not c.k[0].requires_grad
+    assert torch.equal(c.k[1], st.k[1][:, :, 8:].detach())

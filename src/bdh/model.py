@@ -100,6 +100,10 @@ class BDH(nn.Module):
         rho = [torch.zeros((batch_size, c.n_head, c.N, c.D), device=device, dtype=sd) for _ in range(c.n_layer)]
         return BDHState(rho, torch.zeros(batch_size, dtype=torch.long, device=device))
 
+    def carry_state(self, state: BDHState) -> BDHState:
+        """The state carried to the next training / evaluation window (TBPTT): detached from autograd."""
+        return BDHState([r.detach() for r in state.rho], state.pos)
+
     # ------------------------------------------------------------------ input checks
     def _check_ids(self, idx: torch.Tensor, what: str, dims: int) -> None:
         if not isinstance(idx, torch.Tensor):

@@ -39,6 +39,9 @@ class GPTConfig:
     block_size: int = 1024  # longest context: only limits learned positions (ALiBi and RoPE extrapolate)
     bias: bool = False  # biases in Linear and LayerNorm (nanoGPT's option; False is slightly better and faster)
     rope_theta: float = 10000.0
+    # TBPTT (data.batching = "tbptt"): key/value slots carried from one training window to the next, detached,
+    # as TransformerXL (the paper's GPTXL baseline: 4096)
+    kv_window: int = 4096
 
     def __post_init__(self) -> None:
         self.validate()
@@ -62,7 +65,7 @@ class GPTConfig:
         def bad(field: str, constraint: str) -> ValueError:
             return ValueError(f"GPTConfig.{field}={getattr(self, field)!r}: expected {constraint}")
 
-        for f in ("n_layer", "n_embd", "n_head", "vocab_size", "block_size"):
+        for f in ("n_layer", "n_embd", "n_head", "vocab_size", "block_size", "kv_window"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise bad(f, "a positive integer")
@@ -189,6 +192,25 @@ class GPTState:
         v = [torch.cat([pad(s.v[l]) for s in states], 0) for l in range(L)]
         return GPTState(k, v, S, torch.cat([s.pos for s in states], 0))
 
+    def detached(self, window: int) -> "GPTState":
+        """The last `window` slots, detached from autograd and copied (TBPTT: carried to the next window)."""
+        keep = min(self.length, window)
+        k = [t[:, :, self.length - keep :].detach().clone() for t in self.k]
+        v = [t[:, :, self.length - keep :].detach().clone() for t in self.v]
+        return GPTState(k, v, keep, self.pos.clone())
+
+    def to_tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        out = {f"{prefix}pos": self.pos}
+        for l in range(self.n_layer):
+            out[f"{prefix}k.{l}"], out[f"{prefix}v.{l}"] = self.k[l].contiguous(), self.v[l].contiguous()
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], n_layer: int, prefix: str = "", device=None) -> "GPTState":
+        k = [tensors[f"{prefix}k.{l}"].to(device) for l in range(n_layer)]
+        v = [tensors[f"{prefix}v.{l}"].to(device) for l in range(n_layer)]
+        return cls(k, v, k[0].shape[2], tensors[f"{prefix}pos"].to(device))
+
     def reserve(self, capacity: int) -> None:
         """Grow the buffers in place to hold `capacity` slots (geometrically: amortised O(1) per appended token)."""
         cap = self.k_buf[0].shape[2]
@@ -282,6 +304,10 @@ class GPT(nn.Module):
         empty = [torch.zeros(batch_size, c.n_head, 0, c.head_dim, device=device, dtype=self.dtype)
                  for _ in range(c.n_layer)]
         return GPTState(empty, [e.clone() for e in empty], 0, torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def carry_state(self, state: GPTState) -> GPTState:
+        """The state carried to the next training / evaluation window: the last `kv_window` slots, detached."""
+        return state.detached(self.config.kv_window)
 
     # ------------------------------------------------------------------ the function
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, form: str = "auto",

@@ -164,9 +164,9 @@ class RunConfig:
         self.train.validate()
         self.model_config(self.model.get("vocab_size", 256))  # raises ValueError naming the bad field
         if self.model_type != "bdh":  # the GPT baseline: no carried state, one attention form
-            if self.data.batching != "random":
-                raise ValueError(f"data.batching = {self.data.batching!r}: model_type {self.model_type!r} has no carried "
-                                 "state; use random")
+            if self.data.batching == "tbptt" and self.model.get("positions", "alibi") == "learned":
+                raise ValueError("data.batching = 'tbptt' with a GPT needs model.positions = alibi or rope: learned "
+                                 "position embeddings end at block_size")
             if self.train.no_bptt:
                 raise ValueError(f"train.no_bptt = true is a BDH option; model_type {self.model_type!r} does not support it")
             if self.train.form not in ("auto", "parallel"):

@@ -45,9 +45,6 @@ def evaluate(
     The same `tokens`, `block_size`, `batch_size` and `max_tokens` always select the same evaluated tokens.
     With `world` > 1 the streams are shared out over the processes and the sums all-reduced.
     """
-    if carry and not hasattr(model.config, "N"):  # the GPT baseline: its KV cache would grow over the whole split
-        raise ValueError("carry=True (state carried across evaluation windows) needs a BDH model; the GPT baseline "
-                         "is evaluated window by window (carry=False)")
     n = len(tokens)
     if n < 2:
         raise ValueError(f"the validation split has {n} token(s); at least 2 are needed to evaluate")
@@ -67,6 +64,7 @@ def evaluate(
             with autocast():
                 if carry:
                     logits, state = model.prefill(x, state, form=form)
+                    state = model.carry_state(state)  # as in training (GPT: the last kv_window slots)
                 else:
                     logits, _ = model(x, form=form)
             nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")

@@ -247,18 +247,24 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def _states_to_tensors(states: list[BDHState | None]) -> dict[str, torch.Tensor]:
-    """The carried TBPTT states of this process (one per micro-step) as named tensors."""
+def _states_to_tensors(states: list) -> dict[str, torch.Tensor]:
+    """The carried TBPTT states of this process (one per micro-step; BDHState or a GPT KV cache) as named tensors."""
     out = {}
     for m, st in enumerate(states):
-        if st is not None:
+        if isinstance(st, BDHState):
             out.update({f"stream.{m}.rho.{l}": r for l, r in enumerate(st.rho)})
             out[f"stream.{m}.pos"] = st.pos
+        elif st is not None:
+            out.update(st.to_tensors(f"stream.{m}."))
     return out
 
 
-def _states_from_tensors(tensors: dict, n: int, n_layer: int, device) -> list[BDHState | None]:
-    def state(m: int) -> BDHState:
+def _states_from_tensors(tensors: dict, n: int, n_layer: int, device) -> list:
+    def state(m: int):
+        if f"stream.{m}.k.0" in tensors:  # the GPT baseline's KV cache
+            from ..baselines.gpt import GPTState
+
+            return GPTState.from_tensors(tensors, n_layer, f"stream.{m}.", device)
         rho = [tensors[f"stream.{m}.rho.{l}"].to(device) for l in range(n_layer)]
         return BDHState(rho, tensors[f"stream.{m}.pos"].to(device))
 
@@ -442,7 +448,7 @@ def train(
                         loss, new_state = step_fn(x, y, None if reset else states[micro])
                     (loss / t.grad_accum).backward()
                 if carry:
-                    states[micro] = BDHState([r.detach() for r in new_state.rho], new_state.pos)
+                    states[micro] = model.carry_state(new_state)  # detached (GPT: the last kv_window slots)
                 loss_sum += loss.detach().float()
             sampler.end_step()
             loss_value = float(dist.mean(loss_sum / t.grad_accum))
