@@ -40,9 +40,18 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 # ------------------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_shipped_configs_load_and_build_valid_models(name):
+    from bdh.baselines import GPTConfig
+
     cfg = load_run_config(name)
     assert cfg.name == name
-    assert isinstance(cfg.model_config(256), BDHConfig)
+    assert isinstance(cfg.model_config(256), GPTConfig if name.startswith("gpt") else BDHConfig)
+
+
+def test_gpt_default_is_the_default_run_with_a_param_matched_gpt():
+    bdh, gpt = load_run_config("default"), load_run_config("gpt-default")
+    assert bdh.to_dict()["data"] == gpt.to_dict()["data"] and bdh.to_dict()["train"] == gpt.to_dict()["train"]
+    pb, pg = bdh.model_config(256).num_params(), gpt.model_config(256).num_params()
+    assert abs(pg - pb) / pb < 0.05
 
 
 def test_default_config_values():

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..config import BDHConfig
 
-SHIPPED_CONFIGS = ("tiny", "default", "reference-25m")
+SHIPPED_CONFIGS = ("tiny", "default", "reference-25m", "gpt-default")
 BATCHING = ("random", "tbptt")
 DECAYS = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
