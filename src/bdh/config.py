@@ -17,8 +17,47 @@ from typing import Any
 FORMS = ("parallel", "chunked", "recurrent", "auto")
 
 
+class JSONConfig:
+    """`config.json` (de)serialisation of a dataclass config, tagged with its `model_type` (BDH, the GPT baseline)."""
+
+    MODEL_TYPE = "bdh"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        name = cls.__name__
+        if not isinstance(d, dict):
+            raise ValueError(f"{name}: expected a JSON object, got {type(d).__name__}")
+        if d.get("model_type", cls.MODEL_TYPE) != cls.MODEL_TYPE:
+            raise ValueError(f"config has model_type {d['model_type']!r}, not {cls.MODEL_TYPE!r} (load it with bdh.load_model)")
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in ("model_type", "bdh_version")}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{name}: unknown field(s) {unknown}; expected some of {sorted(names)}")
+        return cls(**d)
+
+    def save(self, path: str | os.PathLike) -> None:
+        from . import __version__
+
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"model_type": self.MODEL_TYPE, "bdh_version": __version__, **self.to_dict()}, f, indent=2)
+            f.write("\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        return cls.from_dict(d)
+
+
 @dataclasses.dataclass
-class BDHConfig:
+class BDHConfig(JSONConfig):
     # --- reference fields (same names and defaults as the reference bdh.py) ---
     n_layer: int = 6
     n_embd: int = 256
@@ -96,36 +135,3 @@ class BDHConfig:
             for g in d:
                 if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.0 < g <= 1.0:
                     raise bad("damping", "per-head retention factors in (0, 1]")
-
-    # ------------------------------------------------------------------ (de)serialisation
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BDHConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"BDH config: expected a JSON object, got {type(d).__name__}")
-        if d.get("model_type", "bdh") != "bdh":
-            raise ValueError(f"config has model_type {d['model_type']!r}, not 'bdh' (load it with bdh.load_model)")
-        names = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k not in ("model_type", "bdh_version")}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"BDH config: unknown field(s) {unknown}; expected some of {sorted(names)}")
-        return cls(**d)
-
-    def save(self, path: str | os.PathLike) -> None:
-        from . import __version__
-
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"model_type": "bdh", "bdh_version": __version__, **self.to_dict()}, f, indent=2)
-            f.write("\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "BDHConfig":
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
-        return cls.from_dict(d)

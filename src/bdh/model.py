@@ -26,20 +26,18 @@ through `step`), "auto" (parallel up to `config.chunk_size` tokens, chunked abov
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention_chunked, attention_parallel, attention_step, rope, rope_cos_sin, rope_freqs, state_dtype
 from .config import FORMS, BDHConfig
+from .models import PretrainedMixin
 from .sparse import SPARSE_MAX_ACTIVITY, SPARSE_MIN_STATE, active_rows, sparse_step_layer
 from .state import BDHState
 
 
-class BDH(nn.Module):
+class BDH(PretrainedMixin, nn.Module):
     def __init__(self, config: BDHConfig):
         super().__init__()
         if not isinstance(config, BDHConfig):
@@ -282,36 +280,8 @@ class BDH(nn.Module):
             self._dy_rows_cache = cache
         return cache[1]
 
-    # ------------------------------------------------------------------ generation
-    def generate(self, *args, **kwargs):
-        """See `bdh.generation.generate`."""
-        from .generation import generate
-
-        return generate(self, *args, **kwargs)
-
-    def stream(self, *args, **kwargs):
-        """See `bdh.generation.stream`."""
-        from .generation import stream
-
-        return stream(self, *args, **kwargs)
-
-    # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None) -> None:
-        """Write `config.json` and `model.safetensors` (HF layout) into `directory`, atomically per file."""
-        from .checkpoint import save_pretrained
-
-        save_pretrained(self, directory, tokenizer=tokenizer)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, device="cpu", dtype: torch.dtype | None = None) -> "BDH":
-        """Load a model written by `save_pretrained`, in eval mode, with its tokenizer as `model.tokenizer`."""
-        from .checkpoint import CheckpointError, load_pretrained
-
-        model = load_pretrained(directory, device=device, dtype=dtype)
-        if not isinstance(model, cls):
-            raise CheckpointError(f"{directory}: holds a model of model_type 'gpt', not BDH (use bdh.load_model)")
-        return model
-
+    # ------------------------------------------------------------------ checkpoints (generate, stream,
+    # save_pretrained, from_pretrained: `PretrainedMixin`)
     @classmethod
     def from_reference(cls, path_or_state_dict, config: BDHConfig) -> "BDH":
         """Load weights saved by the reference `bdh.py` (a state_dict, or a `.pt` file read with weights_only)."""

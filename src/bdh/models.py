@@ -68,3 +68,36 @@ def load_model(directory: str | os.PathLike, *, device="cpu", dtype: torch.dtype
     from .checkpoint import load_pretrained
 
     return load_pretrained(directory, device=device, dtype=dtype)
+
+
+class PretrainedMixin:
+    """`generate`, `stream`, `save_pretrained` and `from_pretrained`, shared by BDH and the GPT baseline."""
+
+    def generate(self, *args, **kwargs):
+        """See `bdh.generation.generate`."""
+        from .generation import generate
+
+        return generate(self, *args, **kwargs)
+
+    def stream(self, *args, **kwargs):
+        """See `bdh.generation.stream`."""
+        from .generation import stream
+
+        return stream(self, *args, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None) -> None:
+        """Write `config.json` (with its model_type) and `model.safetensors` (HF layout), atomically per file."""
+        from .checkpoint import save_pretrained
+
+        save_pretrained(self, directory, tokenizer=tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, device="cpu", dtype: torch.dtype | None = None):
+        """Load a model written by `save_pretrained`, in eval mode, with its tokenizer as `model.tokenizer`."""
+        from .checkpoint import CheckpointError, load_pretrained
+
+        model = load_pretrained(directory, device=device, dtype=dtype)
+        if not isinstance(model, cls):
+            raise CheckpointError(f"{directory}: holds a model of model_type {model_type(model.config)!r}, not "
+                                  f"{cls.__name__} (use bdh.load_model)")
+        return model

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from ..training.config import DataConfig, RunConfig, TrainConfig, apply_override
-from .ladders import MAX_PARAM_GAP, Rung, get_ladder, param_gap
+from .ladders import MAX_PARAM_GAP, Rung, get_ladder
 
 PRESETS = {
     # 2 CPU cores: bytes-level Shakespeare, 128-byte crops, 16 x 128 x 128 = 262,144 training tokens per run

@@ -15,20 +15,23 @@ The model has BDH's interface (`forward`, `prefill`, `step`, `init_state`, `gene
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import JSONConfig
+from ..models import PretrainedMixin
+
 POSITIONS = ("alibi", "rope", "learned")
 
 
 @dataclasses.dataclass
-class GPTConfig:
+class GPTConfig(JSONConfig):
+    MODEL_TYPE = "gpt"  # config.json's "model_type" (a class attribute, not a field)
+
     n_layer: int = 6
     n_embd: int = 384
     n_head: int = 6
@@ -84,39 +87,6 @@ class GPTConfig:
             raise bad("bias", "true or false")
         if not isinstance(self.rope_theta, (int, float)) or isinstance(self.rope_theta, bool) or self.rope_theta <= 1:
             raise bad("rope_theta", "a number > 1")
-
-    # ------------------------------------------------------------------ (de)serialisation (as BDHConfig)
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"GPT config: expected a JSON object, got {type(d).__name__}")
-        if d.get("model_type", "gpt") != "gpt":
-            raise ValueError(f"config has model_type {d['model_type']!r}, not 'gpt' (load it with bdh.load_model)")
-        names = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k not in ("model_type", "bdh_version")}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"GPT config: unknown field(s) {unknown}; expected some of {sorted(names)}")
-        return cls(**d)
-
-    def save(self, path: str | os.PathLike) -> None:
-        from .. import __version__
-
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"model_type": "gpt", "bdh_version": __version__, **self.to_dict()}, f, indent=2)
-            f.write("\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "GPTConfig":
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
-        return cls.from_dict(d)
 
 
 def alibi_slopes(n_head: int) -> torch.Tensor:
@@ -241,7 +211,7 @@ class Block(nn.Module):
         self.drop = nn.Dropout(c.dropout)
 
 
-class GPT(nn.Module):
+class GPT(PretrainedMixin, nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         if not isinstance(config, GPTConfig):
@@ -424,36 +394,6 @@ class GPT(nn.Module):
                              f"belong to this model (n_layer={c.n_layer}, n_head={c.n_head}, head_dim={c.head_dim})")
         if state.batch_size != batch_size:
             raise ValueError(f"input has batch size {batch_size}, the state has batch size {state.batch_size}")
-
-    # ------------------------------------------------------------------ generation and checkpoints
-    def generate(self, *args, **kwargs):
-        """See `bdh.generation.generate`."""
-        from ..generation import generate
-
-        return generate(self, *args, **kwargs)
-
-    def stream(self, *args, **kwargs):
-        """See `bdh.generation.stream`."""
-        from ..generation import stream
-
-        return stream(self, *args, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None) -> None:
-        """`config.json` (model_type "gpt") and `model.safetensors`, atomically per file, as BDH."""
-        from ..checkpoint import save_pretrained
-
-        save_pretrained(self, directory, tokenizer=tokenizer)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, device="cpu", dtype: torch.dtype | None = None) -> "GPT":
-        from ..checkpoint import load_pretrained
-
-        model = load_pretrained(directory, device=device, dtype=dtype)
-        if not isinstance(model, cls):
-            from ..checkpoint import CheckpointError
-
-            raise CheckpointError(f"{directory}: holds a {type(model).__name__} model, not a GPT (use bdh.load_model)")
-        return model
 
     def extra_repr(self) -> str:
         c = self.config
