@@ -103,22 +103,6 @@ class BDH(PretrainedMixin, nn.Module):
         return BDHState([r.detach() for r in state.rho], state.pos)
 
     # ------------------------------------------------------------------ input checks
-    def _check_ids(self, idx: torch.Tensor, what: str, dims: int) -> None:
-        if not isinstance(idx, torch.Tensor):
-            raise TypeError(f"{what}: expected a torch.Tensor of token ids, got {type(idx).__name__}")
-        if idx.dim() != dims:
-            shape = "(B, T)" if dims == 2 else "(B,)"
-            raise ValueError(f"{what}: expected shape {shape}, got {tuple(idx.shape)}")
-        if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-            raise ValueError(f"{what}: expected integer token ids, got dtype {idx.dtype}")
-        if idx.numel() == 0:
-            raise ValueError(f"{what}: empty input (shape {tuple(idx.shape)}); expected at least one token")
-        lo, hi = int(idx.min()), int(idx.max())
-        V = self.config.vocab_size
-        if lo < 0 or hi >= V:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{what}: token id {bad} is outside the vocabulary [0, {V})")
-
     def _resolve_form(self, form: str, T: int) -> str:
         if form not in FORMS:
             raise ValueError(f"form={form!r}: expected one of {FORMS}")
@@ -136,12 +120,7 @@ class BDH(PretrainedMixin, nn.Module):
         """
         self._check_ids(idx, "idx", 2)
         logits, _ = self._run(idx, None, self._resolve_form(form, idx.shape[1]), False, detach_kv)
-        loss = None
-        if targets is not None:
-            if targets.shape != idx.shape:
-                raise ValueError(f"targets has shape {tuple(targets.shape)}, expected {tuple(idx.shape)} like idx")
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss
+        return logits, self._loss(logits, idx, targets)
 
     def prefill(
         self, idx: torch.Tensor, state: BDHState | None = None, *, form: str = "auto", detach_kv: bool = False

@@ -71,7 +71,34 @@ def load_model(directory: str | os.PathLike, *, device="cpu", dtype: torch.dtype
 
 
 class PretrainedMixin:
-    """`generate`, `stream`, `save_pretrained` and `from_pretrained`, shared by BDH and the GPT baseline."""
+    """Shared by BDH and the GPT baseline: input checks, the loss, `generate`, `stream`, `save_pretrained`,
+    `from_pretrained`."""
+
+    def _check_ids(self, idx: torch.Tensor, what: str, dims: int) -> None:
+        if not isinstance(idx, torch.Tensor):
+            raise TypeError(f"{what}: expected a torch.Tensor of token ids, got {type(idx).__name__}")
+        if idx.dim() != dims:
+            shape = "(B, T)" if dims == 2 else "(B,)"
+            raise ValueError(f"{what}: expected shape {shape}, got {tuple(idx.shape)}")
+        if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+            raise ValueError(f"{what}: expected integer token ids, got dtype {idx.dtype}")
+        if idx.numel() == 0:
+            raise ValueError(f"{what}: empty input (shape {tuple(idx.shape)}); expected at least one token")
+        lo, hi = int(idx.min()), int(idx.max())
+        V = self.config.vocab_size
+        if lo < 0 or hi >= V:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{what}: token id {bad} is outside the vocabulary [0, {V})")
+
+    @staticmethod
+    def _loss(logits: torch.Tensor, idx: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
+        """Mean cross-entropy of logits (B, T, V) against targets (B, T), or None without targets."""
+        if targets is None:
+            return None
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets has shape {tuple(targets.shape)}, expected {tuple(idx.shape)} like idx")
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+
 
     def generate(self, *args, **kwargs):
         """See `bdh.generation.generate`."""

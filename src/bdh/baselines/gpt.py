@@ -286,12 +286,7 @@ class GPT(PretrainedMixin, nn.Module):
         self._check_ids(idx, "idx", 2)
         self._check_form(form, detach_kv)
         logits, _ = self._run(idx, None, False)
-        loss = None
-        if targets is not None:
-            if targets.shape != idx.shape:
-                raise ValueError(f"targets has shape {tuple(targets.shape)}, expected {tuple(idx.shape)} like idx")
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss
+        return logits, self._loss(logits, idx, targets)
 
     def prefill(self, idx: torch.Tensor, state: GPTState | None = None, *, form: str = "auto",
                 detach_kv: bool = False) -> tuple[torch.Tensor, GPTState]:
@@ -373,11 +368,6 @@ class GPT(PretrainedMixin, nn.Module):
         return ang.cos().to(dtype).unsqueeze(1), ang.sin().to(dtype).unsqueeze(1)  # (B, 1, T, hd/2)
 
     # ------------------------------------------------------------------ checks
-    def _check_ids(self, idx: torch.Tensor, what: str, dims: int) -> None:
-        from ..model import BDH
-
-        BDH._check_ids(self, idx, what, dims)  # same checks and messages as BDH
-
     @staticmethod
     def _check_form(form: str, detach_kv: bool) -> None:
         if form not in ("auto", "parallel"):
