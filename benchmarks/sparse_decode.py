@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import sys
 import time
@@ -155,6 +156,17 @@ def synthetic_model(keep: float, seed: int) -> BDH:
     return m
 
 
+def training_info(directory: str) -> dict:
+    """From a run directory: the final validation bits/byte and train.activity_penalty (None when absent)."""
+    info = {"val_bpb": None, "activity_penalty": None}
+    summary, run = Path(directory, "summary.json"), Path(directory, "run.json")
+    if summary.is_file():
+        info["val_bpb"] = json.loads(summary.read_text()).get("val_bpb")
+    if run.is_file():
+        info["activity_penalty"] = json.loads(run.read_text())["config"]["train"].get("activity_penalty", 0.0)
+    return info
+
+
 def bench(model: BDH, name: str, B: int, K: int, repeats: int, seed: int) -> dict:
     prompt = make_prompt(model, B)
     with torch.inference_mode():
@@ -185,6 +197,7 @@ def bench(model: BDH, name: str, B: int, K: int, repeats: int, seed: int) -> dic
     return {
         "model": name,
         "config": {"n_layer": c.n_layer, "n_embd": c.D, "n_head": c.n_head, "N": c.N, "n": c.n, "damping": c.damping},
+        **training_info(name),
         "batch": B,
         "tokens": K,
         "prompt_tokens": int(prompt.shape[1]),
@@ -230,14 +243,16 @@ def main(argv=None) -> int:
                   f"(fp64 ref: dense {r['max_abs_diff_dense_vs_fp64']:.1e}, sparse {r['max_abs_diff_sparse_vs_fp64']:.1e}) "
                   f"(|logit| <= {r['max_abs_logit']:.1f}) | {act}", flush=True)
     print()
-    print("| model | n | batch | activity per layer: x>0 / active rows / x*y>0 | dense tok/s | sparse tok/s | auto tok/s "
-          "| sparse/dense | auto/dense | max abs diff (sparse) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | n | penalty | val bpb | batch | activity per layer: x>0 / active rows / x*y>0 | dense tok/s "
+          "| sparse tok/s | auto tok/s | sparse/dense | auto/dense | max abs diff (sparse) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         act = "; ".join(f"L{l}: {a['x_active']:.1%} / {a['rows_active']:.1%} / {a['xy_active']:.1%}"
                         for l, a in enumerate(r["activity"]))
         t = r["tok_per_s"]
-        print(f"| {Path(r['model']).name} | {r['config']['n']} | {r['batch']} | {act} | {t['dense']:.0f} | {t['sparse']:.0f} "
+        pen = "-" if r["activity_penalty"] is None else f"{r['activity_penalty']:g}"
+        bpb = "-" if r["val_bpb"] is None else f"{r['val_bpb']:.3f}"
+        print(f"| {Path(r['model']).name} | {r['config']['n']} | {pen} | {bpb} | {r['batch']} | {act} | {t['dense']:.0f} | {t['sparse']:.0f} "
               f"| {t['auto']:.0f} | {r['speedup_sparse']:.2f}x | {r['speedup_auto']:.2f}x | {r['max_abs_diff_sparse']:.1e} |")
     out = write_json(args.out, {"machine": info, "threads": args.threads, "tokens": args.tokens,
                                 "repeats": args.repeats, "sparse_min_state": SPARSE_MIN_STATE,

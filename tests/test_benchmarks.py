@@ -79,3 +79,23 @@ def test_gpt_at_equal_params_within_5_percent():
     cfg = ts.default_bdh_config()
     g = ts.gpt_at_params(cfg.num_params(), cfg.vocab_size)
     assert abs(GPT(g).num_params() - BDH(cfg).num_params()) <= 0.05 * BDH(cfg).num_params()
+
+
+def test_activity_penalty_sweep_trains_measures_and_reuses_runs(tmp_path, capsys):
+    import json
+
+    import activity_penalty as ap
+
+    argv = ["--config", "tiny", "--steps", "2", "--penalty", "0", "--penalty", "1", "--runs", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "out.json"), "--set", "train.eval_every=0", "--set", "train.final_eval_tokens=256"]
+    assert ap.main(argv) == 0
+    res = json.loads((tmp_path / "out.json").read_text())["results"]
+    assert [r["activity_penalty"] for r in res] == [0.0, 1.0]
+    for r in res:
+        summary = json.loads(Path(r["run"], "summary.json").read_text())
+        assert r["val_loss"] == summary["val_loss"] and summary["step"] == 2
+        assert len(r["activity"]) == 2 and all(0 < a["x_active"] <= a["rows_active"] <= 1 for a in r["activity"])
+    mtime = Path(res[0]["run"], "summary.json").stat().st_mtime
+    assert ap.main(argv) == 0  # finished runs are reused, not retrained
+    assert Path(res[0]["run"], "summary.json").stat().st_mtime == mtime
+    assert "| 1 |" in capsys.readouterr().out

@@ -284,12 +284,12 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, 
     forward = trainer.LossModule.forward
 
     def poisoned(self, x, y, state=None):
-        loss, new = forward(self, x, y, state)
+        objective, loss, new = forward(self, x, y, state)
         seen["calls"] = seen.get("calls", 0) + 1
         if seen["calls"] == 5:  # during step 5
             seen["before"] = snapshot(out / "checkpoints")
-            loss = loss * float("nan")
-        return loss, new
+            objective, loss = objective * float("nan"), loss * float("nan")
+        return objective, loss, new
 
     monkeypatch.setattr(trainer.LossModule, "forward", poisoned)
     with pytest.raises(TrainingDiverged, match=r"loss nan at step 5.*step-00000004"):

@@ -112,22 +112,27 @@ class BDH(PretrainedMixin, nn.Module):
 
     # ------------------------------------------------------------------ the function
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, form: str = "auto", detach_kv: bool = False
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, form: str = "auto", detach_kv: bool = False,
+        x_sparse_out: list | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, V) for token ids (B, T) from an empty state, and the mean cross-entropy if `targets`.
 
         `detach_kv=True` stops gradients through attention keys and values (no BPTT, paper §7.2).
+        `x_sparse_out`: a list to which x_sparse (B, nh, T, N) of every layer is appended (differentiable; for
+        activity penalties and probes).
         """
         self._check_ids(idx, "idx", 2)
-        logits, _ = self._run(idx, None, self._resolve_form(form, idx.shape[1]), False, detach_kv)
+        logits, _ = self._run(idx, None, self._resolve_form(form, idx.shape[1]), False, detach_kv, x_sparse_out)
         return logits, self._loss(logits, idx, targets)
 
     def prefill(
-        self, idx: torch.Tensor, state: BDHState | None = None, *, form: str = "auto", detach_kv: bool = False
+        self, idx: torch.Tensor, state: BDHState | None = None, *, form: str = "auto", detach_kv: bool = False,
+        x_sparse_out: list | None = None,
     ) -> tuple[torch.Tensor, BDHState]:
         """Run a prompt (B, T), continuing from `state` when given; returns logits (B, T, V) and the new state.
 
         Differentiable (training with a carried state: detach the returned state between minibatches).
+        `x_sparse_out` as in `forward`.
         """
         self._check_ids(idx, "idx", 2)
         B, T = idx.shape
@@ -135,7 +140,7 @@ class BDH(PretrainedMixin, nn.Module):
             state = self.init_state(B)
         else:
             self._check_state(state, B)
-        return self._run(idx, state, self._resolve_form(form, T), True, detach_kv)
+        return self._run(idx, state, self._resolve_form(form, T), True, detach_kv, x_sparse_out)
 
     def step(
         self, token_ids: torch.Tensor, state: BDHState, *, inplace: bool = False, sparse: bool | str = "auto"
@@ -171,12 +176,15 @@ class BDH(PretrainedMixin, nn.Module):
         return self.ln(v + self.ln(y))
 
     def _run(
-        self, idx: torch.Tensor, state: BDHState | None, form: str, need_state: bool, detach_kv: bool = False
+        self, idx: torch.Tensor, state: BDHState | None, form: str, need_state: bool, detach_kv: bool = False,
+        x_sparse_out: list | None = None,
     ) -> tuple[torch.Tensor, BDHState | None]:
         B, T = idx.shape
         if form == "recurrent":
             if detach_kv:
                 raise ValueError("detach_kv=True is a training option of the parallel and chunked forms")
+            if x_sparse_out is not None:
+                raise ValueError("x_sparse_out is an option of the parallel and chunked forms")
             if state is None:
                 state = self.init_state(B)
             logits = []
@@ -199,6 +207,8 @@ class BDH(PretrainedMixin, nn.Module):
         new_rho = []
         for l in range(self.config.n_layer):
             x_sparse = F.relu(v @ self.encoder)  # (B, nh, T, N)
+            if x_sparse_out is not None:
+                x_sparse_out.append(x_sparse)
             QR = rope(x_sparse, cos, sin)
             S0 = None if state is None else state.rho[l]
             if form == "parallel":

@@ -65,6 +65,19 @@ SPARSE_SCATTER_MAX_ACTIVITY = 0.15
 SCALE_FLOOR = 1e-20
 
 
+def hoyer_activity(x_sparse: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Mean Hoyer measure of x_sparse (..., N): (sum_i x_i)^2 / (N sum_i x_i^2) per vector, in [1/N, 1].
+
+    A differentiable, scale-invariant proxy for the fraction of active neurons (it equals that fraction when the
+    active values are equal). An L1 penalty would not sparsify BDH: every path from x_sparse to the logits ends
+    in a LayerNorm, so shrinking D_x lowers L1 without changing the function. Used as the training option
+    `train.activity_penalty` (Hoyer regulariser, Kurtz et al. 2020) to train models for sparse decode.
+    """
+    s1 = x_sparse.sum(-1)
+    s2 = x_sparse.pow(2).sum(-1)
+    return (s1 * s1 / (x_sparse.shape[-1] * s2 + eps)).mean()
+
+
 def pair_activity(x_sparse: torch.Tensor) -> torch.Tensor:
     """Fraction of active RoPE pairs in x_sparse (..., N)."""
     return (x_sparse.unflatten(-1, (-1, 2)) > 0).any(-1).float().mean()

@@ -69,6 +69,9 @@ class TrainConfig:
     seed: int = 1337  # model initialisation and dropout
     data_seed: int = 1337  # batch sampling
     no_bptt: bool = False  # detach attention keys and values (paper §7.2; the model's detach_kv)
+    activity_penalty: float = 0.0  # weight of the Hoyer activity penalty on x_sparse (bdh.sparse.hoyer_activity,
+    # mean over layers): trains sparser models for sparse decode; 0 = the paper's objective
+    init_from: str = ""  # a model directory (save_pretrained / a finished run) whose weights start the run
     form: str = "auto"  # attention form for training: auto | parallel | chunked
     compile: bool = False  # torch.compile the training step
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
@@ -96,7 +99,7 @@ class TrainConfig:
         )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise _bad(self, "lr", "a positive number")
-        for f in ("weight_decay", "grad_clip", "sample_temperature"):
+        for f in ("weight_decay", "grad_clip", "sample_temperature", "activity_penalty"):
             if not (math.isfinite(getattr(self, f)) and getattr(self, f) >= 0):
                 raise _bad(self, f, "a number >= 0")
         for f in ("beta1", "beta2"):
@@ -169,6 +172,9 @@ class RunConfig:
                                  "position embeddings end at block_size")
             if self.train.no_bptt:
                 raise ValueError(f"train.no_bptt = true is a BDH option; model_type {self.model_type!r} does not support it")
+            if self.train.activity_penalty:
+                raise ValueError(f"train.activity_penalty = {self.train.activity_penalty}: a BDH option (x_sparse); "
+                                 f"model_type {self.model_type!r} does not support it")
             if self.train.form not in ("auto", "parallel"):
                 raise ValueError(f"train.form = {self.train.form!r}: model_type {self.model_type!r} has one form (auto)")
 

@@ -39,6 +39,7 @@ from .. import __version__
 from ..checkpoint import CheckpointError, atomic_path
 from ..model import BDH
 from ..models import build_model, load_config
+from ..sparse import hoyer_activity
 from ..state import BDHState
 from . import checkpointing as ckpt
 from .batching import make_sampler
@@ -155,19 +156,30 @@ def prepare_data(run: RunConfig, out: Path, dist: Dist, tokenizer=None):
 
 # ----------------------------------------------------------------------------------------------- the step
 class LossModule(nn.Module):
-    """The function DDP wraps: (x, y, state) -> (mean cross-entropy, new state or None)."""
+    """The function DDP wraps: (x, y, state) -> (objective, mean cross-entropy, new state or None).
 
-    def __init__(self, model: BDH, form: str, detach_kv: bool, carry: bool):
+    The objective is the cross-entropy plus, with `activity_penalty` > 0, that weight times the mean Hoyer
+    activity of x_sparse over layers (`bdh.sparse.hoyer_activity`); without it the two are the same tensor.
+    """
+
+    def __init__(self, model: BDH, form: str, detach_kv: bool, carry: bool, activity_penalty: float = 0.0):
         super().__init__()
         self.model, self.form, self.detach_kv, self.carry = model, form, detach_kv, carry
+        self.activity_penalty = activity_penalty
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, state: BDHState | None = None):
+        xs = [] if self.activity_penalty else None
+        kw = {} if xs is None else {"x_sparse_out": xs}
+        new = None
         if not self.carry:
-            _, loss = self.model(x, y, form=self.form, detach_kv=self.detach_kv)
-            return loss, None
-        logits, new = self.model.prefill(x, state, form=self.form, detach_kv=self.detach_kv)  # (B, T, V)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-        return loss, new
+            _, loss = self.model(x, y, form=self.form, detach_kv=self.detach_kv, **kw)
+        else:
+            logits, new = self.model.prefill(x, state, form=self.form, detach_kv=self.detach_kv, **kw)  # (B, T, V)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+        if xs is None:
+            return loss, loss, new
+        penalty = torch.stack([hoyer_activity(xl.float()) for xl in xs]).mean()
+        return loss + self.activity_penalty * penalty, loss, new
 
 
 def make_optimizer(model: BDH, t) -> torch.optim.AdamW:
@@ -178,6 +190,28 @@ def make_optimizer(model: BDH, t) -> torch.optim.AdamW:
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, betas=(t.beta1, t.beta2))
+
+
+def _init_from(path: str, model_cfg=None, model: nn.Module | None = None):
+    """`train.init_from`: the config saved in `path`, checked equal to `model_cfg` (bdh_version aside; None = the
+    run's model for the saved vocabulary is checked by the caller); with `model`, its weights are loaded into it.
+    Raises ValueError for a missing directory or naming the differing fields."""
+    from ..models import load_model
+
+    cfg_file = Path(path, "config.json")
+    if not cfg_file.is_file():
+        raise ValueError(f"train.init_from = {path!r}: expected a model directory with config.json and "
+                         "model.safetensors (save_pretrained or a finished run's OUT)")
+    saved = load_config(cfg_file)
+    if model_cfg is not None:
+        want, got = model_cfg.to_dict(), saved.to_dict()
+        diff = sorted(k for k in set(want) | set(got) if k != "bdh_version" and want.get(k) != got.get(k))
+        if diff:
+            raise ValueError(f"train.init_from = {path!r}: the saved model's config differs from the run's model in "
+                             + ", ".join(f"{k} ({got.get(k)!r} saved, {want.get(k)!r} here)" for k in diff))
+    if model is not None:
+        model.load_state_dict(load_model(path).state_dict(), strict=True)
+    return saved
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -319,6 +353,8 @@ def train(
             if device.type == "cuda" and t.precision in ("auto", "bf16")
             else contextlib.nullcontext
         )
+        if t.init_from and resume is None:  # checked before anything is written (the vocabulary again below)
+            _init_from(t.init_from, run.model_config(_init_from(t.init_from).vocab_size))
         root = out / "checkpoints"
         resume_path = None
         if resume is not None:
@@ -355,6 +391,9 @@ def train(
         states: list[BDHState | None] = [None] * t.grad_accum
         step, best, elapsed, tokens_seen = 0, math.inf, 0.0, 0
 
+        if t.init_from and resume_path is None:  # fine-tuning: start from a saved model's weights
+            _init_from(t.init_from, model_cfg, model)
+            say(f"initialised the weights from {t.init_from}")
         if resume_path is not None:
             saved = ckpt.read_checkpoint(resume_path, dist.rank)
             meta = saved["meta"]
@@ -377,7 +416,7 @@ def train(
             say(f"resumed from {resume_path} at step {step}" + (f" (train settings changed: {', '.join(changed)})"
                                                                  if changed else ""))
 
-        loss_module = LossModule(model, t.form, t.no_bptt, carry)
+        loss_module = LossModule(model, t.form, t.no_bptt, carry, t.activity_penalty)
         step_fn = torch.compile(loss_module) if t.compile else loss_module
         if dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -445,8 +484,8 @@ def train(
                 sync = contextlib.nullcontext() if dist.world == 1 or last else step_fn.no_sync()
                 with sync:
                     with autocast():
-                        loss, new_state = step_fn(x, y, None if reset else states[micro])
-                    (loss / t.grad_accum).backward()
+                        objective, loss, new_state = step_fn(x, y, None if reset else states[micro])
+                    (objective / t.grad_accum).backward()
                 if carry:
                     states[micro] = model.carry_state(new_state)  # detached (GPT: the last kv_window slots)
                 loss_sum += loss.detach().float()
