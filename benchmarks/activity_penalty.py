@@ -1,11 +1,11 @@
 """Sparsity vs quality: the default run trained with several `train.activity_penalty` weights.
 
     python benchmarks/activity_penalty.py --steps 800 --penalty 0 --penalty 0.03 --penalty 0.1 --penalty 0.3 \\
-        --penalty 1 --jobs 2
+        --penalty 1 --penalty 3
 
-Every weight is one `bdh train --config default` subprocess (one thread each, `--jobs` at a time; a finished run
-in `--runs` is reused). Then, per model, on the same English prompt and 64 sampled tokens as
-benchmarks/sparse_decode.py: the fraction of x_sparse > 0, of active state rows (RoPE pairs, the rows the sparse
+Every weight is one `bdh train --config default --set train.steps=STEPS --set train.activity_penalty=W`
+subprocess (the config's processes, one thread each; `--jobs` runs at a time; a finished run in `--runs` is
+reused). Then, per model, on the same English prompt and 64 sampled tokens as benchmarks/sparse_decode.py: the fraction of x_sparse > 0, of active state rows (RoPE pairs, the rows the sparse
 decode path reads and writes) and of x*y > 0 per layer, and the final validation loss of the run. Writes
 JSON (--out, default benchmarks/results/activity_penalty.json) and a markdown table.
 """
@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=800, help="train.steps of every run")
     p.add_argument("--set", action="append", default=[], dest="overrides", help="extra KEY=VALUE for every run")
     p.add_argument("--runs", default="runs/activity-penalty", help="where the runs go (finished ones are reused)")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (one thread each)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(DEFAULT_OUT))
     return p.parse_args(argv)
@@ -53,7 +53,7 @@ def train_all(args, penalties: list[float]) -> dict[float, Path]:
             lam = todo.pop(0)
             cmd = [sys.executable, "-m", "bdh", "train", "--config", args.config, "--out", str(dirs[lam]),
                    "--set", f"train.steps={args.steps}", "--set", f"train.activity_penalty={lam}",
-                   "--set", "train.threads=1", "--set", "train.sample_tokens=0"]
+                   "--set", "train.threads=1", "--set", "train.sample_tokens=0", "--set", "train.eval_every=0"]
             for o in args.overrides:
                 cmd += ["--set", o]
             print(" ".join(cmd[1:]), flush=True)

@@ -99,7 +99,7 @@ def commands(a) -> dict[str, tuple[list[str] | None, Path, str | None]]:
     elif cpu_only:
         out["sparse_decode"] = (None, p, "CPU fp32 only")
     else:
-        qs = ["--batch", "1", "--tokens", "32", "--repeats", "3"] if a.quick else []
+        qs = ["--batch", "1", "--tokens", "32", "--repeats", "3", "--rounds", "1"] if a.quick else []
         out["sparse_decode"] = ([py, str(HERE / "sparse_decode.py"), "--model", str(SPARSE_MODEL), *qs, *th,
                                  "--out", str(p)], p, None)
     return out

@@ -1,7 +1,7 @@
 """Sparse vs dense recurrent decode (`model.step(..., inplace=True, sparse=...)`), on trained models.
 
-    python benchmarks/sparse_decode.py --model runs/default --model runs/sparse-large --threads 1
-    python benchmarks/sparse_decode.py --model runs/default --batch 1 --tokens 32 --repeats 3   # quick
+    python benchmarks/sparse_decode.py --model runs/default --model runs/sparse-large-ft3 --threads 1
+    python benchmarks/sparse_decode.py --model runs/default --batch 1 --tokens 32 --repeats 3 --rounds 1  # quick
     python benchmarks/sparse_decode.py --synthetic 0.05 --synthetic 0.3 --threads 1   # speed vs activity probe
 
 For every model (a `save_pretrained` directory, repeatable --model) and batch size (repeatable --batch):
@@ -11,7 +11,9 @@ For every model (a `save_pretrained` directory, repeatable --model) and batch si
 2. three modes decode those tokens from clones of the prefilled state with `model.step(tok, state,
    inplace=True, sparse=mode)`: dense (sparse=False), sparse (sparse=True, every layer), auto (sparse="auto",
    the default of `generate`); repeats run round-robin over the modes (a shared, noisy machine); tokens/s
-   from the median wall time (and, in the JSON, from the median process CPU time);
+   from the median wall time (and, in the JSON, from the median process CPU time). This is one round;
+   `--rounds` rounds run one after another over all (model, batch) pairs, so that each pair is timed at
+   several moments of the run, and the figures reported are medians over rounds (every round in the JSON);
 3. the logits of the three modes are compared over all decoded tokens (max |delta| vs dense, fp32), and the
    dense and sparse fp32 logits against a dense float64 decode (the fp32 rounding floor);
 4. the activity per layer over the decoded tokens is measured with an instrumented dense pass: the fraction
@@ -63,7 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "RoPE pairs able to fire (the other pairs' encoder columns zeroed): speed vs activity")
     p.add_argument("--batch", type=int, action="append", help="batch sizes (repeatable; default 1 and 8)")
     p.add_argument("--tokens", type=int, default=64, help="decoded tokens per timed repeat")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per mode (round-robin)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per mode and round (round-robin)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timing rounds over all (model, batch) pairs; figures are medians over rounds")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on the shared 2-core machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(DEFAULT_OUT))
@@ -167,16 +171,21 @@ def training_info(directory: str) -> dict:
     return info
 
 
-def bench(model: BDH, name: str, B: int, K: int, repeats: int, seed: int) -> dict:
+def prepare(model: BDH, B: int, K: int, seed: int):
+    """The prompt (B, T), its prefilled state and the K decoded tokens (K, B) of one (model, batch) workload."""
     prompt = make_prompt(model, B)
     with torch.inference_mode():
         _, state = model.prefill(prompt[:, :-1])
-    toks = sample_tokens(model, state, K, seed, prompt[:, -1])
+    return prompt, state, sample_tokens(model, state, K, seed, prompt[:, -1])
+
+
+def time_modes(model: BDH, state, toks: torch.Tensor, repeats: int) -> dict:
+    """One round: every mode decodes `toks` once (warm-up), then `repeats` timed times, round-robin."""
+    K, B = toks.shape
     times = {m: [] for m in MODES}
     cpu = {m: [] for m in MODES}
-    logits = {}
-    for m, mode in MODES.items():  # warm-up (also the logits compared)
-        logits[m] = decode(model, state, toks, mode)
+    for m, mode in MODES.items():
+        decode(model, state, toks, mode)
     for _ in range(repeats):
         for m, mode in MODES.items():
             c0, t0 = time.process_time(), time.perf_counter()
@@ -184,34 +193,40 @@ def bench(model: BDH, name: str, B: int, K: int, repeats: int, seed: int) -> dic
             times[m].append(time.perf_counter() - t0)
             cpu[m].append(time.process_time() - c0)
     stats = {m: summarize(times[m], cpu[m]) for m in MODES}
-    cpu_tps = {m: B * K / statistics.median(cpu[m]) for m in MODES}
+    tps = {m: B * K / stats[m]["median_s"] for m in MODES}
+    return {"tok_per_s": tps,
+            "tok_per_cpu_s": {m: B * K / statistics.median(cpu[m]) for m in MODES},
+            "speedup_sparse": tps["sparse"] / tps["dense"], "speedup_auto": tps["auto"] / tps["dense"],
+            "timing": stats, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def check(model: BDH, prompt: torch.Tensor, state, toks: torch.Tensor) -> dict:
+    """Logit differences between the modes and against a float64 dense decode; activity per layer."""
+    logits = {m: decode(model, state, toks, mode) for m, mode in MODES.items()}
     # the fp32 noise floor: dense and sparse fp32 logits against a dense float64 decode of the same tokens
     m64 = copy.deepcopy(model).double()
     with torch.inference_mode():
         _, state64 = m64.prefill(prompt[:, :-1])
     ref64 = decode(m64, state64, toks, False)
     del m64, state64
-    tps = {m: B * K / stats[m]["median_s"] for m in MODES}
-    scale = logits["dense"].abs().max().item()
-    c = model.config
     return {
-        "model": name,
-        "config": {"n_layer": c.n_layer, "n_embd": c.D, "n_head": c.n_head, "N": c.N, "n": c.n, "damping": c.damping},
-        **training_info(name),
-        "batch": B,
-        "tokens": K,
-        "prompt_tokens": int(prompt.shape[1]),
-        "tok_per_s": tps,
-        "tok_per_cpu_s": cpu_tps,  # tokens per second of this process's CPU time (less sensitive to other load)
-        "speedup_sparse": tps["sparse"] / tps["dense"],
-        "speedup_auto": tps["auto"] / tps["dense"],
-        "timing": stats,
         "max_abs_diff_sparse": (logits["sparse"] - logits["dense"]).abs().max().item(),
         "max_abs_diff_auto": (logits["auto"] - logits["dense"]).abs().max().item(),
         "max_abs_diff_dense_vs_fp64": (logits["dense"].double() - ref64).abs().max().item(),
         "max_abs_diff_sparse_vs_fp64": (logits["sparse"].double() - ref64).abs().max().item(),
-        "max_abs_logit": scale,
+        "max_abs_logit": logits["dense"].abs().max().item(),
         "activity": activity(model, state, toks),
+    }
+
+
+def summarize_rounds(rounds: list[dict]) -> dict:
+    """Medians over rounds of tokens/s per mode and of the per-round speedups."""
+    med = statistics.median
+    return {
+        "tok_per_s": {m: med(r["tok_per_s"][m] for r in rounds) for m in MODES},
+        "tok_per_cpu_s": {m: med(r["tok_per_cpu_s"][m] for r in rounds) for m in MODES},
+        "speedup_sparse": med(r["speedup_sparse"] for r in rounds),
+        "speedup_auto": med(r["speedup_auto"] for r in rounds),
     }
 
 
@@ -229,33 +244,49 @@ def main(argv=None) -> int:
     models += [(f"synthetic-keep{k:g}", lambda k=k: synthetic_model(k, args.seed)) for k in args.synthetic]
     if not models:
         raise SystemExit("nothing to run: give --model DIR and/or --synthetic FRACTION")
+    runs = []  # (model, prefilled state, decoded tokens, result) per (model, batch)
     for d, load in models:
         model = load()
         print(f"{d}: {model.extra_repr()}")
         for B in batches:
-            r = bench(model, d, B, args.tokens, args.repeats, args.seed)
-            results.append(r)
-            act = " ".join(f"L{l}:x={a['x_active']:.1%}/rows={a['rows_active']:.1%}/xy={a['xy_active']:.1%}"
-                           for l, a in enumerate(r["activity"]))
-            print(f"  B={B}: dense {r['tok_per_s']['dense']:.1f} tok/s, sparse {r['tok_per_s']['sparse']:.1f} "
-                  f"({r['speedup_sparse']:.2f}x), auto {r['tok_per_s']['auto']:.1f} ({r['speedup_auto']:.2f}x) | "
-                  f"max|dlogit| sparse {r['max_abs_diff_sparse']:.1e} auto {r['max_abs_diff_auto']:.1e} "
-                  f"(fp64 ref: dense {r['max_abs_diff_dense_vs_fp64']:.1e}, sparse {r['max_abs_diff_sparse_vs_fp64']:.1e}) "
-                  f"(|logit| <= {r['max_abs_logit']:.1f}) | {act}", flush=True)
+            prompt, state, toks = prepare(model, B, args.tokens, args.seed)
+            c = model.config
+            res = {"model": d, "config": {"n_layer": c.n_layer, "n_embd": c.D, "n_head": c.n_head, "N": c.N,
+                                          "n": c.n, "damping": c.damping},
+                   **training_info(d), "batch": B, "tokens": args.tokens, "prompt_tokens": int(prompt.shape[1]),
+                   **check(model, prompt, state, toks), "rounds": []}
+            runs.append((model, state, toks, res))
+    for rnd in range(args.rounds):  # rounds spread over the whole run: slow drifts of a shared machine average out
+        for model, state, toks, r in runs:
+            one = time_modes(model, state, toks, args.repeats)
+            r["rounds"].append(one)
+            print(f"round {rnd + 1}/{args.rounds} {r['model']} B={r['batch']}: dense {one['tok_per_s']['dense']:.1f} "
+                  f"tok/s, sparse {one['tok_per_s']['sparse']:.1f} ({one['speedup_sparse']:.2f}x), auto "
+                  f"{one['tok_per_s']['auto']:.1f} ({one['speedup_auto']:.2f}x)", flush=True)
+    for model, state, toks, r in runs:
+        r.update(summarize_rounds(r["rounds"]))
+        results.append(r)
+        act = " ".join(f"L{l}:x={a['x_active']:.1%}/rows={a['rows_active']:.1%}/xy={a['xy_active']:.1%}"
+                       for l, a in enumerate(r["activity"]))
+        print(f"{r['model']} B={r['batch']}: max|dlogit| sparse {r['max_abs_diff_sparse']:.1e} auto "
+              f"{r['max_abs_diff_auto']:.1e} (fp64 ref: dense {r['max_abs_diff_dense_vs_fp64']:.1e}, sparse "
+              f"{r['max_abs_diff_sparse_vs_fp64']:.1e}) (|logit| <= {r['max_abs_logit']:.1f}) | {act}")
     print()
     print("| model | n | penalty | val bpb | batch | activity per layer: x>0 / active rows / x*y>0 | dense tok/s "
-          "| sparse tok/s | auto tok/s | sparse/dense | auto/dense | max abs diff (sparse) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| sparse tok/s | auto tok/s | sparse/dense | auto/dense | sparse/dense per round | max abs diff (sparse) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         act = "; ".join(f"L{l}: {a['x_active']:.1%} / {a['rows_active']:.1%} / {a['xy_active']:.1%}"
                         for l, a in enumerate(r["activity"]))
         t = r["tok_per_s"]
         pen = "-" if r["activity_penalty"] is None else f"{r['activity_penalty']:g}"
         bpb = "-" if r["val_bpb"] is None else f"{r['val_bpb']:.3f}"
+        per_round = ", ".join(f"{x['speedup_sparse']:.2f}" for x in r["rounds"])
         print(f"| {Path(r['model']).name} | {r['config']['n']} | {pen} | {bpb} | {r['batch']} | {act} | {t['dense']:.0f} | {t['sparse']:.0f} "
-              f"| {t['auto']:.0f} | {r['speedup_sparse']:.2f}x | {r['speedup_auto']:.2f}x | {r['max_abs_diff_sparse']:.1e} |")
+              f"| {t['auto']:.0f} | {r['speedup_sparse']:.2f}x | {r['speedup_auto']:.2f}x "
+              f"| {per_round} | {r['max_abs_diff_sparse']:.1e} |")
     out = write_json(args.out, {"machine": info, "threads": args.threads, "tokens": args.tokens,
-                                "repeats": args.repeats, "sparse_min_state": SPARSE_MIN_STATE,
+                                "repeats": args.repeats, "rounds": args.rounds, "sparse_min_state": SPARSE_MIN_STATE,
                                 "sparse_max_activity": SPARSE_MAX_ACTIVITY, "results": results})
     print(f"\nwrote {out}")
     return 0

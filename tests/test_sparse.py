@@ -222,3 +222,34 @@ def test_sparse_falls_back_to_dense_without_inplace_or_with_grad():
     assert (a - d).abs().max() <= 1e-6
     with pytest.raises(ValueError, match="sparse='yes'"):
         m.step(torch.tensor([3]), s, sparse="yes")
+
+
+def test_sparse_equals_dense_on_a_model_trained_sparse(tmp_path, monkeypatch):
+    """Weights trained with train.activity_penalty (few active rows, as sparse decode is meant for): the scatter
+    write and gathered-y branches run on real activity, and logits and states equal the dense path's."""
+    from bdh.training import load_run_config, train
+
+    run = load_run_config("tiny", ["train.steps=60", "train.lr=0.01", "train.activity_penalty=3", "model.damping=alibi",
+                                   "train.eval_every=0", "train.sample_tokens=0", "train.checkpoint_every=0"])
+    model = train(run, tmp_path / "run", progress=False, echo=lambda s: None).model.eval()
+    scatters = []
+    real = torch.Tensor.index_add_
+
+    def spy(self, *a, **k):
+        scatters.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "index_add_", spy)
+    ids = torch.tensor([list(b"The quick brown fox jumps over the lazy dog; lists are mutable sequences.")])
+    with torch.no_grad():
+        _, s_dense = model.prefill(ids[:, :20])
+        s_sparse = s_dense.clone()
+        rows = []
+        for t in ids[0, 20:]:
+            rows += _row_activity(model, t.view(1), s_dense)
+            ld, s_dense = model.step(t.view(1), s_dense)
+            ls, s_sparse = model.step(t.view(1), s_sparse, inplace=True, sparse=True)
+            assert (ld - ls).abs().max().item() <= 1e-5
+    assert all((a - b).abs().max().item() <= 1e-5 for a, b in zip(s_dense.rho, s_sparse.rho))
+    assert sum(rows) / len(rows) < 0.3  # trained sparse: under 30% of the state rows touched on average
+    assert scatters  # some tokens were sparse enough for the scatter write

@@ -77,6 +77,10 @@ def test_activity_penalty_logs_the_cross_entropy_and_trains_sparser_models(tmp_p
     fb, hb = x_activity(b.model, text)
     assert hb < 0.6 * ha and fb < fa  # sparser by the measure it optimises and by the count of active neurons
     assert json.loads((tmp_path / "sparse" / "run.json").read_text())["config"]["train"]["activity_penalty"] == 3.0
+    recs = [json.loads(line) for line in (tmp_path / "sparse" / "metrics.jsonl").read_text().splitlines()]
+    hoyer = [r["x_hoyer"] for r in recs if r.get("split") == "train"]
+    assert len(hoyer) == 60 and hoyer[-1] < 0.6 * hoyer[0]  # the logged measure falls as training sparsifies
+    assert all("x_hoyer" not in json.loads(line) for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines())
 
 
 def test_activity_penalty_is_refused_for_gpt_and_when_negative():

@@ -26,14 +26,14 @@ everything outside this module sees the true rho.
 `BDH._step` computes the same function densely (`attention_step`, then the y-encoder and decoder products);
 tests check equality of logits and states on trained weights, with and without damping.
 
-When it pays (benchmarks/sparse_decode.py, shared 2-core CPU, one thread, results in
-benchmarks/results/sparse_decode.json): the sparse layer still does the dense x = relu(v D_x) product and
-~30 small tensor ops of fixed overhead; the rest scales with the active rows. At the default config's size
-(n = 1024, d = 64) the overhead dominates and sparse is slower (0.7-0.8x). At n = 32768 with the activity of
-our briefly trained model (~35-40% of x active, ~55-60% of rows) it gains ~1.1-1.2x; the gain grows as
-activity falls (~2.5x at batch 1 with ~3% of x active, measured on a random-weight probe with silenced
-neurons). `sparse="auto"` therefore runs a layer sparsely only when the model is large enough
-(`SPARSE_MIN_STATE`) and the current token's active rows are few enough (`SPARSE_MAX_ACTIVITY`).
+When it pays (benchmarks/sparse_decode.py, shared 2-core CPU, one thread; table in the README): the sparse layer
+still does the dense x = relu(v D_x) product and ~30 small tensor ops of fixed overhead, and its scattered row
+reads and writes are latency-bound (a touched row costs several times a row of a dense pass). At the default
+config's size (n = 1024, d = 64) it loses at any activity (0.7x at batch 1, even with ~3% of rows active). At
+n = 32768 it gains ~1.3x at the activity of plain training (~35% of x, ~55% of rows) and ~2.9x at batch 1 (2.2x
+at batch 8) on a model fine-tuned with `train.activity_penalty = 3` (~4% of x, ~8% of rows, +0.008 nats/token).
+`sparse="auto"` therefore runs a layer sparsely only when the model is large enough (`SPARSE_MIN_STATE`) and the
+current token's active rows are few enough (`SPARSE_MAX_ACTIVITY`).
 """
 
 from __future__ import annotations

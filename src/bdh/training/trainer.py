@@ -477,6 +477,7 @@ def train(
         while step < t.steps:
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
+            hoyer_sum = torch.zeros((), device=device)  # the activity penalty's measure (train.activity_penalty)
             for micro in range(t.grad_accum):
                 x, y, reset = sampler.next(micro)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -489,6 +490,8 @@ def train(
                 if carry:
                     states[micro] = model.carry_state(new_state)  # detached (GPT: the last kv_window slots)
                 loss_sum += loss.detach().float()
+                if t.activity_penalty:
+                    hoyer_sum += (objective - loss).detach().float() / t.activity_penalty
             sampler.end_step()
             loss_value = float(dist.mean(loss_sum / t.grad_accum))
             lr = optimizer.param_groups[0]["lr"]
@@ -516,8 +519,11 @@ def train(
                 bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_step / dt:,.0f}", refresh=False)
             if step % max(t.log_every, 1) == 0 or step == t.steps:
                 tps = window_tokens / max(window_time, 1e-9)
-                log({"step": step, "split": "train", "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                     "tokens": tokens_seen, "tok_per_s": tps, "elapsed_s": elapsed})
+                record = {"step": step, "split": "train", "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                          "tokens": tokens_seen, "tok_per_s": tps, "elapsed_s": elapsed}
+                if t.activity_penalty:
+                    record["x_hoyer"] = float(dist.mean(hoyer_sum / t.grad_accum))
+                log(record)
                 if bar is None and t.log_every:
                     eta = (t.steps - step) * tokens_per_step / tps
                     say(f"step {step}/{t.steps} | loss {loss_value:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s | "
