@@ -397,7 +397,7 @@ def main(argv=None) -> int:
         "flatness_met": flat <= 15.0 if len(rec_tps) > 1 else None,
     }
     print(
-        f"\ntargets: ratio at 1024 >= 200x: "
+        "\ntargets: ratio at 1024 >= 200x: "
         + (f"{r1024:.0f}x (best/best {r1024_best:.0f}x) -> {'MET' if targets['ratio_at_1024_met'] else 'NOT MET'}"
            if isinstance(r1024, float) else "n/a")
         + f"; recurrent flat within 15%: {flat:.1f}% -> {'MET' if targets['flatness_met'] else 'NOT MET'}"

@@ -36,6 +36,22 @@ def test_generate(model_dir, trained_tiny, capsys):
     assert out == "The " + generate(trained_tiny, "The ", 20, temperature=0) + "\n"
 
 
+def test_generate_sparse_flag_forces_the_decode_path(model_dir, capsys, monkeypatch):
+    import bdh.model
+
+    calls = []
+    real = bdh.model.sparse_step_layer
+    monkeypatch.setattr(bdh.model, "sparse_step_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    outs = {}
+    for flag in ("on", "off", "auto"):
+        calls.clear()
+        assert main(["generate", "--model", str(model_dir), "--prompt", "The ", "--max-new-tokens", "20",
+                     "--seed", "3", "--sparse", flag]) == 0
+        outs[flag] = capsys.readouterr().out
+        assert bool(calls) == (flag == "on")  # auto: dense for a model this small (SPARSE_MIN_STATE)
+    assert outs["on"] == outs["off"] == outs["auto"]
+
+
 @pytest.mark.parametrize(
     "argv,msg",
     [

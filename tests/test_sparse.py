@@ -205,6 +205,30 @@ def test_default_generate_identical_sparse_on_off(trained_damped, monkeypatch):
     assert all(len(o) > 0 for o in outs[0])
 
 
+def test_generate_sparse_argument(trained_damped, monkeypatch):
+    """`generate(..., sparse=True/False)` forces the path (same text); GPT has no sparse decode."""
+    from bdh.baselines.gpt import GPT, GPTConfig
+
+    calls = []
+    real = bdh.model.sparse_step_layer
+    monkeypatch.setattr(bdh.model, "sparse_step_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    on = trained_damped.generate(["The quick", "Lists"], max_new_tokens=30, seed=2, sparse=True)
+    assert calls
+    calls.clear()
+    off = trained_damped.generate(["The quick", "Lists"], max_new_tokens=30, seed=2, sparse=False)
+    assert not calls and on == off
+    with pytest.raises(ValueError, match="sparse='on'"):
+        trained_damped.generate("x", 3, sparse="on")
+    gpt = GPT(GPTConfig(n_layer=1, n_embd=16, n_head=2, vocab_size=256)).eval()
+    assert isinstance(gpt.generate("x", 3, seed=0, sparse="auto"), str)
+    with pytest.raises(ValueError, match="sparse decode is a BDH option; GPT"):
+        gpt.generate("x", 3, sparse=True)
+    _, st = gpt.prefill(torch.tensor([[1, 2]]))
+    with pytest.raises(ValueError, match="sparse=True: sparse decode is a BDH option"):
+        gpt.step(torch.tensor([3]), st, sparse=True)
+    assert torch.equal(gpt.step(torch.tensor([3]), st, sparse=False)[0], gpt.step(torch.tensor([3]), st)[0])
+
+
 def test_sparse_falls_back_to_dense_without_inplace_or_with_grad():
     torch.manual_seed(0)
     m = BDH(tiny_config(damping="alibi")).eval()

@@ -34,6 +34,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
         stop=args.stop,
+        **({} if args.sparse == "auto" else {"sparse": args.sparse == "on"}),
     ):
         sys.stdout.write(delta)
         sys.stdout.flush()
@@ -100,6 +101,8 @@ def register(sub) -> None:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    g.add_argument("--sparse", choices=("auto", "on", "off"), default="auto",
+                   help="BDH decode path: auto (sparse where it pays, per layer and token), on (sparse), off (dense)")
     g.set_defaults(func=cmd_generate)
     i = sub.add_parser("info", help="config, parameter count, FLOPs per token and state size of a model")
     i.add_argument("--model", required=True)

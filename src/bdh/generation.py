@@ -133,6 +133,7 @@ def stream(
     stop: str | Sequence[str] | None = None,
     eos_token_id: int | None = None,
     form: str = "auto",
+    sparse: bool | str = "auto",
     with_tokens: bool = False,
 ) -> Iterator:
     """Yield generated text as it is produced.
@@ -141,7 +142,8 @@ def stream(
     prompt, '' for rows that produced no complete text this step or are finished). Stops after
     `max_new_tokens`, at `eos_token_id`, or at the first occurrence of a `stop` string (not included).
     With `with_tokens=True`, yields `(deltas, tokens)` pairs of lists, `tokens[i]` the id sampled for prompt i
-    this step (None when finished).
+    this step (None when finished). `sparse` (BDH only): the decode path of every step, "auto" (default), True
+    (sparse decode, `bdh.sparse`) or False (dense); the same text either way, to float rounding.
     """
     tokenizer = _default_tokenizer(model, tokenizer)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -152,12 +154,17 @@ def stream(
     for i, p in enumerate(ids):
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty: expected at least one token")
+    if sparse not in (True, False, "auto"):
+        raise ValueError(f"sparse={sparse!r}: expected True, False or 'auto'")
+    if sparse is True and not getattr(model, "has_sparse_decode", False):  # before anything is generated
+        raise ValueError(f"sparse=True: sparse decode is a BDH option; {type(model).__name__} has none")
+    step_kw = {} if sparse == "auto" else {"sparse": sparse}
     rows = [_RowText(tokenizer, stops) for _ in ids]
-    for deltas, tokens in _token_loop(model, ids, max_new_tokens, params, seed, eos_token_id, form, rows):
+    for deltas, tokens in _token_loop(model, ids, max_new_tokens, params, seed, eos_token_id, form, rows, step_kw):
         yield (deltas[0] if single else deltas) if not with_tokens else (deltas, tokens)
 
 
-def _token_loop(model, ids, max_new_tokens, params, seed, eos_token_id, form, rows):
+def _token_loop(model, ids, max_new_tokens, params, seed, eos_token_id, form, rows, step_kw):
     was_training = model.training
     model.eval()
     try:
@@ -201,7 +208,7 @@ def _token_loop(model, ids, max_new_tokens, params, seed, eos_token_id, form, ro
                 nxt = nxt[keep]
                 active = [active[j] for j in keep]
             if n < max_new_tokens - 1:
-                last, state = model.step(nxt, state, inplace=True)  # the loop owns this state
+                last, state = model.step(nxt, state, inplace=True, **step_kw)  # the loop owns this state
     finally:
         model.train(was_training)
 
@@ -209,7 +216,7 @@ def _token_loop(model, ids, max_new_tokens, params, seed, eos_token_id, form, ro
 def generate(model, prompts, max_new_tokens: int = 256, **kwargs):
     """Generate continuations: a `str` for a string prompt, a list of `str` for a list of prompts.
 
-    Keyword arguments as `stream` (tokenizer, temperature, top_k, top_p, seed, stop, eos_token_id, form).
+    Keyword arguments as `stream` (tokenizer, temperature, top_k, top_p, seed, stop, eos_token_id, form, sparse).
     Token-id prompts (a list of ints, a list of lists, or a tensor) give token-id lists back.
     """
     tokenizer = _default_tokenizer(model, kwargs.get("tokenizer"))

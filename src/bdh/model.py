@@ -38,6 +38,8 @@ from .state import BDHState
 
 
 class BDH(PretrainedMixin, nn.Module):
+    has_sparse_decode = True  # step(..., sparse=True) skips inactive neurons (bdh.sparse)
+
     def __init__(self, config: BDHConfig):
         super().__init__()
         if not isinstance(config, BDHConfig):

@@ -299,7 +299,13 @@ class GPT(PretrainedMixin, nn.Module):
 
     def step(self, token_ids: torch.Tensor, state: GPTState, *, inplace: bool = False,
              sparse: bool | str = "auto") -> tuple[torch.Tensor, GPTState]:
-        """One token per row (B,): logits (B, V) and the cache with one more slot (appended in place if `inplace`)."""
+        """One token per row (B,): logits (B, V) and the cache with one more slot (appended in place if `inplace`).
+
+        `sparse` exists for BDH's interface: "auto" and False are this dense step; True is an error."""
+        if sparse is True:
+            raise ValueError("sparse=True: sparse decode is a BDH option; GPT has none (use False or 'auto')")
+        if sparse not in (False, "auto"):
+            raise ValueError(f"sparse={sparse!r}: expected True, False or 'auto'")
         self._check_ids(token_ids, "token_ids", 1)
         self._check_state(state, token_ids.shape[0])
         logits, state = self._run(token_ids.view(-1, 1), state, inplace)
