@@ -107,7 +107,7 @@ def test_init_from_starts_from_the_saved_weights(tmp_path):
 
 def test_init_from_errors_are_raised_before_anything_is_written(tmp_path):
     train(load_run_config("tiny", FAST + ["train.steps=1"]), tmp_path / "src", **QUIET)
-    with pytest.raises(ValueError, match=r"init_from = .*n_embd \(32 saved, 48 here\)"):
+    with pytest.raises(ValueError, match=r"init_from = .*another config: n_embd=32 saved, 48 now"):
         train(load_run_config("tiny", FAST + ["model.n_embd=48", f"train.init_from={tmp_path / 'src'}"]),
               tmp_path / "out", **QUIET)
     with pytest.raises(ValueError, match="expected a model directory"):

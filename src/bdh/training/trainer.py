@@ -192,25 +192,23 @@ def make_optimizer(model: BDH, t) -> torch.optim.AdamW:
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, betas=(t.beta1, t.beta2))
 
 
-def _init_from(path: str, model_cfg=None, model: nn.Module | None = None):
-    """`train.init_from`: the config saved in `path`, checked equal to `model_cfg` (bdh_version aside; None = the
-    run's model for the saved vocabulary is checked by the caller); with `model`, its weights are loaded into it.
-    Raises ValueError for a missing directory or naming the differing fields."""
-    from ..models import load_model
+def _config_diff(saved, model_cfg, where: str) -> list[str]:
+    """'key=<saved value> <where>, <run value> now' for every model config field that differs (bdh_version aside)."""
+    a, b = saved.to_dict(), model_cfg.to_dict()
+    return [f"{k}={a.get(k)!r} {where}, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
+            if k != "bdh_version" and a.get(k) != b.get(k)]
 
+
+def _init_from_config(path: str, model_cfg=None):
+    """`train.init_from`: the model config saved in `path`; when `model_cfg` is given, checked equal to it.
+    Raises ValueError for a directory without a saved model, or naming the fields that differ."""
     cfg_file = Path(path, "config.json")
     if not cfg_file.is_file():
         raise ValueError(f"train.init_from = {path!r}: expected a model directory with config.json and "
                          "model.safetensors (save_pretrained or a finished run's OUT)")
     saved = load_config(cfg_file)
-    if model_cfg is not None:
-        want, got = model_cfg.to_dict(), saved.to_dict()
-        diff = sorted(k for k in set(want) | set(got) if k != "bdh_version" and want.get(k) != got.get(k))
-        if diff:
-            raise ValueError(f"train.init_from = {path!r}: the saved model's config differs from the run's model in "
-                             + ", ".join(f"{k} ({got.get(k)!r} saved, {want.get(k)!r} here)" for k in diff))
-    if model is not None:
-        model.load_state_dict(load_model(path).state_dict(), strict=True)
+    if model_cfg is not None and (diff := _config_diff(saved, model_cfg, "saved")):
+        raise ValueError(f"train.init_from = {path!r}: the saved model is another config: " + "; ".join(diff))
     return saved
 
 
@@ -310,9 +308,7 @@ def _check_resume(run: RunConfig, saved: dict, model_cfg, path: Path) -> None:
     if type(saved_cfg) is not type(model_cfg):
         raise CheckpointError(f"--resume {path}: the checkpoint holds a {type(saved_cfg).__name__} model, "
                               f"the config a {type(model_cfg).__name__}")
-    saved_model = saved_cfg.to_dict()
-    diff = [f"{k}={saved_model.get(k)!r} in the checkpoint, {v!r} now" for k, v in model_cfg.to_dict().items()
-            if saved_model.get(k) != v]
+    diff = _config_diff(saved_cfg, model_cfg, "in the checkpoint")
     if diff:
         raise CheckpointError(f"--resume {path}: the checkpoint is for another model config: " + "; ".join(diff))
     sd = saved["run_config"]["data"]
@@ -354,7 +350,8 @@ def train(
             else contextlib.nullcontext
         )
         if t.init_from and resume is None:  # checked before anything is written (the vocabulary again below)
-            _init_from(t.init_from, run.model_config(_init_from(t.init_from).vocab_size))
+            saved_cfg = _init_from_config(t.init_from)
+            _init_from_config(t.init_from, run.model_config(saved_cfg.vocab_size))
         root = out / "checkpoints"
         resume_path = None
         if resume is not None:
@@ -392,7 +389,10 @@ def train(
         step, best, elapsed, tokens_seen = 0, math.inf, 0.0, 0
 
         if t.init_from and resume_path is None:  # fine-tuning: start from a saved model's weights
-            _init_from(t.init_from, model_cfg, model)
+            from ..models import load_model
+
+            _init_from_config(t.init_from, model_cfg)
+            model.load_state_dict(load_model(t.init_from).state_dict(), strict=True)
             say(f"initialised the weights from {t.init_from}")
         if resume_path is not None:
             saved = ckpt.read_checkpoint(resume_path, dist.rank)
