@@ -277,3 +277,23 @@ def test_sparse_equals_dense_on_a_model_trained_sparse(tmp_path, monkeypatch):
     assert all((a - b).abs().max().item() <= 1e-5 for a, b in zip(s_dense.rho, s_sparse.rho))
     assert sum(rows) / len(rows) < 0.3  # trained sparse: under 30% of the state rows touched on average
     assert scatters  # some tokens were sparse enough for the scatter write
+
+
+@pytest.mark.parametrize("floor", [None, 2.0])
+def test_dense_inplace_decode_with_damping_uses_the_lazy_scale(trained_damped, monkeypatch, floor):
+    """step(inplace=True, sparse=False) with damping decays the lazy scale, not rho: same logits and states as
+    the functional step (floor 2.0: the scale is folded into rho at every step)."""
+    if floor is not None:
+        monkeypatch.setattr(bdh.sparse, "SCALE_FLOOR", floor)
+    m = trained_damped
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        s_fun = _prefill_ragged(m, 3, g)
+        s_inp = s_fun.clone()
+        for t in torch.randint(32, 127, (60, 3), generator=g):
+            lf, s_fun = m.step(t, s_fun, sparse=False)
+            li, s_inp = m.step(t, s_inp, inplace=True, sparse=False)
+            assert (lf - li).abs().max().item() <= 1e-5
+        assert bool(s_inp._scale) == (floor is None)  # pending scale, or folded at every step
+        assert all((a - b).abs().max().item() <= 1e-5 * max(1.0, a.abs().max().item() / 10)
+                   for a, b in zip(s_fun.rho, s_inp.rho))

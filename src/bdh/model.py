@@ -33,7 +33,7 @@ from torch import nn
 from .attention import attention_chunked, attention_parallel, attention_step, rope, rope_cos_sin, rope_freqs, state_dtype
 from .config import FORMS, BDHConfig
 from .models import PretrainedMixin
-from .sparse import SPARSE_MAX_ACTIVITY, SPARSE_MIN_STATE, active_rows, sparse_step_layer
+from .sparse import SPARSE_MAX_ACTIVITY, SPARSE_MIN_STATE, active_rows, lazy_attention_step, sparse_step_layer
 from .state import BDHState
 
 
@@ -250,9 +250,13 @@ class BDH(PretrainedMixin, nn.Module):
                     v = sparse_step_layer(self, v, x_sparse, qr, state, l, gamma, rows)
                     new_rho.append(state._rho[l])
                     continue
-            S0 = state._fold(l)  # the true rho of this layer (folds a pending lazy scale of the sparse path)
-            a, S = attention_step(qr, v, S0, gamma, inplace)  # (B, nh, D), (B, nh, N, D)
-            new_rho.append(S)
+            if gamma is not None and inplace and not torch.is_grad_enabled():  # a decode loop owning the state:
+                a = lazy_attention_step(qr, v, state, l, gamma)  # the decay goes to the lazy scale (bdh.sparse)
+                new_rho.append(state._rho[l])
+            else:
+                S0 = state._fold(l)  # the true rho of this layer (folds a pending lazy scale)
+                a, S = attention_step(qr, v, S0, gamma, inplace)  # (B, nh, D), (B, nh, N, D)
+                new_rho.append(S)
             y_sparse = F.relu(torch.bmm(self.ln(a).transpose(0, 1), self.encoder_v)).transpose(0, 1)  # (B, nh, N)
             xy_sparse = self.drop(x_sparse * y_sparse)  # gate with x_sparse before RoPE (as `_layer_mlp`)
             v = self.ln(v + self.ln(xy_sparse.reshape(B, nh * N) @ self.decoder))  # (B, D)

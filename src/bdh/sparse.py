@@ -124,10 +124,7 @@ def sparse_step_layer(model, v: torch.Tensor, x: torch.Tensor, qr: torch.Tensor,
         qd = qr.to(sd) if c is None else qr.to(sd) / c.view(B, nh, 1)
         R.addcmul_(qd.unsqueeze(-1), vf.view(B, 1, 1, D))
     if gamma is not None:
-        c = (c.view(B, nh) * gamma.to(sd)).view(-1)
-        state._scale[l] = c
-        if float(c.min()) < SCALE_FLOOR:
-            state._fold(l)
+        _decay(state, l, c, gamma)
     # --- y, then the decoder rows of gated neurons only (x * y > 0)
     ln_a = model.ln(a.to(v.dtype))  # (B*nh, D)
     xf = x.reshape(-1)
@@ -147,6 +144,34 @@ def sparse_step_layer(model, v: torch.Tensor, x: torch.Tensor, qr: torch.Tensor,
     off = bh[:1] if B == 1 else torch.searchsorted(gated.div(HN, rounding_mode="floor"), bh[:B])
     out = F.embedding_bag(w, model.decoder, off, mode="sum", per_sample_weights=xy)  # (B, D)
     return model.ln(v + model.ln(out))  # (B, D)
+
+
+def lazy_attention_step(qr: torch.Tensor, v: torch.Tensor, state, l: int, gamma: torch.Tensor) -> torch.Tensor:
+    """`attention_step` for a decode loop that owns `state` (dense, with damping): the same read and write of
+    layer l's rho, in place, with the decay gamma_h applied to the lazy per-head scale instead of a pass over rho.
+
+    qr (B, nh, N): RoPE(x_sparse); v (B, D); gamma (nh,). Returns the read a (B, nh, D).
+    """
+    B, nh, _ = qr.shape
+    R, c = state._raw(l)  # true rho = c * R
+    sd = R.dtype
+    if c is None:
+        c = torch.ones(B * nh, dtype=sd, device=R.device)
+    cb = c.view(B, nh, 1)
+    q = qr.to(sd)
+    a = (q.unsqueeze(-2) @ R).squeeze(-2) * cb  # (B, nh, D): read excludes the current token
+    R.addcmul_((q / cb).unsqueeze(-1), v.to(sd)[:, None, None, :])  # rho + qr (x) v = c (R + qr (x) v / c)
+    _decay(state, l, c, gamma)
+    return a.to(qr.dtype)
+
+
+def _decay(state, l: int, c: torch.Tensor, gamma: torch.Tensor) -> None:
+    """rho_l <- gamma_h rho_l as scale c (B*nh,) <- c gamma_h; folded into the stored rho when some c is tiny."""
+    nh = gamma.shape[0]
+    c = (c.view(-1, nh) * gamma.to(c.dtype)).view(-1)
+    state._scale[l] = c
+    if float(c.min()) < SCALE_FLOOR:
+        state._fold(l)
 
 
 _ARANGE: dict = {}
