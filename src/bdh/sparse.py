@@ -21,7 +21,8 @@ token (O(n d)). The sparse path keeps a lazy per-(b, h) scale c (`BDHState._scal
 qr (x) v / c to the stored rows and the decay multiplies c only; the read multiplies by c. When some c falls
 below `SCALE_FLOOR` the scale is folded into the stored tensor (one dense pass, every ~90 tokens for the fastest
 ALiBi head gamma = e^-0.5) so that 1/c never overflows. `BDHState.rho` folds pending scales on access, so
-everything outside this module sees the true rho.
+everything outside this module sees the true rho. The dense in-place decode step uses the same scale
+(`lazy_attention_step`), so sparse and dense decode are compared without the dense path's extra decay pass.
 
 `BDH._step` computes the same function densely (`attention_step`, then the y-encoder and decoder products);
 tests check equality of logits and states on trained weights, with and without damping.
@@ -30,8 +31,9 @@ When it pays (benchmarks/sparse_decode.py, shared 2-core CPU, one thread; table 
 still does the dense x = relu(v D_x) product and ~30 small tensor ops of fixed overhead, and its scattered row
 reads and writes are latency-bound (a touched row costs several times a row of a dense pass). At the default
 config's size (n = 1024, d = 64) it loses at any activity (0.7x at batch 1, even with ~3% of rows active). At
-n = 32768 it gains ~1.3x at the activity of plain training (~35% of x, ~55% of rows) and ~2.9x at batch 1 (2.2x
-at batch 8) on a model fine-tuned with `train.activity_penalty = 3` (~4% of x, ~8% of rows, +0.008 nats/token).
+n = 32768 it gains ~1.4x at batch 1 (~1.0x at batch 8) at the activity of plain training (~35% of x, ~55% of rows)
+and ~2.7x at batch 1 (~2x at batch 8) on a model fine-tuned with `train.activity_penalty = 3` (~4% of x, ~8% of
+rows, +0.008 nats/token).
 `sparse="auto"` therefore runs a layer sparsely only when the model is large enough (`SPARSE_MIN_STATE`) and the
 current token's active rows are few enough (`SPARSE_MAX_ACTIVITY`).
 """
