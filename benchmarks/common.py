@@ -8,7 +8,6 @@ Import from a benchmark script next to this file (``sys.path`` holds the script'
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -18,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from bdh.io import atomic_write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -238,12 +239,5 @@ def human_bytes(n: float | None) -> str:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON atomically (temporary file + rename), creating parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    """`bdh.io.atomic_write_json` (indent 2, parent folders created); kept because every benchmark calls it."""
+    return atomic_write_json(path, data)

@@ -37,12 +37,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from common import format_machine, machine_info, summarize, write_json  # noqa: E402
 
 from bdh import BDH, BDHConfig  # noqa: E402
-from bdh.attention import attention_step, rope, rope_cos_sin  # noqa: E402
 from bdh.sparse import SPARSE_MAX_ACTIVITY, SPARSE_MIN_STATE, active_rows  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "sparse_decode.json"
@@ -111,29 +109,35 @@ def decode(model: BDH, state, toks: torch.Tensor, mode) -> torch.Tensor:
 
 @torch.inference_mode()
 def activity(model: BDH, state, toks: torch.Tensor) -> list[dict]:
-    """Per layer, over the decoded tokens: fractions of x > 0, of active state rows, of x*y > 0; auto's choice."""
+    """Per layer, over the decoded tokens: fractions of x > 0, of active state rows, of x*y > 0; auto's choice.
+
+    Read from the model's own hook points on a dense decode of a copy of the state.
+    """
     c = model.config
-    s = state.clone()
-    gamma = None if model.log_gamma is None else model.log_gamma.exp()
     big = c.n * c.D >= SPARSE_MIN_STATE
     acc = [{"x": [], "rows": [], "xy": [], "auto_sparse": 0} for _ in range(c.n_layer)]
-    for t in toks:
-        B = t.shape[0]
-        v = model._embed(t.view(B, 1))
-        cos, sin = rope_cos_sin(s.pos.view(B, 1), model.freqs, v.dtype)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        for l in range(c.n_layer):
-            x = F.relu(v @ model.encoder)
-            qr = rope(x, cos, sin)[:, :, 0]
-            a, _ = attention_step(qr, v[:, 0, 0], s.rho[l], gamma, inplace=True)
-            y = F.relu(model.ln(a.unsqueeze(2)) @ model.encoder_v)
-            rows = active_rows(x, qr).numel() / qr.numel()
-            acc[l]["x"].append((x > 0).float().mean().item())
-            acc[l]["rows"].append(rows)
-            acc[l]["xy"].append((x * y > 0).float().mean().item())
-            acc[l]["auto_sparse"] += int(big and rows <= SPARSE_MAX_ACTIVITY)
-            v = model._layer_mlp(v, x, a.unsqueeze(2))
-        s.pos += 1
+    xs = {}
+
+    def on_x(name, x, pos):
+        xs[int(name.split(".")[1])] = x
+
+    def on_qr(name, qr, pos):
+        l = int(name.split(".")[1])
+        rows = active_rows(xs[l], qr).numel() / qr.numel()
+        acc[l]["x"].append((xs[l] > 0).float().mean().item())
+        acc[l]["rows"].append(rows)
+        acc[l]["auto_sparse"] += int(big and rows <= SPARSE_MAX_ACTIVITY)
+
+    def on_xy(name, xy, pos):
+        acc[int(name.split(".")[1])]["xy"].append((xy > 0).float().mean().item())
+
+    hooks = {}
+    for l in range(c.n_layer):
+        hooks.update({f"blocks.{l}.x_sparse": on_x, f"blocks.{l}.qr": on_qr, f"blocks.{l}.xy": on_xy})
+    s = state.clone()
+    with model.hooks(hooks):
+        for t in toks:
+            _, s = model.step(t, s, inplace=True, sparse=False)
     return [
         {
             "x_active": statistics.fmean(d["x"]),

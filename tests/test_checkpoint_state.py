@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bdh import BDH, BDHConfig, BDHState, CheckpointError
-from bdh import checkpoint as ckpt
+from bdh import io as bdh_io
 from conftest import tiny_config
 
 
@@ -91,7 +91,7 @@ def test_atomic_path_removes_temp_on_error(tmp_path):
     target = tmp_path / "f.bin"
     target.write_bytes(b"old")
     with pytest.raises(RuntimeError):
-        with ckpt.atomic_path(target) as tmp:
+        with bdh_io.atomic_path(target) as tmp:
             open(tmp, "wb").write(b"partial")
             raise RuntimeError("killed")
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.bin"]

@@ -19,9 +19,10 @@ def test_info(model_dir, trained_tiny, capsys):
     assert main(["info", "--model", str(model_dir), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     c = trained_tiny.config
-    assert info["params_actual"] == info["params_formula_3nd_2Vd"] == 3 * c.n * c.D + 2 * c.vocab_size * c.D
+    assert info["model_type"] == "bdh" and info["config"]["n_embd"] == c.n_embd and "hooks" in info["capabilities"]
+    assert info["params_actual"] == info["params_formula"] == 3 * c.n * c.D + 2 * c.vocab_size * c.D
     assert info["flops_per_token_decode"] == 2 * (5 * c.n * c.D * c.n_layer + c.D * c.vocab_size)
-    assert info["state_floats_per_sequence"] == c.n_layer * c.n * c.D
+    assert info["state_bytes_after_1_token"] == c.n_layer * c.n * c.D * 4 + 8  # rho (fp32), pos (int64)
     assert main(["info", "--model", str(model_dir)]) == 0
     out = capsys.readouterr().out
     assert f"{info['params_actual']:,}" in out and "ok" in out
@@ -37,11 +38,11 @@ def test_generate(model_dir, trained_tiny, capsys):
 
 
 def test_generate_sparse_flag_forces_the_decode_path(model_dir, capsys, monkeypatch):
-    import bdh.model
+    import bdh.sparse
 
     calls = []
-    real = bdh.model.sparse_step_layer
-    monkeypatch.setattr(bdh.model, "sparse_step_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = bdh.sparse.SparseStepForm.__init__
+    monkeypatch.setattr(bdh.sparse.SparseStepForm, "__init__", lambda *a, **k: calls.append(1) or real(*a, **k))
     outs = {}
     for flag in ("on", "off", "auto"):
         calls.clear()
@@ -59,10 +60,48 @@ def test_generate_sparse_flag_forces_the_decode_path(model_dir, capsys, monkeypa
         (["info", "--model", "/nonexistent/dir"], "does not exist"),
         (["generate", "--model", "MODEL", "--prompt", ""], "--prompt is empty"),
         (["generate", "--model", "MODEL", "--prompt", "x", "--top-p", "2"], "top_p=2.0"),
+        (["generate", "--model", "MODEL", "--prompt", "x", "--threads", "0"], "--threads 0: expected a positive integer"),
+        (["generate", "--model", "MODEL", "--prompt", "x", "--device", "nope"], "--device 'nope': not a torch device"),
+        (["analyze", "--model", "MODEL", "--out", "OUT", "--threads", "0"], "--threads 0"),
+        (["analyze", "--model", "MODEL", "--out", "OUT", "--device", "nope"], "--device 'nope'"),
+        (["graph", "run", "--model", "MODEL", "--prompt", "x", "--threads", "0"], "--threads 0"),
+        (["graph", "kl", "--model", "MODEL", "--device", "nope"], "--device 'nope'"),
+        (["graph", "info", "--model", "MODEL", "--threads", "-2"], "--threads -2"),
     ],
 )
-def test_cli_errors_one_line_nonzero(argv, msg, model_dir):
-    argv = [str(model_dir) if a == "MODEL" else a for a in argv]
-    r = subprocess.run([sys.executable, "-m", "bdh", *argv], capture_output=True, text=True, timeout=120)
+def test_cli_errors_one_line_nonzero(argv, msg, model_dir, tmp_path):
+    argv = [{"MODEL": str(model_dir), "OUT": str(tmp_path / "out")}.get(a, a) for a in argv]
+    r = subprocess.run([sys.executable, "-m", "bdh.cli", *argv], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_device_without_cuda_is_a_one_line_error(model_dir):
+    r = subprocess.run([sys.executable, "-m", "bdh.cli", "generate", "--model", str(model_dir), "--prompt", "x",
+                        "--device", "cuda"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "--device 'cuda': CUDA is not available" in r.stderr
+
+
+def test_resolve_device_and_threads():
+    import argparse
+
+    import torch
+
+    from bdh.cli import add_run_options, apply_run_options, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    for bad in ("nope", "meta", "cuda:99"):
+        with pytest.raises(ValueError, match=f"--device '{bad}'"):
+            resolve_device(bad)
+    p = argparse.ArgumentParser()
+    add_run_options(p, threads_default=1)
+    n = torch.get_num_threads()
+    try:
+        assert apply_run_options(p.parse_args(["--threads", "1"])) == torch.device("cpu")
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="--threads 0: expected a positive integer"):
+            apply_run_options(p.parse_args(["--threads", "0"]))
+    finally:
+        torch.set_num_threads(n)

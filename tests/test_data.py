@@ -470,3 +470,44 @@ def test_split_pairs_and_resolve(tmp_path, locale_dir, monkeypatch):
     assert len(got) == 6 and {p.src_lang for p in got} <= {"en", "fr"}
     with pytest.raises(ValueError, match="English-to-X"):
         translation.resolve_translation_corpus("gettext:fr-de", locale_dir=locale_dir)
+
+
+def test_seed_free_translation_stream():
+    pairs = [(f"sentence {i}", f"phrase {i}") for i in range(200)]
+    s = translation_stream(pairs, "en", "fr", None)
+    assert s == translation_stream(list(pairs), "en", "fr", seed=None)
+    parsed = parse_translation_stream(s)
+    assert [(p.src, p.tgt) if p.src_lang == "en" else (p.tgt, p.src) for p in parsed] == pairs  # order kept
+    assert 60 < sum(p.src_lang == "en" for p in parsed) < 140  # both directions, about half each
+    # a pair's direction depends on that pair alone, not on its neighbours or position
+    alone = [parse_translation_stream(translation_stream([pr], "en", "fr", None))[0].src_lang for pr in pairs[:20]]
+    assert [p.src_lang for p in parsed[:20]] == alone
+    shuffled = translation_stream(pairs[::-1], "en", "fr", None, shuffle=True)
+    assert shuffled == translation_stream(pairs, "en", "fr", None, shuffle=True) != s  # order = hash of the text
+    assert sorted(shuffled.splitlines()) == sorted(s.splitlines())
+    with pytest.raises(ValueError, match=r"seed='1'.*integer, or None"):
+        translation_stream(pairs, "en", "fr", "1")
+
+
+def test_translation_validation_stream_does_not_depend_on_the_seed(tmp_path, monkeypatch):
+    (tmp_path / "ep.en").write_text("".join(f"English sentence {i}\n" for i in range(400)), encoding="utf-8")
+    (tmp_path / "ep.fr").write_text("".join(f"Phrase française {i}\n" for i in range(400)), encoding="utf-8")
+    spec = f"parallel:{tmp_path / 'ep'}:en-fr"
+    a, b = resolve_corpus(spec, seed=1), resolve_corpus(spec, seed=2)
+    assert a.val.encode() == b.val.encode() == resolve_corpus(spec).val.encode()
+    assert a.train != b.train  # training directions still follow the seed
+    val = parse_translation_stream(a.val)
+    assert len(val) == 40 and {p.src_lang for p in val} == {"en", "fr"}
+
+    root = tmp_path / "locale"
+    write_mo(root / "fr" / "LC_MESSAGES" / "big.mo",
+             {"": MO_HEADER, **{f"Message number {i}": f"Message numéro {i}" for i in range(400)}})
+    ga = translation.resolve_translation_corpus("gettext:fr", seed=1, locale_dir=root)
+    gb = translation.resolve_translation_corpus("gettext:fr", seed=2, locale_dir=root)
+    assert ga.val.encode() == gb.val.encode() and ga.train != gb.train
+    gval = parse_translation_stream(ga.val)
+    assert 10 < len(gval) < 80 and {p.src_lang for p in gval} == {"en", "fr"}
+    monkeypatch.setattr(translation, "DEFAULT_LOCALE_DIR", str(root))  # resolve_corpus reads the default
+    monkeypatch.setattr(translation.resolve_translation_corpus, "__kwdefaults__",
+                        {**translation.resolve_translation_corpus.__kwdefaults__, "locale_dir": str(root)})
+    assert resolve_corpus("gettext:fr", seed=123).val == ga.val

@@ -121,3 +121,43 @@ def test_needs_tokenizer_for_non_byte_vocab():
     model = BDH(tiny_config(vocab_size=300))
     with pytest.raises(ValueError, match="vocab_size=300"):
         generate(model, "hi", 3)
+
+
+def test_decode_loop_checks_prompt_ids_once_and_steps_without_id_checks(trained_tiny, monkeypatch):
+    calls = []
+    real_step = BDH.step
+
+    def spy(self, token_ids, state, **kw):
+        calls.append(kw.get("check_ids", True))
+        return real_step(self, token_ids, state, **kw)
+
+    monkeypatch.setattr(BDH, "step", spy)
+    got = generate(trained_tiny, [list(b"ab"), list(b"cde")], 6, temperature=0)
+    assert len(calls) == 5 and not any(calls)  # every decode step skips the range check (no host sync)
+    monkeypatch.setattr(BDH, "step", real_step)
+    assert got == [generate(trained_tiny, p, 6, temperature=0) for p in (list(b"ab"), list(b"cde"))]
+    with pytest.raises(ValueError, match="256"):  # a bad prompt id is still caught, by prefill
+        generate(trained_tiny, [1, 256], 3)
+
+
+def test_row_text_uses_the_tokenizer_stream_decoder():
+    from bdh.generation import _RowText
+    from bdh.tokenization import ByteTokenizer, IncrementalDecoder
+
+    made = []
+
+    class Tok(ByteTokenizer):
+        def stream_decoder(self):
+            made.append(IncrementalDecoder(self))
+            return made[-1]
+
+    row = _RowText(Tok(), stop=["!"])
+    assert len(made) == 1 and row.dec is made[0]
+    assert [row.add(t) for t in "é!".encode()] == ["", "é", ""] and row.stopped
+
+    class Bare:  # duck-typed: token_bytes only
+        def token_bytes(self, i):
+            return bytes([i])
+
+    row = _RowText(Bare(), stop=[])
+    assert "".join(row.add(t) for t in "€\xff".encode() + b"\xff") + row.flush() == "€ÿ\ufffd"

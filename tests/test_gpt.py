@@ -6,12 +6,11 @@ import math
 import pytest
 import torch
 
-from bdh import BDH
+from bdh import BDH, build_model, load_model
 from bdh.baselines import GPT, GPTConfig, GPTState
 from bdh.baselines.gpt import alibi_slopes
 from bdh.baselines.ladders import CPU_LADDER, GPU_LADDER, MAX_PARAM_GAP, param_gap
 from bdh.checkpoint import CheckpointError
-from bdh.models import build_model, load_model
 
 from conftest import english_bytes
 
@@ -290,7 +289,9 @@ def test_cli_info_and_generate_load_a_gpt(gpt, tmp_path, capsys):
     assert main(["info", "--model", str(tmp_path / "g"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     c = gpt.config
-    assert info["params_actual"] == gpt.num_params() and info["kv_cache_bytes_per_token_fp32"] == 2 * c.n_layer * c.n_embd * 4
+    assert info["model_type"] == "gpt" and info["capabilities"] == [] and info["config"]["positions"] == c.positions
+    assert info["params_actual"] == info["params_formula"] == gpt.num_params()
+    assert info["state_bytes_after_1_token"] == 2 * c.n_layer * c.n_embd * 4 + 8  # keys + values of one token, pos
     assert main(["generate", "--model", str(tmp_path / "g"), "--prompt", "The ", "--max-new-tokens", "10",
                  "--temperature", "0"]) == 0
     assert capsys.readouterr().out == "The " + gpt.generate("The ", 10, temperature=0) + "\n"

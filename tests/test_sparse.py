@@ -30,6 +30,11 @@ def _prefill_ragged(model, B, g):
     return BDHState.cat(states)
 
 
+def _pending(state):
+    """True when some layer of the state has a pending lazy damping scale."""
+    return any(state.lazy_scale(l) is not None for l in range(state.n_layer))
+
+
 def _compare(model, B, steps=40, seed=0, tol=1e-5):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -40,14 +45,16 @@ def _compare(model, B, steps=40, seed=0, tol=1e-5):
             ld, s_dense = model.step(t, s_dense)  # functional, dense
             ls, s_sparse = model.step(t, s_sparse, inplace=True, sparse=True)
             assert (ld - ls).abs().max().item() <= tol
-            lazy |= bool(s_sparse._scale)
+            lazy |= _pending(s_sparse)
             x = torch.relu(model._embed(t.view(-1, 1)) @ model.encoder)
             acts.append(pair_activity(x).item())
     assert torch.equal(s_dense.pos, s_sparse.pos)
-    for a, b in zip(s_dense.rho, s_sparse.rho):  # .rho folds the lazy damping scale
+    for a, b in zip(s_dense.rho, s_sparse.rho):  # .rho is the true rho (scale * stored)
         # rho sums many tokens (|rho| up to ~10-100): fp32 rounding of the two summation orders, relative
         assert (a - b).abs().max().item() <= tol * max(1.0, a.abs().max().item() / 10)
-    assert not s_sparse._scale  # folded
+    true = [r.clone() for r in s_sparse.rho]
+    assert not _pending(s_sparse.fold_())  # folded in place: the stored tensors are now the true rho
+    assert all(torch.equal(a, s_sparse.stored(l)) for l, a in enumerate(true))
     assert max(acts) < 1.0  # some pairs are inactive: the sparse path really skipped work
     return lazy
 
@@ -71,7 +78,7 @@ def test_both_y_variants(trained_damped, monkeypatch, y_max):
 
 def test_fold_often(trained_damped, monkeypatch):
     """Folding the lazy scale into the state (normally every ~90 tokens) at every step keeps the results."""
-    monkeypatch.setattr(bdh.sparse, "SCALE_FLOOR", 2.0)  # every scale is < 2 after one decay: fold each step
+    monkeypatch.setattr(trained_damped, "_fold_every", 1)  # fold after every decay
     assert not _compare(trained_damped, 2, steps=20)
 
 
@@ -90,7 +97,8 @@ def test_sparse_float64_exact():
 
 
 def test_lazy_scale_state_is_honest(trained_damped, tmp_path):
-    """A state with a pending lazy scale looks like the true rho to select/cat/clone/save/load."""
+    """A state with a pending lazy scale looks like the true rho to select/cat/clone/save/load, and reading it
+    changes nothing."""
     m = trained_damped
     with torch.no_grad():
         _, s = m.prefill(torch.randint(32, 127, (2, 10)))
@@ -98,14 +106,15 @@ def test_lazy_scale_state_is_honest(trained_damped, tmp_path):
         for t in torch.randint(32, 127, (5, 2)):
             _, ref = m.step(t, ref)
             _, s = m.step(t, s, inplace=True, sparse=True)
-    assert set(s._scale) == {0, 1}
-    raw0 = s._rho[0].clone()
-    c0 = s._scale[0].clone()
+    c0 = s.lazy_scale(0)
+    assert c0 is not None and s.lazy_scale(1) is not None
+    g = torch.tensor(m.config.decay(), dtype=torch.float64)
+    assert torch.allclose(c0.double(), g**5, rtol=1e-6)  # gamma^k for the k = 5 steps taken: known on the host
+    raw0 = s.stored(0).clone()
     assert not torch.allclose(raw0, ref.rho[0], atol=1e-3)  # the stored tensor is not the true rho...
-    true0 = raw0 * c0.view(2, -1, 1, 1)
-    assert (true0 - ref.rho[0]).abs().max() <= 1e-5  # ...scale * stored is
-    sel = s.select([1])  # folds
-    assert not s._scale
+    assert (raw0 * c0.view(1, -1, 1, 1) - ref.rho[0]).abs().max() <= 1e-5  # ...scale * stored is
+    sel = s.select([1])
+    assert torch.equal(s.stored(0), raw0) and s.lazy_scale(0) is not None  # reading did not modify the state
     assert (sel.rho[0] - ref.rho[0][1:]).abs().max() <= 1e-5
     s.save(tmp_path / "s.safetensors")
     back = BDHState.load(tmp_path / "s.safetensors")
@@ -114,7 +123,7 @@ def test_lazy_scale_state_is_honest(trained_damped, tmp_path):
 
 
 def test_fold_outside_inference_mode(trained_damped):
-    """Sparse steps under inference_mode leave a lazy scale; reading rho afterwards still works."""
+    """Sparse steps under inference_mode leave a lazy scale; reading and folding it afterwards works."""
     m = trained_damped
     with torch.inference_mode():
         _, s = m.prefill(torch.randint(32, 127, (1, 10)))
@@ -122,41 +131,46 @@ def test_fold_outside_inference_mode(trained_damped):
         for t in torch.randint(32, 127, (4, 1)):
             _, ref = m.step(t, ref)
             _, s = m.step(t, s, inplace=True, sparse=True)
-    assert s._scale
+    assert _pending(s)
     assert all((a - b).abs().max() <= 1e-5 for a, b in zip(s.rho, ref.rho))
+    s.fold_()
+    assert not _pending(s) and all((a - b).abs().max() <= 1e-5 for a, b in zip(s.rho, ref.rho))
+
+
+def _spy_sparse_layers(monkeypatch):
+    """Record the layers that SparseStepForm ran sparsely (its active set was used)."""
+    calls = []
+    real = bdh.sparse.SparseStepForm.attend
+
+    def spy(self, l, qr, v, x_sparse):
+        a = real(self, l, qr, v, x_sparse)
+        if self.rows is not None:
+            calls.append(l)
+        return a
+
+    monkeypatch.setattr(bdh.sparse.SparseStepForm, "attend", spy)
+    return calls
 
 
 def _layers_run_sparsely(model, monkeypatch, sparse, token, state):
-    calls = []
-    real = bdh.model.sparse_step_layer
-
-    def spy(model_, v, x, qr, st, l, gamma, rows=None):
-        calls.append(l)
-        return real(model_, v, x, qr, st, l, gamma, rows)
-
-    monkeypatch.setattr(bdh.model, "sparse_step_layer", spy)
+    calls = _spy_sparse_layers(monkeypatch)
     with torch.no_grad():
         logits, _ = model.step(token, state, inplace=True, sparse=sparse)
+    monkeypatch.undo()
     return calls, logits
 
 
 def _row_activity(model, token, state):
-    """Fraction of active state rows per layer for this token (dense pass on a copy)."""
-    from bdh.attention import rope, rope_cos_sin
+    """Fraction of active state rows per layer for this token (the model's hooks, on a dense step of a copy)."""
     from bdh.sparse import active_rows
 
-    s = state.clone()
-    acts = []
-    with torch.no_grad():
-        v = model._embed(token.view(-1, 1))
-        cos, sin = rope_cos_sin(s.pos.view(-1, 1), model.freqs, v.dtype)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        for l in range(model.config.n_layer):
-            x = torch.relu(v @ model.encoder)
-            qr = rope(x, cos, sin)[:, :, 0]
-            acts.append(active_rows(x, qr).numel() / qr.numel())
-            a, _ = bdh.attention.attention_step(qr, v[:, 0, 0], s.rho[l], None)
-            v = model._layer_mlp(v, x, a.unsqueeze(2))
+    acts, xs = [], {}
+    keep_x = lambda name, x, pos: xs.__setitem__(name.split(".")[1], x)  # noqa: E731
+    rows = lambda name, qr, pos: acts.append(active_rows(xs[name.split(".")[1]], qr).numel() / qr.numel())  # noqa: E731
+    L = model.config.n_layer
+    with torch.no_grad(), model.hooks({**{f"blocks.{l}.x_sparse": keep_x for l in range(L)},
+                                       **{f"blocks.{l}.qr": rows for l in range(L)}}):
+        model.step(token, state.clone(), sparse=False)
     return acts
 
 
@@ -176,16 +190,18 @@ def test_auto_chooses_per_layer(trained, monkeypatch):
     want_sparse = [l for l, a in enumerate(acts) if a <= thr]
     assert 0 < len(want_sparse) < m.config.n_layer
     ref, _ = m.step(t, s0)
-    monkeypatch.setattr(bdh.model, "SPARSE_MIN_STATE", 0)
-    monkeypatch.setattr(bdh.model, "SPARSE_MAX_ACTIVITY", thr)
-    calls, logits = _layers_run_sparsely(m, monkeypatch, "auto", t, s0.clone())
+    def run(sparse, min_state=0):
+        monkeypatch.setattr(bdh.model, "SPARSE_MIN_STATE", min_state)
+        monkeypatch.setattr(bdh.sparse, "SPARSE_MAX_ACTIVITY", thr)
+        return _layers_run_sparsely(m, monkeypatch, sparse, t, s0.clone())
+
+    calls, logits = run("auto")
     assert calls == want_sparse
     assert (logits - ref).abs().max() <= 1e-5
     # forced either way; and "auto" on a model below SPARSE_MIN_STATE is dense
-    assert _layers_run_sparsely(m, monkeypatch, True, t, s0.clone())[0] == list(range(m.config.n_layer))
-    assert _layers_run_sparsely(m, monkeypatch, False, t, s0.clone())[0] == []
-    monkeypatch.setattr(bdh.model, "SPARSE_MIN_STATE", m.config.n * m.config.D + 1)
-    assert _layers_run_sparsely(m, monkeypatch, "auto", t, s0.clone())[0] == []
+    assert run(True)[0] == list(range(m.config.n_layer))
+    assert run(False)[0] == []
+    assert run("auto", m.config.n * m.config.D + 1)[0] == []
 
 
 def test_default_generate_identical_sparse_on_off(trained_damped, monkeypatch):
@@ -195,10 +211,8 @@ def test_default_generate_identical_sparse_on_off(trained_damped, monkeypatch):
     outs = []
     for min_state, max_act in ((0, 1.0), (1 << 62, 1.0)):  # auto -> always sparse, auto -> always dense
         monkeypatch.setattr(bdh.model, "SPARSE_MIN_STATE", min_state)
-        monkeypatch.setattr(bdh.model, "SPARSE_MAX_ACTIVITY", max_act)
-        calls = []
-        real = bdh.model.sparse_step_layer
-        monkeypatch.setattr(bdh.model, "sparse_step_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+        monkeypatch.setattr(bdh.sparse, "SPARSE_MAX_ACTIVITY", max_act)
+        calls = _spy_sparse_layers(monkeypatch)
         outs.append(m.generate(prompts, max_new_tokens=40, temperature=0.8, seed=1))
         assert bool(calls) == (min_state == 0)
     assert outs[0] == outs[1]
@@ -209,9 +223,7 @@ def test_generate_sparse_argument(trained_damped, monkeypatch):
     """`generate(..., sparse=True/False)` forces the path (same text); GPT has no sparse decode."""
     from bdh.baselines.gpt import GPT, GPTConfig
 
-    calls = []
-    real = bdh.model.sparse_step_layer
-    monkeypatch.setattr(bdh.model, "sparse_step_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = _spy_sparse_layers(monkeypatch)
     on = trained_damped.generate(["The quick", "Lists"], max_new_tokens=30, seed=2, sparse=True)
     assert calls
     calls.clear()
@@ -284,7 +296,7 @@ def test_dense_inplace_decode_with_damping_uses_the_lazy_scale(trained_damped, m
     """step(inplace=True, sparse=False) with damping decays the lazy scale, not rho: same logits and states as
     the functional step (floor 2.0: the scale is folded into rho at every step)."""
     if floor is not None:
-        monkeypatch.setattr(bdh.sparse, "SCALE_FLOOR", floor)
+        monkeypatch.setattr(trained_damped, "_fold_every", 1)
     m = trained_damped
     g = torch.Generator().manual_seed(4)
     with torch.no_grad():
@@ -294,6 +306,6 @@ def test_dense_inplace_decode_with_damping_uses_the_lazy_scale(trained_damped, m
             lf, s_fun = m.step(t, s_fun, sparse=False)
             li, s_inp = m.step(t, s_inp, inplace=True, sparse=False)
             assert (lf - li).abs().max().item() <= 1e-5
-        assert bool(s_inp._scale) == (floor is None)  # pending scale, or folded at every step
+        assert _pending(s_inp) == (floor is None)  # pending scale, or folded at every step
         assert all((a - b).abs().max().item() <= 1e-5 * max(1.0, a.abs().max().item() / 10)
                    for a, b in zip(s_fun.rho, s_inp.rho))

@@ -67,6 +67,46 @@ def test_incremental_decoder_holds_partial_characters():
     assert dec.push(a) == "" and dec.flush() == "\ufffd"  # dangling partial character, like decode()
 
 
+@pytest.mark.parametrize(
+    "data, pieces",
+    [
+        ("€".encode(), ["", "", "€"]),  # a 3-byte character split over three tokens
+        ("😀".encode(), ["", "", "", "😀"]),  # 4 bytes
+        (b"\xff\x80a", ["\ufffd", "\ufffd", "a"]),  # bytes that never start a character: replaced at once
+        (b"\xe2\x82a\xe2", ["", "", "\ufffda", ""]),  # a truncated sequence ends at the next ASCII byte
+        (b"\xed\xa0\x80", ["", "", "\ufffd" * 3]),  # an encoded surrogate is invalid UTF-8
+    ],
+)
+def test_incremental_decoder_split_and_invalid_bytes(data, pieces):
+    tok = ByteTokenizer()
+    dec = tok.stream_decoder()
+    got = [dec.push(b) for b in data]
+    assert got == pieces
+    assert "".join(got) + dec.flush() == tok.decode(list(data))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=40))
+def test_incremental_decoder_equals_decode_on_arbitrary_bytes(data):
+    tok = ByteTokenizer()
+    dec = tok.stream_decoder()
+    ids = list(data)
+    pieces = [dec.push(i, final=k == len(ids) - 1) for k, i in enumerate(ids)]
+    assert "".join(pieces) + dec.flush() == tok.decode(ids)
+
+
+def test_incremental_decoder_bpe_tokens_splitting_a_character(toks):
+    tok = toks["gpt2"]
+    ids = tok.encode("日本語のテキスト")
+    assert any(tok.token_bytes(i).decode("utf-8", errors="ignore") != tok.decode([i]) for i in ids)  # a split
+    dec = tok.stream_decoder()
+    assert "".join(dec.push(i) for i in ids) == "日本語のテキスト" and dec.flush() == ""
+    dec.push(ids[0])
+    with pytest.raises(ValueError, match=r"token id 50257 out of range.*vocab_size 50257"):
+        dec.push(50257)
+    assert dec.push(ids[1], final=True) == tok.decode(ids[:2]) and dec.flush() == ""  # the bad id changed nothing
+
+
 def test_names_and_vocab_sizes(toks):
     assert (toks["bytes"].name, toks["bytes"].vocab_size) == ("bytes", 256)
     assert (toks["gpt2"].name, toks["gpt2"].vocab_size) == ("gpt2", 50257)

@@ -6,17 +6,19 @@
     logits, state = model.prefill(prompt_ids)      # explicit state
     logits, state = model.step(next_ids, state)    # O(1) per token
 
-The GPT-2 baseline (`bdh.baselines.GPT`) has the same interface; `load_model(dir)` loads either.
+Every model type implements `bdh.interface.LanguageModel` (BDH and the GPT-2 baseline `bdh.baselines.GPT` are
+registered on import); `load_model(dir)` loads whichever a directory holds, `build_model(config)` builds one.
 """
 
-__version__ = "0.1.0"
-
-from .checkpoint import CheckpointError
+from ._version import __version__
+from .checkpoint import CheckpointError, load_model
 from .config import BDHConfig
 from .generation import generate, stream
+from .interface import build_model
 from .model import BDH
-from .models import build_model, load_model
 from .state import BDHState
+
+from .baselines import gpt as _gpt  # noqa: E402, F401  (registers the builtin model type "gpt"; .model registers "bdh")
 
 __all__ = ["BDH", "BDHConfig", "BDHState", "CheckpointError", "build_model", "generate", "load_model", "stream",
            "__version__"]

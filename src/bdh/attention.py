@@ -9,7 +9,7 @@ gamma is the per-head damping (1 when off, the reference). The three forms compu
 
 - `attention_parallel`: the quadratic reference form, T x T scores (the readable reference);
 - `attention_chunked`: linear time, masked C x C products inside a chunk plus an exclusive running state
-  across chunks;
+  across chunks (each chunk is `attention_parallel` from the carried state);
 - `attention_step`: one token, read the state then write the token (the recurrent form).
 
 The running state S (the paper's rho_{t-1,l}, kept in the rotated-key basis) is
@@ -65,6 +65,29 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def compute_dtype(x: torch.Tensor) -> torch.Tensor | torch.dtype:
+    """The dtype activations are computed in: the autocast dtype when autocast is on for x's device, else x's.
+
+    The precision policy: under bf16 autocast the (B, h, T, N) activations (x_sparse, RoPE(x_sparse), y_sparse,
+    x*y) and the T x T / C x C scores are bf16; RoPE phases are formed in fp64 and reduced before the cast
+    (`rope_cos_sin`); the state rho accumulates in fp32 (`_advance_state`, `attention_step`).
+    """
+    dev = x.device.type
+    if x.dtype.is_floating_point and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+def _cached(cache: dict | None, key, make):
+    """make(), memoised in `cache` (a dict owned by one model call, shared by its chunks and layers) when given."""
+    if cache is None:
+        return make()
+    out = cache.get(key)
+    if out is None:
+        out = cache[key] = make()
+    return out
+
+
 def _decay_powers(log_gamma: torch.Tensor | None, exps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
     """gamma_h ** exps for every head: (nh, *exps.shape) in `dtype`; None when damping is off."""
     if log_gamma is None:
@@ -94,42 +117,47 @@ def attention_parallel(
     log_gamma: torch.Tensor | None = None,
     need_state: bool = True,
     detach_kv: bool = False,
+    *,
+    cache: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Quadratic form (the reference): out = tril(QR QR^T, -1) V [+ QR S0].
 
     QR (B, nh, T, N); V (B, 1, T, D); S0 (B, nh, N, D) or None; log_gamma (nh,) or None.
     `detach_kv`: no gradient through keys and values (the paper's no-BPTT recipe, §7.2).
+    `cache`: a dict shared by the calls of one model call, so masks and decay powers are built once.
     Returns out (B, nh, T, D) and the state after the last token (or None when not `need_state`).
     """
     B, nh, T, N = QR.shape
+    dev, dt = QR.device, QR.dtype
     K, V = (QR.detach(), V.detach()) if detach_kv else (QR, V)
-    mask = _causal_mask(T, log_gamma, QR.device, QR.dtype)  # (T, T) or (nh, T, T)
+    mask = _cached(cache, ("mask", T, dt), lambda: _causal_mask(T, log_gamma, dev, dt))  # (T, T) or (nh, T, T)
     scores = (QR @ K.mT) * mask  # (B, nh, T, T)
     out = scores @ V  # (B, nh, T, D)
     if S0 is not None:
-        w = _decay_powers(log_gamma, torch.arange(T, device=QR.device), QR.dtype)  # (nh, T): gamma^t
-        read = QR @ S0.to(QR.dtype)  # (B, nh, T, D)
-        out = out + (read if w is None else read * w.view(1, nh, T, 1))
+        w = _cached(cache, ("pow", T, dt), lambda: _decay_powers(log_gamma, torch.arange(T, device=dev), dt))
+        read = QR @ S0.to(dt)  # (B, nh, T, D)
+        out = out + (read if w is None else read * w.view(1, nh, T, 1))  # gamma^t: decay of the carried state
     if not need_state:
         return out, None
-    return out, _advance_state(K, V, S0, log_gamma)
+    return out, _advance_state(K, V, S0, log_gamma, cache)
 
 
 def _advance_state(
-    K: torch.Tensor, V: torch.Tensor, S0: torch.Tensor | None, log_gamma: torch.Tensor | None
+    K: torch.Tensor, V: torch.Tensor, S0: torch.Tensor | None, log_gamma: torch.Tensor | None, cache: dict | None = None
 ) -> torch.Tensor:
     """S_T = gamma^T S0 + sum_s gamma^(T-s) K_s (x) V_s, accumulated in fp32/fp64. K (B,nh,T,N), V (B,1,T,D)."""
     B, nh, T, N = K.shape
+    dev = K.device
     sd = state_dtype(K.dtype)
-    with _no_autocast(K.device):
+    with _no_autocast(dev):
         Kf, Vf = K.to(sd), V.to(sd)
-        w = _decay_powers(log_gamma, T - torch.arange(T, device=K.device), sd)  # (nh, T): gamma^(T-s)
+        w = _cached(cache, ("adv", T, sd), lambda: _decay_powers(log_gamma, T - torch.arange(T, device=dev), sd))
         if w is not None:
-            Kf = Kf * w.view(1, nh, T, 1)
+            Kf = Kf * w.view(1, nh, T, 1)  # gamma^(T-s)
         S = Kf.mT @ Vf  # (B, nh, N, D)
         if S0 is not None:
-            g = _decay_powers(log_gamma, torch.tensor(T, device=K.device), sd)  # (nh,)
-            S = S + (S0 if g is None else S0 * g.view(1, nh, 1, 1))
+            g = _cached(cache, ("advT", T, sd), lambda: _decay_powers(log_gamma, torch.tensor(T, device=dev), sd))
+            S = S + (S0 if g is None else S0 * g.view(1, nh, 1, 1))  # gamma^T S0
     return S
 
 
@@ -141,43 +169,66 @@ def attention_chunked(
     chunk_size: int = 128,
     need_state: bool = True,
     detach_kv: bool = False,
+    *,
+    cache: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Linear-time form: masked C x C products inside each chunk, running state across chunks.
 
     Same arguments and result as `attention_parallel`; any T (the last chunk may be shorter).
-    Memory O(T*C + N*D) per head instead of the T x T scores.
+    Memory O(T*C + N*D) per head instead of the T x T scores. Masks and decay powers are built once per chunk
+    length (per model call with `cache`).
     """
     B, nh, T, N = QR.shape
     D = V.shape[-1]
-    sd = state_dtype(QR.dtype)
-    S = S0 if S0 is not None else QR.new_zeros((B, nh, N, D), dtype=sd)
+    cache = {} if cache is None else cache
+    S = S0 if S0 is not None else QR.new_zeros((B, nh, N, D), dtype=state_dtype(QR.dtype))
     outs = []
     # split (not slicing in a loop): backward then concatenates the chunk gradients instead of zero-filling a
     # full-size gradient per chunk
     chunks = list(zip(QR.split(chunk_size, 2), V.split(chunk_size, 2)))  # (B, nh, c, N), (B, 1, c, D)
     for i, (q, v) in enumerate(chunks):
-        inner, _ = attention_parallel(q, v, None, log_gamma, need_state=False, detach_kv=detach_kv)  # in-chunk
-        w = _decay_powers(log_gamma, torch.arange(q.shape[2], device=QR.device), q.dtype)  # gamma^i
-        read = q @ S.to(q.dtype)  # (B, nh, c, D): the carried state, exclusive of this chunk
-        outs.append(inner + (read if w is None else read * w.view(1, nh, -1, 1)))
-        if i < len(chunks) - 1 or need_state:
-            S = _advance_state(q.detach(), v.detach(), S, log_gamma) if detach_kv else _advance_state(q, v, S, log_gamma)
+        write = i < len(chunks) - 1 or need_state
+        # in-chunk products, plus the read of the carried state (exclusive of this chunk) decayed by gamma^i
+        out, S_next = attention_parallel(q, v, S, log_gamma, write, detach_kv, cache=cache)
+        outs.append(out)
+        if write:
+            S = S_next
     return torch.cat(outs, dim=2), (S if need_state else None)
 
 
 def attention_step(
-    qr: torch.Tensor, v: torch.Tensor, S: torch.Tensor, gamma: torch.Tensor | None = None, inplace: bool = False
+    qr: torch.Tensor, v: torch.Tensor, S: torch.Tensor, gamma: torch.Tensor | None = None, inplace: bool = False,
+    detach_kv: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Recurrent form, one token: read the state, then write the token.
 
     qr (B, nh, N); v (B, D); S (B, nh, N, D); gamma (nh,) or None.
     Returns out (B, nh, D) and the new state gamma * (S + qr (x) v): a new tensor, or S itself updated in
-    place when `inplace` (no allocation; for decode loops that own their state).
+    place when `inplace` (no allocation; for decode loops that own their state). `detach_kv`: the write uses
+    detached keys and values (gradients reach qr only through the read, as in the other forms).
     """
     out = (qr.unsqueeze(-2).to(S.dtype) @ S).squeeze(-2)  # (B, nh, D): read excludes the current token
-    k = qr.to(S.dtype).unsqueeze(-1)  # (B, nh, N, 1)
+    k, v = (qr.detach(), v.detach()) if detach_kv else (qr, v)
+    k = k.to(S.dtype).unsqueeze(-1)  # (B, nh, N, 1)
     val = v.to(S.dtype)[:, None, None, :]  # (B, 1, 1, D)
     S_new = S.addcmul_(k, val) if inplace else torch.addcmul(S, k, val)  # S + qr (x) v: one pass over S
     if gamma is not None:
         S_new.mul_(gamma.to(S.dtype).view(1, -1, 1, 1))
     return out.to(qr.dtype), S_new
+
+
+def attention_step_scaled(qr: torch.Tensor, v: torch.Tensor, R: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    """`attention_step` (without the decay) on a state stored with a per-head scale: true S = c R.
+
+    qr (B, nh, N); v (B, D); R (B, nh, N, D), updated in place; c (nh,) or None (= 1). Reads c (qr . R), then
+    writes S + qr (x) v = c (R + qr (x) v / c). The decay S <- gamma S is the caller's: it multiplies c
+    (`BDHState.lazy_decay_`), O(1) instead of a pass over S. Returns the read (B, nh, D).
+    """
+    q = qr.to(R.dtype)
+    a = (q.unsqueeze(-2) @ R).squeeze(-2)  # (B, nh, D): read excludes the current token
+    if c is None:
+        R.addcmul_(q.unsqueeze(-1), v.to(R.dtype)[:, None, None, :])
+        return a.to(qr.dtype)
+    cb = c.view(1, -1, 1)
+    R.addcmul_((q / cb).unsqueeze(-1), v.to(R.dtype)[:, None, None, :])
+    return (a * cb).to(qr.dtype)

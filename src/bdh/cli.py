@@ -2,6 +2,7 @@
 
 Each command module exposes `register(subparsers)`, which adds its sub-parser with `func=handler`.
 Errors in user input end the program with one line on stderr and a non-zero exit status.
+Commands that run a model share `--device` / `--threads` (`add_run_options` / `apply_run_options` below).
 """
 
 from __future__ import annotations
@@ -14,16 +15,75 @@ import sys
 COMMAND_MODULES = ("bdh.cli", "bdh.training.cli", "bdh.analysis.cli", "bdh.graph.cli", "bdh.baselines.compare")
 
 
-def _load_model(path: str):
-    from .models import load_model
+# ----------------------------------------------------------------------------- --device / --threads
+def add_run_options(p: argparse.ArgumentParser, *, device: bool = True, threads_default: int | None = None,
+                    threads_help: str = "torch CPU threads, a positive integer (default: torch's choice)") -> None:
+    """Add `--device` (default cpu) and `--threads` to a command that runs a model; see `apply_run_options`."""
+    if device:
+        p.add_argument("--device", default="cpu", help="torch device to run the model on: cpu (default), cuda, cuda:N, mps")
+    p.add_argument("--threads", type=int, default=threads_default, help=threads_help)
 
-    return load_model(path)  # BDH or the GPT baseline, with the tokenizer saved beside it (bytes when none)
+
+def resolve_device(spec: str):
+    """The torch.device named by `spec`, or ValueError (one line) when it is malformed or not on this machine."""
+    import torch
+
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {spec!r}: not a torch device; expected cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ValueError(f"--device {spec!r}: CUDA is not available ({why}); expected --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"--device {spec!r}: this machine has {n} CUDA device(s); expected cuda:0 .. cuda:{n - 1}")
+        return dev
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {spec!r}: MPS is not available on this machine; expected --device cpu")
+        return dev
+    if dev.type == "meta":
+        raise ValueError(f"--device {spec!r}: the meta device holds no data; expected cpu, cuda, cuda:N or mps")
+    try:  # any other backend torch knows (xpu, ...): usable if it can hold a tensor
+        torch.empty(1, device=dev)
+    except Exception as e:  # noqa: BLE001 (backends raise RuntimeError, AssertionError, ...)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"--device {spec!r}: not usable on this machine ({first}); expected --device cpu") from None
+    return dev
+
+
+def apply_run_options(args: argparse.Namespace):
+    """Validate `--threads` (set torch's CPU threads) and `--device`; the torch.device (None without --device).
+
+    Call it first in a handler, before anything is loaded: bad values are a ValueError naming the flag."""
+    import torch
+
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"--threads {threads}: expected a positive integer")
+    device = resolve_device(args.device) if getattr(args, "device", None) is not None else None
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return device
+
+
+# ----------------------------------------------------------------------------- commands
+def _load_model(path: str, device="cpu"):
+    from .checkpoint import load_model
+
+    return load_model(path, device=device)  # any registered model type, with the tokenizer saved beside it
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    model = _load_model(args.model)
+    device = apply_run_options(args)
     if args.prompt == "":
         raise ValueError("--prompt is empty: expected at least one character")
+    model = _load_model(args.model, device)
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
     for delta in model.stream(
@@ -43,26 +103,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def model_info(model) -> dict:
-    """Config, parameter counts (actual and 3nd + 2Vd), FLOPs per token and state size of a model."""
+    """Model type, config, parameter counts, FLOPs per decode step and state size of any registered model.
+
+    Generic (`bdh.interface`): the state size is measured on a one-token state; the config's own `num_params()`
+    (a closed formula, e.g. BDH's 3nd + 2Vd) is compared with the actual count when the config has one."""
+    import torch
+
     c = model.config
-    if not hasattr(c, "N"):  # the GPT baseline: its KV cache grows with the context
-        return {"config": {"model_type": "gpt", **c.to_dict()}, "params_actual": model.num_params(),
-                "params_formula": c.num_params(), "params_match": model.num_params() == c.num_params(),
-                "flops_per_token_decode_at_context_1024": model.flops_per_token(1024),
-                "kv_cache_bytes_per_token_fp32": 2 * c.n_layer * c.n_embd * 4, "dtype": str(model.dtype).removeprefix("torch.")}
-    state_bytes = c.n_layer * c.n * c.D * 4
-    return {
-        "config": c.to_dict(),
-        "neurons_per_head_N": c.N,
-        "neurons_n": c.n,
-        "params_actual": model.num_params(),
-        "params_formula_3nd_2Vd": c.num_params(),
-        "params_match": model.num_params() == c.num_params(),
-        "flops_per_token_decode": model.flops_per_token(),
-        "state_bytes_per_sequence_fp32": state_bytes,
-        "state_floats_per_sequence": c.n_layer * c.n * c.D,
-        "dtype": str(model.dtype).removeprefix("torch."),
-    }
+    info = {"model_type": type(c).MODEL_TYPE, "model_class": type(model).__name__, "config": c.to_dict(),
+            "capabilities": sorted(model.capabilities), "params_actual": model.num_params()}
+    if callable(getattr(c, "num_params", None)):
+        info["params_formula"] = c.num_params()
+        info["params_match"] = info["params_formula"] == info["params_actual"]
+    info["flops_per_token_decode"] = model.flops_per_token()
+    with torch.no_grad():  # the state after one token: BDH's is constant in the context, a KV cache grows per token
+        ids = torch.zeros(1, dtype=torch.long, device=next(model.parameters()).device)
+        _, state = model.step(ids, model.init_state(1))
+    info["state_bytes_after_1_token"] = sum(t.numel() * t.element_size() for t in model.state_to_tensors(state).values())
+    info["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return info
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -70,24 +129,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    c = info["config"]
-    if c.get("model_type") == "gpt":
-        print(f"GPT baseline at {args.model}")
-        print(f"  layers L={c['n_layer']}  d={c['n_embd']}  heads={c['n_head']}  mlp={c['mlp_dim'] or 4 * c['n_embd']}  "
-              f"positions={c['positions']}  vocab V={c['vocab_size']}  dtype={info['dtype']}")
-        print(f"  parameters: {info['params_actual']:,}")
-        print(f"  FLOPs/token (decode at context 1024): {info['flops_per_token_decode_at_context_1024']:,}")
-        print(f"  KV cache: {info['kv_cache_bytes_per_token_fp32']:,} bytes fp32 per token of context")
-        return 0
-    print(f"BDH-GPU model at {args.model}")
-    print(f"  layers L={c['n_layer']}  d={c['n_embd']}  heads h={c['n_head']}  N/head={info['neurons_per_head_N']}  "
-          f"n={info['neurons_n']}  vocab V={c['vocab_size']}")
-    print(f"  damping={c['damping']}  rope_theta={c['rope_theta']:g}  dropout={c['dropout']}  dtype={info['dtype']}")
-    ok = "ok" if info["params_match"] else "MISMATCH"
-    print(f"  parameters: {info['params_actual']:,} (3nd + 2Vd = {info['params_formula_3nd_2Vd']:,}: {ok})")
-    print(f"  FLOPs/token (recurrent decode): {info['flops_per_token_decode']:,}")
-    mib = info["state_bytes_per_sequence_fp32"] / 2**20
-    print(f"  state per sequence: {info['state_floats_per_sequence']:,} floats = {mib:.2f} MiB fp32 (constant in context)")
+    print(f"{info['model_class']} model (model_type {info['model_type']!r}) at {args.model}")
+    print("  " + "  ".join(f"{k}={v}" for k, v in info["config"].items()))
+    params = f"  parameters: {info['params_actual']:,}"
+    if "params_formula" in info:
+        params += f" (config formula {info['params_formula']:,}: {'ok' if info['params_match'] else 'MISMATCH'})"
+    print(params)
+    print(f"  FLOPs/token (decode step): {info['flops_per_token_decode']:,}")
+    print(f"  state per sequence after 1 token: {info['state_bytes_after_1_token']:,} bytes ({info['dtype']})")
+    print(f"  capabilities: {', '.join(info['capabilities']) or 'none'}")
     return 0
 
 
@@ -103,6 +153,7 @@ def register(sub) -> None:
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     g.add_argument("--sparse", choices=("auto", "on", "off"), default="auto",
                    help="BDH decode path: auto (sparse where it pays, per layer and token), on (sparse), off (dense)")
+    add_run_options(g)
     g.set_defaults(func=cmd_generate)
     i = sub.add_parser("info", help="config, parameter count, FLOPs per token and state size of a model")
     i.add_argument("--model", required=True)
@@ -111,7 +162,7 @@ def register(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     p = argparse.ArgumentParser(prog="bdh", description="BDH, the Dragon Hatchling")
     p.add_argument("--version", action="version", version=f"bdh {__version__}")

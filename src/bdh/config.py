@@ -14,6 +14,9 @@ import math
 import os
 from typing import Any
 
+from ._version import __version__
+from .io import atomic_write_json
+
 FORMS = ("parallel", "chunked", "recurrent", "auto")
 
 
@@ -40,11 +43,14 @@ class JSONConfig:
         return cls(**d)
 
     def save(self, path: str | os.PathLike) -> None:
-        from . import __version__
+        """`config.json`: the fields tagged with `model_type` and `bdh_version`, written atomically."""
+        atomic_write_json(path, {"model_type": self.MODEL_TYPE, "bdh_version": __version__, **self.to_dict()})
 
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"model_type": self.MODEL_TYPE, "bdh_version": __version__, **self.to_dict()}, f, indent=2)
-            f.write("\n")
+    def check_training(self, *, batching: str) -> None:
+        """Raise ValueError naming the setting when this model cannot be trained with these data options.
+
+        The default accepts every option; a model type overrides it (e.g. GPT: learned positions end at
+        block_size, so no TBPTT)."""
 
     @classmethod
     def load(cls, path: str | os.PathLike):

@@ -2,18 +2,18 @@
 
 The prompt is prefilled once (chunked/parallel form), then every new token is one `model.step`. Prompts of
 different lengths are prefilled one by one and their states stacked, so no padding token ever enters a state.
-Text is decoded from raw token bytes with an incremental UTF-8 decoder: bytes that are not valid UTF-8 become
-U+FFFD, and a multi-byte character split across tokens is emitted once complete.
+Text is decoded from raw token bytes with the tokenizer's incremental decoder (`Tokenizer.stream_decoder`):
+bytes that are not valid UTF-8 become U+FFFD, and a multi-byte character split across tokens is emitted once
+complete. Prompt ids are range-checked once, by prefill; sampled ids are in range by construction, so the
+decode loop steps with `check_ids=False` (no device->host sync for the check).
 """
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 from typing import Iterator, Sequence
 
 import torch
-
 
 
 @dataclasses.dataclass
@@ -71,13 +71,19 @@ class _RowText:
     def __init__(self, tokenizer, stop: Sequence[str]):
         self.tok = tokenizer
         self.stop = [s for s in stop if s]
-        self.dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        make = getattr(tokenizer, "stream_decoder", None)
+        if make is None:  # a duck-typed tokenizer with token_bytes only
+            from .tokenization import IncrementalDecoder
+
+            self.dec = IncrementalDecoder(tokenizer)
+        else:
+            self.dec = make()
         self.text = ""
         self.emitted = 0
         self.stopped = False
 
     def add(self, token_id: int, final: bool = False) -> str:
-        self.text += self.dec.decode(self.tok.token_bytes(token_id), final=final)
+        self.text += self.dec.push(token_id, final=final)
         for s in self.stop:
             i = self.text.find(s)
             if i >= 0:
@@ -94,7 +100,7 @@ class _RowText:
 
     def flush(self) -> str:
         if not self.stopped:
-            self.text += self.dec.decode(b"", final=True)
+            self.text += self.dec.flush()
         delta, self.emitted = self.text[self.emitted :], len(self.text)
         return delta
 
@@ -208,7 +214,8 @@ def _token_loop(model, ids, max_new_tokens, params, seed, eos_token_id, form, ro
                 nxt = nxt[keep]
                 active = [active[j] for j in keep]
             if n < max_new_tokens - 1:
-                last, state = model.step(nxt, state, inplace=True, **step_kw)  # the loop owns this state
+                # the loop owns this state; sampled ids lie in [0, V) by construction (prefill checked the prompt)
+                last, state = model.step(nxt, state, inplace=True, check_ids=False, **step_kw)
     finally:
         model.train(was_training)
 

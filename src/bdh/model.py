@@ -1,4 +1,4 @@
-"""BDH-GPU (paper §3, eq. 8; reference `bdh.py`), one function in three exact forms.
+"""BDH-GPU (paper §3, eq. 8; reference `bdh.py`): one layer definition, three exact forms, hook points.
 
 Parameters, in the reference's names and the paper's notation (d = n_embd, h = n_head, N neurons per head,
 n = h N, V = vocab_size):
@@ -12,7 +12,7 @@ n = h N, V = vocab_size):
 | `lm_head`            | (d, V)        | token decoder f_d                        |
 | `freqs` (buffer)     | (N,) fp64     | RoPE frequency of each neuron (U)        |
 
-One layer (weights shared by all L layers, as in the reference; residual in d-space, see spec §2.1 (a)):
+One layer, `BDH.layer` (weights shared by all L layers, as in the reference; residual in d-space, spec §2.1 (a)):
 
     x_sparse = relu(v @ encoder)                  # (B, h, T, N)
     a        = attention(RoPE(x_sparse), v)       # (B, h, T, d): strictly causal, keys = queries, values = v
@@ -20,24 +20,106 @@ One layer (weights shared by all L layers, as in the reference; residual in d-sp
     y        = x_sparse * y_sparse                # gate taken before RoPE
     v        = LN(v + LN(y @ decoder))            # (B, 1, T, d)
 
-Forms (`form=`): "parallel" (the quadratic reference), "chunked" (linear time), "recurrent" (token by token
-through `step`), "auto" (parallel up to `config.chunk_size` tokens, chunked above: measured faster on CPU).
+Forms differ only in the attention call (`bdh.forms`): "parallel" (the quadratic reference), "chunked" (linear
+time), "recurrent" (token by token through `step`; with `sparse`, `bdh.sparse.SparseStepForm` also gathers the
+active neurons' y and decoder rows), "auto" (parallel up to `config.chunk_size` tokens, chunked above).
+
+Hook points (TransformerLens-style names), emitted by every form, `step` included:
+
+| name                  | shape (T tokens of the call) | paper                                           |
+|-----------------------|------------------------------|-------------------------------------------------|
+| `blocks.{l}.v_in`     | (B, 1, T, d)                 | v*_{t,l-1}: the layer input                      |
+| `blocks.{l}.x_sparse` | (B, h, T, N)                 | x_{t,l} = (D_x v*)^+, before RoPE                |
+| `blocks.{l}.qr`       | (B, h, T, N)                 | RoPE_t(x_{t,l}): queries = keys                  |
+| `blocks.{l}.attn`     | (B, h, T, d)                 | a*_{t,l}: the read of rho_{t-1,l}                |
+| `blocks.{l}.y_sparse` | (B, h, T, N)                 | (D_y LN(a*))^+                                   |
+| `blocks.{l}.xy`       | (B, h, T, N)                 | y_{t,l} = x * y_sparse (after dropout)           |
+| `blocks.{l}.v_out`    | (B, 1, T, d)                 | v*_{t,l} = LN(v + LN(E y))                       |
+| `blocks.{l}.rho`      | (B, h, N, d)                 | rho after the call's last token (observe only)   |
+| `logits`              | (B, T, V)                    | f_d(v*_{t,L})                                    |
+
+    with model.hooks({"blocks.0.x_sparse": fn}):  # fn(name, tensor, pos) -> None, or a tensor to use instead
+        model(idx)
+    handle = model.add_hook("logits", fn); ...; handle.remove()
+
+`pos` is the (B,) position of each row's first token in the call. A hook may return a replacement tensor of
+the same shape (an intervention: ablate neurons, patch activations); `rho` hooks only observe. With no hook
+attached nothing is called or built (one dict check per layer). A step with hooks attached runs densely.
 """
 
 from __future__ import annotations
+
+import contextlib
+import re
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import attention_chunked, attention_parallel, attention_step, rope, rope_cos_sin, rope_freqs, state_dtype
+from .attention import compute_dtype, rope, rope_cos_sin, rope_freqs, state_dtype
 from .config import FORMS, BDHConfig
-from .models import PretrainedMixin
-from .sparse import SPARSE_MAX_ACTIVITY, SPARSE_MIN_STATE, active_rows, lazy_attention_step, sparse_step_layer
-from .state import BDHState
+from .forms import AttentionForm, ParallelForm, StepForm
+from .interface import register_model_type
+from .pretrained import PretrainedMixin
+from .sparse import SPARSE_MIN_STATE, SparseStepForm
+from .state import BDHState, fold_period
+
+HOOK_KINDS = ("v_in", "x_sparse", "qr", "attn", "y_sparse", "xy", "v_out", "rho")
+_HOOK_NAME = re.compile(r"blocks\.(\d+)\.([a-z_]+)")
+Hook = Callable[[str, torch.Tensor, torch.Tensor], "torch.Tensor | None"]  # (name, activation, pos (B,))
+
+
+def hook_name(layer: int, kind: str) -> str:
+    """`blocks.{layer}.{kind}` (TransformerLens style)."""
+    if kind not in HOOK_KINDS:
+        raise ValueError(f"hook kind {kind!r}: expected one of {HOOK_KINDS}")
+    return f"blocks.{layer}.{kind}"
+
+
+def parse_hook_name(name: str, n_layer: int, kinds: tuple[str, ...] = HOOK_KINDS) -> tuple[int | None, str]:
+    """(layer, kind) of a hook name; (None, 'logits') for `logits`. ValueError for unknown names."""
+    if name == "logits":
+        return None, "logits"
+    m = _HOOK_NAME.fullmatch(name) if isinstance(name, str) else None
+    if m is None or m.group(2) not in kinds:
+        raise ValueError(f"hook name {name!r}: expected 'logits' or 'blocks.<layer>.<kind>' with kind in {kinds}")
+    layer = int(m.group(1))
+    if layer >= n_layer:
+        raise ValueError(f"hook name {name!r}: layer {layer} does not exist (the model has n_layer={n_layer})")
+    return layer, m.group(2)
+
+
+class HookHandle:
+    """Returned by `BDH.add_hook`; `remove()` detaches the hook."""
+
+    def __init__(self, table: dict, name: str, fn: Hook):
+        self._table, self.name, self.fn = table, name, fn
+
+    def remove(self) -> None:
+        fns = self._table.get(self.name, [])
+        if self.fn in fns:
+            fns.remove(self.fn)
+        if not fns:
+            self._table.pop(self.name, None)
+
+
+def _per_head(u: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """u (B, 1 or h, T, d) times W (h, d, N), per head -> (B, h, T, N).
+
+    One token: an (h, B, d) x (h, d, N) bmm, so the weights are not broadcast-copied B times.
+    """
+    B, k, T, D = u.shape
+    if T != 1:
+        return u @ W
+    nh = W.shape[0]
+    if k == 1:
+        return torch.bmm(u.view(1, B, D).expand(nh, B, D), W).transpose(0, 1).unsqueeze(2).contiguous()
+    return torch.bmm(u.view(B, nh, D).transpose(0, 1), W).transpose(0, 1).unsqueeze(2)
 
 
 class BDH(PretrainedMixin, nn.Module):
+    capabilities = frozenset({"forms", "no_bptt", "activity_penalty", "sparse_decode", "hooks"})  # bdh.interface
     has_sparse_decode = True  # step(..., sparse=True) skips inactive neurons (bdh.sparse)
 
     def __init__(self, config: BDHConfig):
@@ -59,6 +141,8 @@ class BDH(PretrainedMixin, nn.Module):
         self.register_buffer(
             "log_gamma", None if decay is None else torch.log(torch.tensor(decay, dtype=torch.float64)), persistent=False
         )
+        self._fold_every = fold_period(decay)  # decode steps between folds of the lazy damping scale
+        self._hooks: dict[str, list[Hook]] = {}
 
     # Keep the RoPE frequencies (and the damping) in fp64 whatever `.to(dtype)` / `.half()` asks for.
     def _apply(self, fn, recurse=True):
@@ -89,6 +173,96 @@ class BDH(PretrainedMixin, nn.Module):
         c = self.config
         return 2 * (5 * c.n * c.D * c.n_layer + c.D * c.vocab_size)
 
+    # ------------------------------------------------------------------ hooks
+    def add_hook(self, name: str, fn: Hook) -> HookHandle:
+        """Call `fn(name, tensor, pos)` at hook point `name` in every later call (module docstring)."""
+        parse_hook_name(name, self.config.n_layer)
+        if not callable(fn):
+            raise TypeError(f"add_hook({name!r}): expected a callable (name, tensor, pos), got {type(fn).__name__}")
+        self._hooks.setdefault(name, []).append(fn)
+        return HookHandle(self._hooks, name, fn)
+
+    @contextlib.contextmanager
+    def hooks(self, hooks: dict[str, Hook | list[Hook]]) -> Iterator["BDH"]:
+        """Attach `{name: fn or [fn, ...]}` for the duration of a `with` block."""
+        handles = []
+        try:
+            for name, fns in hooks.items():
+                for fn in fns if isinstance(fns, (list, tuple)) else [fns]:
+                    handles.append(self.add_hook(name, fn))
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _emitter(self, pos: torch.Tensor):
+        """emit(name, tensor) -> tensor, running the hooks attached to `name`; None when no hook is attached."""
+        if not self._hooks:
+            return None
+        table = self._hooks
+
+        def emit(name: str, t: torch.Tensor) -> torch.Tensor:
+            for fn in table.get(name, ()):
+                r = fn(name, t, pos)
+                if r is not None:
+                    if name.endswith(".rho"):
+                        raise ValueError(f"hook {name!r} returned a tensor: rho hooks only observe")
+                    if not isinstance(r, torch.Tensor) or r.shape != t.shape:
+                        raise ValueError(f"hook {name!r} returned {getattr(r, 'shape', type(r).__name__)}: expected "
+                                         f"None or a tensor of shape {tuple(t.shape)}")
+                    t = r
+            return t
+
+        return emit
+
+    # ------------------------------------------------------------------ the layer (paper eq. 8)
+    def layer(self, l: int, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, form: AttentionForm,
+              emit=None) -> torch.Tensor:
+        """One BDH-GPU layer l: v (B, 1, T, d) -> (B, 1, T, d). The one definition, for every form.
+
+        cos, sin (1 or B, 1, T, N): RoPE of the tokens' positions; `form` reads and writes rho (bdh.forms);
+        `emit`: the hook dispatcher (`_emitter`), or None.
+        """
+        B, _, T, D = v.shape
+        if emit:
+            v = emit(f"blocks.{l}.v_in", v)
+        x_sparse = F.relu(_per_head(v, self.encoder))  # x_{t,l} = (D_x v*_{t,l-1})^+        (B, h, T, N)
+        if emit:
+            x_sparse = emit(f"blocks.{l}.x_sparse", x_sparse)
+        qr = rope(x_sparse, cos, sin)  # RoPE_t(x_{t,l}): queries = keys                     (B, h, T, N)
+        if emit:
+            qr = emit(f"blocks.{l}.qr", qr)
+        a = form.attend(l, qr, v, x_sparse)  # a*_{t,l} = sum_s<t <qr_t, qr_s> v*_s = rho_{t-1,l} qr_t  (B, h, T, d)
+        if emit:
+            a = emit(f"blocks.{l}.attn", a)
+            if f"blocks.{l}.rho" in self._hooks:
+                emit(f"blocks.{l}.rho", form.state_after(l))
+        out = form.sparse_decoder_input(self, l, a, x_sparse)  # sparse decode: E y over active neurons only
+        if out is None:
+            y_sparse = F.relu(_per_head(self.ln(a), self.encoder_v))  # (D_y LN(a*))^+        (B, h, T, N)
+            if emit:
+                y_sparse = emit(f"blocks.{l}.y_sparse", y_sparse)
+            xy = self.drop(x_sparse * y_sparse)  # y_{t,l} = x * y_sparse, gated before RoPE  (B, h, T, N)
+            if emit:
+                xy = emit(f"blocks.{l}.xy", xy)
+            out = xy.transpose(1, 2).reshape(B, 1, T, -1) @ self.decoder  # E y_{t,l}       (B, 1, T, d)
+        v = self.ln(v + self.ln(out))  # v*_{t,l} = LN(v*_{t,l-1} + LN(E y))                 (B, 1, T, d)
+        if emit:
+            v = emit(f"blocks.{l}.v_out", v)
+        return v
+
+    def _embed(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.ln(self.embed(idx).unsqueeze(1))  # (B, 1, T, D)
+
+    def _rope(self, positions: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (P, 1, T, N) of positions (P, T), in the compute dtype (bf16 under bf16 autocast)."""
+        cos, sin = rope_cos_sin(positions, self.freqs, compute_dtype(v))  # (P, T, N)
+        return cos.unsqueeze(1), sin.unsqueeze(1)
+
+    def _logits(self, v: torch.Tensor, emit) -> torch.Tensor:
+        logits = v.flatten(1, 2) @ self.lm_head  # (B, T, V)
+        return emit("logits", logits) if emit else logits
+
     # ------------------------------------------------------------------ state
     def init_state(self, batch_size: int, device=None) -> BDHState:
         """An empty state (position 0) for `batch_size` sequences."""
@@ -104,7 +278,21 @@ class BDH(PretrainedMixin, nn.Module):
         """The state carried to the next training / evaluation window (TBPTT): detached from autograd."""
         return BDHState([r.detach() for r in state.rho], state.pos)
 
-    # ------------------------------------------------------------------ input checks
+    def state_to_tensors(self, state: BDHState, prefix: str = "") -> dict[str, torch.Tensor]:
+        """`{prefix}rho.{l}` (B, nh, N, d) and `{prefix}pos` (B,): the state as named tensors (checkpoints)."""
+        return state.to_tensors(prefix)
+
+    def state_from_tensors(self, tensors: dict[str, torch.Tensor], prefix: str = "", device=None) -> BDHState:
+        state = BDHState.from_tensors(tensors, prefix, device=device)
+        self._check_state(state, state.batch_size)
+        return state
+
+    def _check_state(self, state: BDHState, batch_size: int) -> None:
+        if not isinstance(state, BDHState):
+            raise TypeError(f"state: expected a BDHState (from model.init_state or prefill), got {type(state).__name__}")
+        c = self.config
+        state.check_compatible(c.n_layer, c.n_head, c.N, c.D, batch_size)
+
     def _resolve_form(self, form: str, T: int) -> str:
         if form not in FORMS:
             raise ValueError(f"form={form!r}: expected one of {FORMS}")
@@ -123,7 +311,7 @@ class BDH(PretrainedMixin, nn.Module):
         `x_sparse_out`: a list to which x_sparse (B, nh, T, N) of every layer is appended (differentiable; for
         activity penalties and probes).
         """
-        self._check_ids(idx, "idx", 2)
+        idx = self._check_ids(idx, "idx", 2)
         logits, _ = self._run(idx, None, self._resolve_form(form, idx.shape[1]), False, detach_kv, x_sparse_out)
         return logits, self._loss(logits, idx, targets)
 
@@ -136,7 +324,7 @@ class BDH(PretrainedMixin, nn.Module):
         Differentiable (training with a carried state: detach the returned state between minibatches).
         `x_sparse_out` as in `forward`.
         """
-        self._check_ids(idx, "idx", 2)
+        idx = self._check_ids(idx, "idx", 2)
         B, T = idx.shape
         if state is None:
             state = self.init_state(B)
@@ -145,148 +333,106 @@ class BDH(PretrainedMixin, nn.Module):
         return self._run(idx, state, self._resolve_form(form, T), True, detach_kv, x_sparse_out)
 
     def step(
-        self, token_ids: torch.Tensor, state: BDHState, *, inplace: bool = False, sparse: bool | str = "auto"
+        self, token_ids: torch.Tensor, state: BDHState, *, inplace: bool = False, sparse: bool | str = "auto",
+        check_ids: bool = True,
     ) -> tuple[torch.Tensor, BDHState]:
         """One token per row, (B,), from `state`: logits (B, V) and the new state. O(1) work per token.
 
         `inplace=True` updates `state` itself and returns it (no allocation; for loops that own the state).
-        `sparse`: with `inplace=True` in inference (eval mode, no autograd), layers can skip inactive neurons
-        (`bdh.sparse`; same logits to float rounding). "auto" picks per layer and token from the measured
+        `sparse`: with `inplace=True` in inference (eval mode, no autograd, no hooks), layers can skip inactive
+        neurons (`bdh.sparse`; same logits to float rounding). "auto" picks per layer and token from the measured
         activity (and only for models large enough to gain), True forces it, False is dense.
+        `check_ids=False` skips the id range check (its device->host sync) for ids the caller produced itself.
         """
-        self._check_ids(token_ids, "token_ids", 1)
+        token_ids = self._check_ids(token_ids, "token_ids", 1, values=check_ids)
         self._check_state(state, token_ids.shape[0])
         if sparse not in (True, False, "auto"):
             raise ValueError(f"sparse={sparse!r}: expected True, False or 'auto'")
         return self._step(token_ids, state, inplace, sparse)
 
-    def _check_state(self, state: BDHState, batch_size: int) -> None:
-        if not isinstance(state, BDHState):
-            raise TypeError(f"state: expected a BDHState (from model.init_state or prefill), got {type(state).__name__}")
-        c = self.config
-        state.check_compatible(c.n_layer, c.n_head, c.N, c.D, batch_size)
-
-    def _embed(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.ln(self.embed(idx).unsqueeze(1))  # (B, 1, T, D)
-
-    def _layer_mlp(self, v: torch.Tensor, x_sparse: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """From the attention read a (B, nh, T, D) to the next layer input v (B, 1, T, D)."""
-        B, nh, T, N = x_sparse.shape
-        y_sparse = F.relu(self.ln(a) @ self.encoder_v)  # (B, nh, T, N)
-        xy_sparse = self.drop(x_sparse * y_sparse)  # (B, nh, T, N): gate with x_sparse before RoPE
-        y = xy_sparse.transpose(1, 2).reshape(B, 1, T, nh * N) @ self.decoder  # (B, 1, T, D)
-        return self.ln(v + self.ln(y))
-
     def _run(
         self, idx: torch.Tensor, state: BDHState | None, form: str, need_state: bool, detach_kv: bool = False,
         x_sparse_out: list | None = None,
     ) -> tuple[torch.Tensor, BDHState | None]:
+        """The parallel / chunked forms over a block of tokens (B, T); the recurrent form steps through it."""
+        if x_sparse_out is not None:  # a user of the hook points
+            if form == "recurrent":
+                raise ValueError("x_sparse_out is an option of the parallel and chunked forms")
+            keep = lambda name, t, pos: x_sparse_out.append(t)  # noqa: E731
+            with self.hooks({hook_name(l, "x_sparse"): keep for l in range(self.config.n_layer)}):
+                return self._run(idx, state, form, need_state, detach_kv)
         B, T = idx.shape
         if form == "recurrent":
-            if detach_kv:
-                raise ValueError("detach_kv=True is a training option of the parallel and chunked forms")
-            if x_sparse_out is not None:
-                raise ValueError("x_sparse_out is an option of the parallel and chunked forms")
-            if state is None:
-                state = self.init_state(B)
-            logits = []
-            own = False  # after the first step the state is ours: update it in place when no autograd is needed
-            for t in range(T):
-                lt, state = self._step(idx[:, t], state, inplace=own)
-                own = not torch.is_grad_enabled()
-                logits.append(lt)
-            return torch.stack(logits, 1), state  # (B, T, V)
-
-        v = self._embed(idx)  # (B, 1, T, D)
+            return self._run_recurrent(idx, state, detach_kv)
+        pos0 = state.pos if state is not None else torch.zeros(B, dtype=torch.long, device=idx.device)
         if state is None:
             positions = torch.arange(T, device=idx.device).view(1, T)  # shared by all rows
         else:
             p0 = state.pos.view(-1, 1)
             same = bool((p0 == p0[0]).all())
             positions = (p0[:1] if same else p0) + torch.arange(T, device=idx.device).view(1, T)  # (1 or B, T)
-        cos, sin = rope_cos_sin(positions, self.freqs, v.dtype)  # (1 or B, T, N)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (1 or B, 1, T, N)
-        new_rho = []
+        v = self._embed(idx)  # (B, 1, T, D)
+        cos, sin = self._rope(positions, v)  # (1 or B, 1, T, N)
+        emit = self._emitter(pos0)
+        rho_hooked = emit is not None and any(k.endswith(".rho") for k in self._hooks)
+        chunk = self.config.chunk_size if form == "chunked" else None
+        attn = ParallelForm(state, self.log_gamma, need_state or rho_hooked, detach_kv, chunk)
         for l in range(self.config.n_layer):
-            x_sparse = F.relu(v @ self.encoder)  # (B, nh, T, N)
-            if x_sparse_out is not None:
-                x_sparse_out.append(x_sparse)
-            QR = rope(x_sparse, cos, sin)
-            S0 = None if state is None else state.rho[l]
-            if form == "parallel":
-                a, S = attention_parallel(QR, v, S0, self.log_gamma, need_state, detach_kv)
-            else:
-                a, S = attention_chunked(QR, v, S0, self.log_gamma, self.config.chunk_size, need_state, detach_kv)
-            new_rho.append(S)
-            v = self._layer_mlp(v, x_sparse, a)
-        logits = v.view(B, T, -1) @ self.lm_head  # (B, T, V)
+            v = self.layer(l, v, cos, sin, attn, emit)
+        logits = self._logits(v, emit)
         if not need_state:
             return logits, None
-        pos = (state.pos if state is not None else torch.zeros(B, dtype=torch.long, device=idx.device)) + T
-        return logits, BDHState(new_rho, pos)
+        return logits, BDHState(attn.rho, pos0 + T)
+
+    def _run_recurrent(self, idx: torch.Tensor, state: BDHState | None, detach_kv: bool):
+        B, T = idx.shape
+        if state is None:
+            state = self.init_state(B)
+        logits = []
+        own = False  # after the first step the state is ours: update it in place when no autograd is needed
+        for t in range(T):
+            lt, state = self._step(idx[:, t], state, inplace=own, detach_kv=detach_kv)
+            own = not torch.is_grad_enabled()
+            logits.append(lt)
+        return torch.stack(logits, 1), state  # (B, T, V)
 
     def _step(
-        self, token_ids: torch.Tensor, state: BDHState, inplace: bool = False, sparse: bool | str = False
+        self, token_ids: torch.Tensor, state: BDHState, inplace: bool = False, sparse: bool | str = False,
+        detach_kv: bool = False,
     ) -> tuple[torch.Tensor, BDHState]:
         B = token_ids.shape[0]
-        c = self.config
-        nh, N, D = c.n_head, c.N, c.D
-        v = self._embed(token_ids.view(B, 1)).view(B, D)  # (B, D)
-        cos, sin = rope_cos_sin(state.pos.view(B, 1), self.freqs, v.dtype)  # (B, 1, N): broadcast over heads
-        gamma = None if self.log_gamma is None else self.log_gamma.exp()
-        # the sparse path writes rho in place; it needs inference (no autograd, no dropout). "auto" only
-        # considers it for models large enough that it can win (bdh.sparse.SPARSE_MIN_STATE).
-        can_sparse = sparse is not False and inplace and not self.training and not torch.is_grad_enabled()
-        if sparse == "auto" and c.n * D < SPARSE_MIN_STATE:
-            can_sparse = False
-        new_rho = []
-        for l in range(c.n_layer):
-            # per-head products as (nh, B, .) bmm: `(B,1,1,D) @ (nh,D,N)` would broadcast-copy the weights B times
-            x_sparse = F.relu(torch.bmm(v.unsqueeze(0).expand(nh, B, D), self.encoder)).transpose(0, 1).contiguous()
-            qr = rope(x_sparse, cos, sin)  # (B, nh, N)
-            if can_sparse:
-                rows = active_rows(x_sparse, qr)
-                if sparse is True or rows.numel() <= SPARSE_MAX_ACTIVITY * qr.numel():
-                    v = sparse_step_layer(self, v, x_sparse, qr, state, l, gamma, rows)
-                    new_rho.append(state._rho[l])
-                    continue
-            if gamma is not None and inplace and not torch.is_grad_enabled():  # a decode loop owning the state:
-                a = lazy_attention_step(qr, v, state, l, gamma)  # the decay goes to the lazy scale (bdh.sparse)
-                new_rho.append(state._rho[l])
-            else:
-                S0 = state._fold(l)  # the true rho of this layer (folds a pending lazy scale)
-                a, S = attention_step(qr, v, S0, gamma, inplace)  # (B, nh, D), (B, nh, N, D)
-                new_rho.append(S)
-            y_sparse = F.relu(torch.bmm(self.ln(a).transpose(0, 1), self.encoder_v)).transpose(0, 1)  # (B, nh, N)
-            xy_sparse = self.drop(x_sparse * y_sparse)  # gate with x_sparse before RoPE (as `_layer_mlp`)
-            v = self.ln(v + self.ln(xy_sparse.reshape(B, nh * N) @ self.decoder))  # (B, D)
-        logits = v @ self.lm_head  # (B, V)
+        v = self._embed(token_ids.view(B, 1))  # (B, 1, 1, D)
+        cos, sin = self._rope(state.pos.view(B, 1), v)  # (B, 1, 1, N): broadcast over heads
+        emit = self._emitter(state.pos)
+        # the sparse path writes rho in place; it needs inference (no autograd, no dropout, no hooks). "auto"
+        # only considers it for models large enough that it can win (bdh.sparse.SPARSE_MIN_STATE).
+        sparse_ok = sparse is not False and inplace and not self.training and not torch.is_grad_enabled()
+        if sparse == "auto" and self.config.n * self.config.D < SPARSE_MIN_STATE or emit is not None:
+            sparse_ok = False
+        if sparse_ok:
+            form = SparseStepForm(state, self.log_gamma, self._fold_every, force=sparse is True)
+        else:
+            form = StepForm(state, self.log_gamma, self._fold_every, inplace, detach_kv)
+        for l in range(self.config.n_layer):
+            v = self.layer(l, v, cos, sin, form, emit)
+        logits = self._logits(v, emit)[:, 0]  # (B, V)
         if inplace:
             state.pos += 1
             return logits, state
-        return logits, BDHState(new_rho, state.pos + 1)
-
-    def _encoder_v_rows(self) -> torch.Tensor:
-        """D_y as (nh*N, D), contiguous, for gathering the columns of active neurons (cached per weight version)."""
-        key = (self.encoder_v.data_ptr(), self.encoder_v._version, self.encoder_v.dtype)
-        cache = getattr(self, "_dy_rows_cache", None)
-        if cache is None or cache[0] != key:
-            cache = (key, self.encoder_v.detach().transpose(1, 2).reshape(-1, self.config.D).contiguous())
-            self._dy_rows_cache = cache
-        return cache[1]
+        return logits, BDHState(form.rho, state.pos + 1)
 
     # ------------------------------------------------------------------ checkpoints (generate, stream,
     # save_pretrained, from_pretrained: `PretrainedMixin`)
     @classmethod
     def from_reference(cls, path_or_state_dict, config: BDHConfig) -> "BDH":
         """Load weights saved by the reference `bdh.py` (a state_dict, or a `.pt` file read with weights_only)."""
-        from .checkpoint import load_reference
+        from .reference import load_reference
 
         return load_reference(path_or_state_dict, config)
 
     def reference_state_dict(self) -> dict[str, torch.Tensor]:
         """This model's weights in the reference `bdh.py` format (keys and shapes)."""
-        from .checkpoint import to_reference_state_dict
+        from .reference import to_reference_state_dict
 
         return to_reference_state_dict(self)
 
@@ -294,3 +440,5 @@ class BDH(PretrainedMixin, nn.Module):
         c = self.config
         return f"L={c.n_layer}, d={c.D}, h={c.n_head}, N={c.N}, n={c.n}, V={c.vocab_size}, params={self.num_params():,}"
 
+
+register_model_type("bdh", BDHConfig, BDH)

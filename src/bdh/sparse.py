@@ -17,15 +17,15 @@ heads flattened into (b, h) rows; the state stored as R with true rho = c * R, s
     v'     = LN(v + LN(sum_{x_i y_i > 0} x_i y_i E_i))   decoder rows of gated neurons only (embedding_bag)
 
 Damping: the dense recurrence is rho <- gamma_h (rho + qr (x) v), which rescales every row of rho at every
-token (O(n d)). The sparse path keeps a lazy per-(b, h) scale c (`BDHState._scale`): the write adds
-qr (x) v / c to the stored rows and the decay multiplies c only; the read multiplies by c. When some c falls
-below `SCALE_FLOOR` the scale is folded into the stored tensor (one dense pass, every ~90 tokens for the fastest
-ALiBi head gamma = e^-0.5) so that 1/c never overflows. `BDHState.rho` folds pending scales on access, so
-everything outside this module sees the true rho. The dense in-place decode step uses the same scale
-(`lazy_attention_step`), so sparse and dense decode are compared without the dense path's extra decay pass.
+token (O(n d)). Decode loops keep a lazy per-head scale c = gamma^k instead (`BDHState.lazy_scale`, one home for
+it): the write adds qr (x) v / c to the stored rows and the decay multiplies c only; the read multiplies by c.
+Every ~90 tokens (c about 1e-20 for the fastest ALiBi head gamma = e^-0.5) the scale is folded into the stored
+tensor. The dense in-place decode step uses the same scale (`bdh.forms.StepForm`), so sparse and dense decode
+are compared without the dense path's extra decay pass.
 
-`BDH._step` computes the same function densely (`attention_step`, then the y-encoder and decoder products);
-tests check equality of logits and states on trained weights, with and without damping.
+`SparseStepForm` is the attention form of `BDH.layer` (bdh.model) for this path: it does the read and write
+above and the gathered y / decoder lines; the rest of the layer is the model's one definition. Tests check
+equality of logits and states with the dense step on trained weights, with and without damping.
 
 When it pays (benchmarks/sparse_decode.py, shared 2-core CPU, one thread; table in the README): the sparse layer
 still does the dense x = relu(v D_x) product and ~30 small tensor ops of fixed overhead, and its scattered row
@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .forms import StepForm
 
 # sparse="auto": a layer runs sparsely when n * d (neurons times embedding) is at least SPARSE_MIN_STATE and at
 # most SPARSE_MAX_ACTIVITY of its state rows (the (b, h, i) with qr_i != 0 or x_i > 0, i.e. active RoPE pairs)
@@ -61,11 +63,6 @@ SPARSE_Y_MAX_ACTIVITY = 0.25
 # slower per row than the dense update (measured at n*d = 2^21), so the scatter only pays for few rows.
 # Either way the lazy damping scale spares the dense decay pass.
 SPARSE_SCATTER_MAX_ACTIVITY = 0.15
-
-# Fold the lazy damping scale into the stored state when some scale c drops below this (1/c <= 1e20 keeps the
-# stored values far from the fp32 overflow at 3.4e38).
-SCALE_FLOOR = 1e-20
-
 
 def hoyer_activity(x_sparse: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Mean Hoyer measure of x_sparse (..., N): (sum_i x_i)^2 / (N sum_i x_i^2) per vector, in [1/N, 1].
@@ -90,90 +87,97 @@ def active_rows(x: torch.Tensor, qr: torch.Tensor) -> torch.Tensor:
     return (qr.reshape(-1).ne(0) | x.reshape(-1).gt(0)).nonzero().squeeze(1)
 
 
-def sparse_step_layer(model, v: torch.Tensor, x: torch.Tensor, qr: torch.Tensor, state, l: int, gamma, rows=None):
-    """One layer of one decode step, sparse. Updates the stored rho of layer l of `state` in place.
+class SparseStepForm(StepForm):
+    """The attention form of a sparse decode step (inference, in place): per layer, reads and writes only the
+    active rows of rho, then computes y and the decoder input E (x * y) for active neurons only.
 
-    v (B, D): the layer input; x (B, nh, N): x_sparse; qr (B, nh, N): RoPE(x_sparse) (both computed densely);
-    state: the BDHState (its raw storage and lazy scale are used); gamma (nh,) or None (no damping);
-    rows: `active_rows(x, qr)` when already computed. Returns the next layer input (B, D).
+    `force`: always sparse (sparse=True); else a layer runs sparsely only when at most SPARSE_MAX_ACTIVITY of its
+    state rows are active for this token, and densely (StepForm) otherwise.
     Neurons are addressed by their flat index (b*nh + h)*N + i, which is also their row in the stored rho.
     """
-    B, nh, N = x.shape
-    D = v.shape[-1]
-    HN = nh * N
-    R, c = state._raw(l)
-    sd = R.dtype
-    R_rows = R.view(-1, D)  # (B*nh*N, D)
-    if rows is None:
-        rows = active_rows(x, qr)
-    seg = rows.div(N, rounding_mode="floor")  # (M,) the (b, h) of each row, sorted
-    q = qr.reshape(-1).index_select(0, rows).to(sd)  # (M,)
-    bh = _arange(B * nh, rows.device)
-    # --- read (excludes the current token): a[b,h] = c * sum_i q_i R[b,h,i]
-    a = F.embedding_bag(rows, R_rows, torch.searchsorted(seg, bh), mode="sum", per_sample_weights=q)  # (B*nh, D)
-    if gamma is not None and c is None:
-        c = torch.ones(B * nh, dtype=sd, device=R.device)
-    vf = v.to(sd)
-    if c is not None:
-        a = a * c.unsqueeze(1)
-        vbh = (vf.unsqueeze(1) / c.view(B, nh, 1)).view(B * nh, D)  # v / c per (b, h)
-    else:
-        vbh = vf.unsqueeze(1).expand(B, nh, D).reshape(B * nh, D)
-    # --- write: R[rows] += q (x) v / c (rows are distinct), then the decay multiplies c only
-    if rows.numel() <= SPARSE_SCATTER_MAX_ACTIVITY * qr.numel():
-        R_rows.index_add_(0, rows, vbh.index_select(0, seg).mul_(q.unsqueeze(1)))
-    else:  # many rows: one dense rank-1 update (qr = 0 elsewhere, adds exact zeros) beats the scatter
-        qd = qr.to(sd) if c is None else qr.to(sd) / c.view(B, nh, 1)
-        R.addcmul_(qd.unsqueeze(-1), vf.view(B, 1, 1, D))
-    if gamma is not None:
-        _decay(state, l, c, gamma)
-    # --- y, then the decoder rows of gated neurons only (x * y > 0)
-    ln_a = model.ln(a.to(v.dtype))  # (B*nh, D)
-    xf = x.reshape(-1)
-    if rows.numel() <= SPARSE_Y_MAX_ACTIVITY * xf.numel():  # few neurons: y only where x > 0 (D_y columns)
-        xn = xf.gt(0).nonzero().squeeze(1)  # (A,) neurons with x > 0 (nonzero of a bool mask: ~3x faster)
-        w = xn.remainder(HN)  # row of the neuron in D_y^T (nh*N, D) and in the decoder E (nh*N, D)
-        seg_x = xn.div(N, rounding_mode="floor")
-        y = (model._encoder_v_rows().index_select(0, w) * ln_a.index_select(0, seg_x)).sum(-1).relu_()  # (A,)
-        xy = xf.index_select(0, xn).mul_(y)
-        keep = xy.gt(0).nonzero().squeeze(1)  # (K,)
-        gated, w, xy = xn.index_select(0, keep), w.index_select(0, keep), xy.index_select(0, keep)
-    else:  # many active neurons: one dense (d x n) product is cheaper than gathering most columns
-        y = F.relu(torch.bmm(ln_a.view(B, nh, D).transpose(0, 1), model.encoder_v)).transpose(0, 1).reshape(-1)
-        xy = xf * y
-        gated = xy.gt(0).nonzero().squeeze(1)  # (K,)
-        w, xy = gated.remainder(HN), xy.index_select(0, gated)
-    off = bh[:1] if B == 1 else torch.searchsorted(gated.div(HN, rounding_mode="floor"), bh[:B])
-    out = F.embedding_bag(w, model.decoder, off, mode="sum", per_sample_weights=xy)  # (B, D)
-    return model.ln(v + model.ln(out))  # (B, D)
+
+    def __init__(self, state, log_gamma, fold_every: int, force: bool):
+        super().__init__(state, log_gamma, fold_every, inplace=True)
+        self.force = force
+        self.rows: torch.Tensor | None = None  # this layer's active rows; None: the layer ran densely
+
+    def attend(self, l, qr, v, x_sparse):
+        x, q_all = x_sparse.reshape(-1), qr.reshape(-1)  # (B*nh*N,)
+        rows = active_rows(x, q_all)
+        if not self.force and rows.numel() > SPARSE_MAX_ACTIVITY * q_all.numel():
+            self.rows = None
+            return super().attend(l, qr, v, x_sparse)  # dense, in place (lazy scale with damping)
+        self.rows = rows
+        B, nh, _, N = qr.shape
+        D = v.shape[-1]
+        st = self.state
+        R = st.stored(l)  # (B, nh, N, D): true rho = c * R
+        sd = R.dtype
+        R_rows = R.view(-1, D)  # (B*nh*N, D)
+        c = st.lazy_scale(l)  # (nh,) or None
+        seg = rows.div(N, rounding_mode="floor")  # (M,) the (b, h) of each row, sorted
+        q = q_all.index_select(0, rows).to(sd)  # (M,)
+        bh = _arange(B * nh, rows.device)
+        # --- read (excludes the current token): a[b,h] = c * sum_i q_i R[b,h,i]
+        a = F.embedding_bag(rows, R_rows, torch.searchsorted(seg, bh), mode="sum", per_sample_weights=q)  # (B*nh, D)
+        vf = v.reshape(B, D).to(sd)
+        if c is not None:
+            cbh = c.repeat(B)  # (B*nh,)
+            a = a * cbh.unsqueeze(1)
+            vbh = (vf.unsqueeze(1) / c.view(1, nh, 1)).view(B * nh, D)  # v / c per (b, h)
+        else:
+            vbh = vf.unsqueeze(1).expand(B, nh, D).reshape(B * nh, D)
+        # --- write: R[rows] += q (x) v / c (rows are distinct), then the decay multiplies c only
+        if rows.numel() <= SPARSE_SCATTER_MAX_ACTIVITY * q_all.numel():
+            R_rows.index_add_(0, rows, vbh.index_select(0, seg).mul_(q.unsqueeze(1)))
+        else:  # many rows: one dense rank-1 update (qr = 0 elsewhere, adds exact zeros) beats the scatter
+            qd = qr.reshape(B, nh, N).to(sd)
+            if c is not None:
+                qd = qd / c.view(1, nh, 1)
+            R.addcmul_(qd.unsqueeze(-1), vf.view(B, 1, 1, D))
+        if self.log_gamma is not None:
+            st.lazy_decay_(l, self.log_gamma, self.fold_every)
+        self.rho.append(R)
+        return a.to(v.dtype).view(B, nh, 1, D)
+
+    def sparse_decoder_input(self, model, l, a, x_sparse):
+        """E (x * y) (B, 1, 1, d) from the gated neurons only: y = relu(LN(a) . D_y[:, i]) for x_i > 0."""
+        rows = self.rows
+        if rows is None:
+            return None
+        B, nh, _, N = x_sparse.shape
+        D = a.shape[-1]
+        HN = nh * N
+        ln_a = model.ln(a).view(B * nh, D)  # (B*nh, D)
+        xf = x_sparse.reshape(-1)
+        if rows.numel() <= SPARSE_Y_MAX_ACTIVITY * xf.numel():  # few neurons: y only where x > 0 (D_y columns)
+            xn = xf.gt(0).nonzero().squeeze(1)  # (A,) neurons with x > 0 (nonzero of a bool mask: ~3x faster)
+            w = xn.remainder(HN)  # row of the neuron in D_y^T (nh*N, D) and in the decoder E (nh*N, D)
+            seg_x = xn.div(N, rounding_mode="floor")
+            y = (_dy_rows(model).index_select(0, w) * ln_a.index_select(0, seg_x)).sum(-1).relu_()  # (A,)
+            xy = xf.index_select(0, xn).mul_(y)
+            keep = xy.gt(0).nonzero().squeeze(1)  # (K,)
+            gated, w, xy = xn.index_select(0, keep), w.index_select(0, keep), xy.index_select(0, keep)
+        else:  # many active neurons: one dense (d x n) product is cheaper than gathering most columns
+            y = F.relu(torch.bmm(ln_a.view(B, nh, D).transpose(0, 1), model.encoder_v)).transpose(0, 1).reshape(-1)
+            xy = xf * y
+            gated = xy.gt(0).nonzero().squeeze(1)  # (K,)
+            w, xy = gated.remainder(HN), xy.index_select(0, gated)
+        bh = _arange(B * nh, rows.device)
+        off = bh[:1] if B == 1 else torch.searchsorted(gated.div(HN, rounding_mode="floor"), bh[:B])
+        out = F.embedding_bag(w, model.decoder, off, mode="sum", per_sample_weights=xy)  # (B, D)
+        return out.view(B, 1, 1, D)
 
 
-def lazy_attention_step(qr: torch.Tensor, v: torch.Tensor, state, l: int, gamma: torch.Tensor) -> torch.Tensor:
-    """`attention_step` for a decode loop that owns `state` (dense, with damping): the same read and write of
-    layer l's rho, in place, with the decay gamma_h applied to the lazy per-head scale instead of a pass over rho.
-
-    qr (B, nh, N): RoPE(x_sparse); v (B, D); gamma (nh,). Returns the read a (B, nh, D).
-    """
-    B, nh, _ = qr.shape
-    R, c = state._raw(l)  # true rho = c * R
-    sd = R.dtype
-    if c is None:
-        c = torch.ones(B * nh, dtype=sd, device=R.device)
-    cb = c.view(B, nh, 1)
-    q = qr.to(sd)
-    a = (q.unsqueeze(-2) @ R).squeeze(-2) * cb  # (B, nh, D): read excludes the current token
-    R.addcmul_((q / cb).unsqueeze(-1), v.to(sd)[:, None, None, :])  # rho + qr (x) v = c (R + qr (x) v / c)
-    _decay(state, l, c, gamma)
-    return a.to(qr.dtype)
-
-
-def _decay(state, l: int, c: torch.Tensor, gamma: torch.Tensor) -> None:
-    """rho_l <- gamma_h rho_l as scale c (B*nh,) <- c gamma_h; folded into the stored rho when some c is tiny."""
-    nh = gamma.shape[0]
-    c = (c.view(-1, nh) * gamma.to(c.dtype)).view(-1)
-    state._scale[l] = c
-    if float(c.min()) < SCALE_FLOOR:
-        state._fold(l)
+def _dy_rows(model) -> torch.Tensor:
+    """D_y as (nh*N, D), contiguous, for gathering the columns of active neurons (cached per weight version)."""
+    W = model.encoder_v
+    key = (W.data_ptr(), W._version, W.dtype)
+    cache = getattr(model, "_dy_rows_cache", None)
+    if cache is None or cache[0] != key:
+        cache = (key, W.detach().transpose(1, 2).reshape(-1, W.shape[1]).contiguous())
+        model._dy_rows_cache = cache
+    return cache[1]
 
 
 _ARANGE: dict = {}

@@ -6,64 +6,105 @@
 positions (prompts of different lengths). States are values: model calls return new states and never
 modify the one passed in (except `model.step(..., inplace=True)`, which updates the state it is given).
 
-Lazy damping scale (private, used only by the sparse decode path, `bdh.sparse`): with damping, every token
-multiplies all of rho by gamma_h, which costs O(n d) even when only a few neurons are active. The sparse path
-instead keeps, per layer, a per-(row, head) scalar c with true rho = c * stored (`_scale[l]`, shape (B*nh,)).
-`rho` folds any pending scale into the stored tensors on access, so every other user (select, cat, clone,
-save, the trainer, the analysis tools) sees the true rho.
+Lazy damping (decode loops that own the state, `model.step(..., inplace=True)` with damping): every token
+multiplies all of rho by gamma_h, an O(n d) pass even when few neurons are active. Instead the state keeps, per
+layer, the number k of decays not yet applied, so that true rho_l = gamma^k * stored_l (per head). k lives on the
+host and gamma^k is computed from it, so no device->host sync is needed; every `fold_every` tokens (gamma^k about
+1e-20 for the fastest head) the scale is multiplied into the stored tensor. All of it lives in this class:
+`lazy_scale`, `lazy_decay_`, `fold_`. `rho` returns the true rho without modifying the state.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Sequence
 
 import torch
+
+from .io import atomic_path
+
+# The lazy damping scale c = gamma^k is folded into the stored rho before c drops below this (1/c <= 1e20 keeps
+# the stored values far from the fp32 overflow at 3.4e38).
+SCALE_FLOOR = 1e-20
+
+
+def fold_period(decay: Sequence[float] | None) -> int:
+    """How many lazy decays fit before gamma^k of the fastest head falls below SCALE_FLOOR (per-head gammas)."""
+    g = min(decay) if decay else 1.0
+    if g >= 1.0:
+        return 1 << 62  # no decay: never
+    return max(1, math.floor(math.log(SCALE_FLOOR) / math.log(g)))
 
 
 class BDHState:
     """rho: L x (B, nh, N, D) tensors; pos: (B,) int64."""
 
     def __init__(self, rho: list[torch.Tensor], pos: torch.Tensor):
-        self._rho = rho
-        self._scale: dict[int, torch.Tensor] = {}  # layer -> (B*nh,) pending lazy damping scale (sparse decode)
+        self._rho = list(rho)
         self.pos = pos
+        self._k = [0] * len(self._rho)  # per layer: decays pending in the lazy scale (true rho = gamma^k stored)
+        self._log_gamma: torch.Tensor | None = None  # (nh,) fp64, set by the first lazy decay
+        self._powers: dict[int, torch.Tensor] = {}  # k -> gamma^k (nh,) in the state dtype
 
     @property
     def rho(self) -> list[torch.Tensor]:
-        """The true rho per layer (any pending lazy scale is folded in first)."""
-        if self._scale:
-            for l in list(self._scale):
-                self._fold(l)
-        return self._rho
+        """The true rho per layer (a scaled copy for a layer with a pending lazy scale; the state is unchanged)."""
+        return [self.layer_rho(l) for l in range(len(self._rho))]
 
     @rho.setter
     def rho(self, value: list[torch.Tensor]) -> None:
-        self._rho = value
-        self._scale = {}
+        self._rho = list(value)
+        self._k = [0] * len(self._rho)
+
+    def layer_rho(self, l: int) -> torch.Tensor:
+        """The true rho of layer l."""
+        c = self.lazy_scale(l)
+        return self._rho[l] if c is None else self._rho[l] * c.view(1, -1, 1, 1)
 
     def __repr__(self) -> str:
         shapes = [tuple(r.shape) for r in self._rho]
         return f"BDHState(rho={shapes}, pos={self.pos.tolist()}, dtype={self._rho[0].dtype if self._rho else None})"
 
-    # ------------------------------------------------------------------ lazy scale (bdh.sparse only)
-    def _fold(self, l: int) -> torch.Tensor:
-        """Multiply layer l's pending scale into its stored rho (in place); returns the true rho of layer l."""
-        c = self._scale.pop(l, None)
-        r = self._rho[l]
-        if c is not None:
-            c = c.to(r.dtype).view(r.shape[0], r.shape[1], 1, 1)
+    # ------------------------------------------------------------------ lazy damping scale
+    def lazy_scale(self, l: int) -> torch.Tensor | None:
+        """gamma^k (nh,) of layer l's pending decays (true rho = scale * stored), or None when none is pending."""
+        k = self._k[l]
+        if k == 0:
+            return None
+        c = self._powers.get(k)
+        if c is None:
+            c = self._powers[k] = torch.exp(self._log_gamma * k).to(self._rho[l].dtype)
+        return c
+
+    def stored(self, l: int) -> torch.Tensor:
+        """Layer l's stored tensor (B, nh, N, D), to be updated in place by decode steps: true rho =
+        `lazy_scale(l)` * stored."""
+        return self._rho[l]
+
+    def lazy_decay_(self, l: int, log_gamma: torch.Tensor, fold_every: int) -> None:
+        """rho_l <- gamma_h rho_l, applied to the scale (O(1)); folded into storage every `fold_every` decays."""
+        if self._log_gamma is None or self._log_gamma.device != log_gamma.device:
+            self._log_gamma, self._powers = log_gamma.to(torch.float64), {}
+        self._k[l] += 1
+        if self._k[l] >= fold_every:
+            self.fold_(l)
+
+    def fold_(self, l: int | None = None) -> "BDHState":
+        """Multiply pending lazy scales (of layer l, or all) into the stored tensors, in place."""
+        for i in range(len(self._rho)) if l is None else (l,):
+            c = self.lazy_scale(i)
+            if c is None:
+                continue
+            r, c = self._rho[i], c.view(1, -1, 1, 1)
             with torch.no_grad():
                 if r.is_inference() and not torch.is_inference_mode_enabled():
-                    r = self._rho[l] = r * c  # inference tensors cannot be updated in place outside inference mode
+                    self._rho[i] = r * c  # inference tensors cannot be updated in place outside inference mode
                 else:
                     r.mul_(c)
-        return r
-
-    def _raw(self, l: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Layer l's stored rho and pending scale (None = 1): true rho = scale * stored."""
-        return self._rho[l], self._scale.get(l)
+            self._k[i] = 0
+        return self
 
     @property
     def batch_size(self) -> int:
@@ -124,11 +165,27 @@ class BDHState:
             raise ValueError(f"input has batch size {batch_size}, the state has batch size {self.batch_size}")
 
     # ------------------------------------------------------------------ persistence (safetensors)
+    def to_tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """`{prefix}rho.{l}` per layer and `{prefix}pos`: the true state as named tensors."""
+        out = {f"{prefix}rho.{l}": r for l, r in enumerate(self.rho)}
+        out[f"{prefix}pos"] = self.pos
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str = "", device=None) -> "BDHState":
+        """The inverse of `to_tensors` (ValueError naming the missing key)."""
+        L = sum(1 for k in tensors if k.startswith(f"{prefix}rho."))
+        keys = [f"{prefix}rho.{l}" for l in range(L)] + [f"{prefix}pos"]
+        missing = [k for k in keys if k not in tensors]
+        if L == 0 or missing:
+            raise ValueError(f"not a BDH state: missing tensor(s) {missing or [prefix + 'rho.0']}")
+        rho = [tensors[k].to(device) if device is not None else tensors[k] for k in keys[:-1]]
+        pos = tensors[keys[-1]].to(device=device, dtype=torch.long) if device is not None else tensors[keys[-1]].long()
+        return cls(rho, pos)
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the state to a safetensors file (atomically)."""
         from safetensors.torch import save_file
-
-        from .checkpoint import atomic_path
 
         tensors = {f"rho.{l}": r.detach().contiguous().cpu() for l, r in enumerate(self.rho)}
         tensors["pos"] = self.pos.detach().cpu().contiguous()

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
+from .io import atomic_path, atomic_write_json
+
 __all__ = [
     "Tokenizer",
     "ByteTokenizer",
@@ -99,18 +101,25 @@ class Tokenizer:
 
 
 class IncrementalDecoder:
-    """Decode tokens one at a time, holding back incomplete UTF-8 sequences.
+    """Decode tokens one at a time, holding back incomplete UTF-8 sequences (the one streaming decoder).
 
-    ``push(id)`` returns the text that became complete; ``flush()`` returns what is left (with U+FFFD for a
-    dangling partial character). Concatenating all outputs equals ``tokenizer.decode(all_ids)``.
+    ``push(id)`` returns the text that became complete; ``flush()`` returns what is left (U+FFFD for a dangling
+    partial character) and resets. Invalid bytes become U+FFFD as in :meth:`Tokenizer.decode`, so
+    concatenating all outputs equals ``tokenizer.decode(all_ids)``. Works with any object that has
+    ``token_bytes(id)``; ids are range-checked by the tokenizer.
     """
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        self._check = getattr(tokenizer, "_check_id", None)
         self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
-    def push(self, token_id: int) -> str:
-        return self._dec.decode(self.tokenizer.token_bytes(self.tokenizer._check_id(token_id)))
+    def push(self, token_id: int, *, final: bool = False) -> str:
+        """Text completed by ``token_id``; with ``final=True`` also the rest, as :meth:`flush` (and reset)."""
+        if self._check is not None:
+            token_id = self._check(token_id)
+        out = self._dec.decode(self.tokenizer.token_bytes(token_id))
+        return out + self.flush() if final else out
 
     def flush(self) -> str:
         out = self._dec.decode(b"", final=True)
@@ -127,12 +136,6 @@ def _encode_utf8(text: str) -> bytes:
         raise ValueError(
             f"text is not encodable as UTF-8 at character {e.start} ({text[e.start:e.end]!r}, a lone surrogate?)"
         ) from None
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class ByteTokenizer(Tokenizer):
@@ -163,7 +166,7 @@ class ByteTokenizer(Tokenizer):
     def save(self, directory: str | os.PathLike) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        _write_json(d / CONFIG_FILE, self.config())
+        atomic_write_json(d / CONFIG_FILE, self.config(), sort_keys=True)
 
 
 @lru_cache(maxsize=1)
@@ -274,10 +277,9 @@ class BPETokenizer(Tokenizer):
     def save(self, directory: str | os.PathLike) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / (HF_FILE + ".tmp")
-        self._hf.save(str(tmp))
-        os.replace(tmp, d / HF_FILE)
-        _write_json(d / CONFIG_FILE, self.config())
+        with atomic_path(d / HF_FILE) as tmp:
+            self._hf.save(tmp)
+        atomic_write_json(d / CONFIG_FILE, self.config(), sort_keys=True)
 
 
 def _gpt2_files() -> tuple[Path, Path]:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli import add_run_options, apply_run_options
+
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from ..model import BDH
     from .concepts import read_sentences
     from .report import SECTIONS, default_corpus, analyze
 
+    device = apply_run_options(args)
     if args.max_tokens < 2:
         raise ValueError(f"--max-tokens {args.max_tokens}: expected at least 2")
     if (args.concept is None) != (args.contrast is None):
@@ -24,11 +27,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     sections = [s for s in SECTIONS if s not in skip]
     if not sections:
         raise ValueError(f"--skip leaves no section to run (sections: {', '.join(SECTIONS)})")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    model = BDH.from_pretrained(args.model)
+    model = BDH.from_pretrained(args.model, device=device)
     rep = analyze(
         model, args.out,
         corpus=args.corpus or default_corpus(args.model),
@@ -66,18 +65,14 @@ def cmd_merge_experiment(args: argparse.Namespace) -> int:
     from .merge import merge_experiment, merge_table
 
     for flag, v, lo in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1),
-                        ("--block-size", args.block_size, 2), ("--eval-tokens", args.eval_tokens, 2),
-                        ("--threads", args.threads, 0)):
+                        ("--block-size", args.block_size, 2), ("--eval-tokens", args.eval_tokens, 2)):
         if v < lo:
             raise ValueError(f"{flag} {v}: expected an integer >= {lo}")
     if not 0 < args.lr < float("inf"):
         raise ValueError(f"--lr {args.lr}: expected a positive finite learning rate")
     if not Path(args.base).is_dir():
         raise FileNotFoundError(f"--base {args.base!r}: model directory does not exist")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_run_options(args)  # --threads
     rep = merge_experiment(
         args.base, args.a, args.b, args.out,
         steps=args.steps, batch_size=args.batch_size, block_size=args.block_size, lr=args.lr,
@@ -108,7 +103,7 @@ def register(sub) -> None:
     a.add_argument("--fact-periods", type=int, default=8, help="periods of the repeated-fact stream (§6.4)")
     a.add_argument("--skip", nargs="+", choices=SECTIONS, default=None, help="sections to leave out")
     a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    add_run_options(a)
     a.add_argument("--quiet", action="store_true")
     a.set_defaults(func=cmd_analyze)
     m = sub.add_parser("merge", help="merge two models by concatenating their neurons (paper §7.1)")
@@ -129,6 +124,6 @@ def register(sub) -> None:
     e.add_argument("--lr", type=float, default=1e-3, help="constant learning rate of the continuations")
     e.add_argument("--eval-tokens", type=int, default=65536, help="validation tokens per model and corpus")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    add_run_options(e, device=False)  # merge_experiment trains on the CPU
     e.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     e.set_defaults(func=cmd_merge_experiment)

@@ -124,33 +124,35 @@ def _corpus_tokens(model, spec: str):
     return tuple(np.asarray(model.tokenizer.encode(t), dtype=np.int64) for t in (c.train, c.val))
 
 
-def continue_training(model, tokens, *, steps: int, batch_size: int = 16, block_size: int = 128, lr: float = 1e-3,
-                      weight_decay: float = 0.1, seed: int = 0):
-    """A copy of `model` trained `steps` AdamW steps (constant lr) on random crops of `tokens` (1-D ids)."""
-    import numpy as np
+def continuation_run(base_dir: str | os.PathLike, corpus: str, *, steps: int, batch_size: int = 16,
+                     block_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.1, seed: int = 0):
+    """The `bdh.training` run config of one continuation: the saved model at `base_dir` (`train.init_from`)
+    trained `steps` AdamW steps at a constant `lr` on random crops of `corpus`, no clipping, no periodic
+    evaluation, samples or checkpoints."""
+    from ..checkpoint import load_model
+    from ..training import DataConfig, RunConfig, TrainConfig
 
-    from ..model import BDH
+    base = load_model(base_dir)
+    model = {"model_type": type(base.config).MODEL_TYPE,
+             **{k: v for k, v in base.config.to_dict().items() if k != "vocab_size"}}
+    data = DataConfig(corpus=corpus, tokenizer=base.tokenizer.name, block_size=block_size, batching="random")
+    train = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=0, decay="constant", weight_decay=weight_decay,
+                        grad_clip=0.0, seed=seed, data_seed=seed, init_from=str(base_dir), log_every=0, eval_every=0,
+                        eval_tokens=0, final_eval_tokens=2 * block_size, eval_batch_size=1, sample_tokens=0,
+                        checkpoint_every=0, keep_last=1, processes=1)
+    run = RunConfig(model=model, data=data, train=train, name=f"continue-{Path(base_dir).name}")
+    run.validate()
+    return run
 
-    m = BDH(model.config).to(device=model.device, dtype=model.dtype)
-    m.load_state_dict(model.state_dict())
-    m.train()
-    tok = getattr(model, "tokenizer", None)
-    if len(tokens) < block_size + 2:
-        raise ValueError(f"continue_training: {len(tokens)} tokens, fewer than block_size + 2 = {block_size + 2}")
-    opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=weight_decay)
-    rng = np.random.default_rng(seed)
-    data = torch.from_numpy(np.asarray(tokens, dtype=np.int64)).to(m.device)
-    for _ in range(steps):
-        starts = rng.integers(0, len(data) - block_size - 1, batch_size)
-        x = torch.stack([data[s : s + block_size] for s in starts])
-        y = torch.stack([data[s + 1 : s + block_size + 1] for s in starts])
-        _, loss = m(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    m = m.eval()
-    if tok is not None:
-        m.tokenizer = tok
+
+def continue_training(base_dir: str | os.PathLike, corpus: str, work_dir: str | os.PathLike, **settings):
+    """A copy of the saved model at `base_dir` trained on `corpus` by `bdh.training.train` (the one training loop)
+    in the run directory `work_dir`; `settings` as `continuation_run`. Returns the model in eval mode."""
+    from ..training import train
+
+    result = train(continuation_run(base_dir, corpus, **settings), work_dir, progress=False, echo=lambda s: None)
+    m = result.model.eval()
+    m.tokenizer = result.tokenizer
     return m
 
 
@@ -191,7 +193,8 @@ def merge_table(report: dict) -> str:
 def merge_experiment(base_dir: str | os.PathLike, corpus_a: str, corpus_b: str, out_dir: str | os.PathLike, *,
                      steps: int = 500, batch_size: int = 16, block_size: int = 128, lr: float = 1e-3,
                      eval_tokens: int = 65536, seed: int = 0, log=None) -> dict:
-    """§7.1 at small scale: continue a trained base model on corpus A and on corpus B, merge the two, evaluate.
+    """§7.1 at small scale: continue a trained base model on corpus A and on corpus B (each a `bdh.training.train`
+    run, `continue_training`), merge the two, evaluate.
 
     Corpora are `bdh.data.corpora.resolve_corpus` specs (e.g. "gettext:fr", "gettext:de"). Every model (base, +A,
     +B, merged; the merged one with no further training) is evaluated on the validation split of both corpora
@@ -202,9 +205,10 @@ def merge_experiment(base_dir: str | os.PathLike, corpus_a: str, corpus_b: str, 
     All settings, the base model and both corpora are checked before anything is written, so bad input leaves
     `out_dir` untouched. `log` (optional) receives progress lines.
     """
-    import json
+    import tempfile
     import time
 
+    from ..io import atomic_write_json, atomic_write_text
     from ..model import BDH
     from ..training import evaluate, token_byte_lengths
 
@@ -225,13 +229,13 @@ def merge_experiment(base_dir: str | os.PathLike, corpus_a: str, corpus_b: str, 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output {str(out)!r} exists and is not a directory")
-    torch.manual_seed(seed)
     models = {"base": base}
-    for i, name in enumerate(("A", "B")):
-        t = time.perf_counter()
-        models["+" + name] = continue_training(base, data[name][0], steps=steps, batch_size=batch_size,
-                                               block_size=block_size, lr=lr, seed=seed + i)
-        say(f"+{name}: {steps} steps on {(corpus_a, corpus_b)[i]} in {time.perf_counter() - t:.0f} s")
+    with tempfile.TemporaryDirectory(prefix="bdh-merge-") as work:
+        for i, (name, spec) in enumerate((("A", corpus_a), ("B", corpus_b))):
+            t = time.perf_counter()
+            models["+" + name] = continue_training(base_dir, spec, Path(work) / name, steps=steps,
+                                                   batch_size=batch_size, block_size=block_size, lr=lr, seed=seed + i)
+            say(f"+{name}: {steps} steps on {spec} in {time.perf_counter() - t:.0f} s")
     models["merged"] = merge_models(models["+A"], models["+B"])
     bl = token_byte_lengths(tok)
     results, sizes = {}, {}
@@ -251,6 +255,6 @@ def merge_experiment(base_dir: str | os.PathLike, corpus_a: str, corpus_b: str, 
               "threads": torch.get_num_threads(), "tokenizer": getattr(tok, "name", None),
               "N_base": base.config.N, "N_merged": models["merged"].config.N, "models": sizes,
               "validation": results, "elapsed_s": round(time.perf_counter() - t0, 1)}
-    (out / "merge_experiment.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out / "merge_experiment.md").write_text(merge_table(report), encoding="utf-8")
+    atomic_write_json(out / "merge_experiment.json", report)
+    atomic_write_text(out / "merge_experiment.md", merge_table(report))
     return report

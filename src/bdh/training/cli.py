@@ -4,7 +4,7 @@
     bdh train --config tiny --set train.steps=50 --out runs/tiny
     bdh train --config my.toml --data corpus.txt --out runs/x --resume
     torchrun --nproc_per_node=2 -m bdh.cli train --config tiny --out runs/ddp
-    bdh eval --model runs/tiny [--data SPEC]
+    bdh eval --model runs/tiny [--data SPEC] [--device cuda] [--threads 2]
 """
 
 from __future__ import annotations
@@ -48,17 +48,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from ..checkpoint import load_model
+    from ..cli import apply_run_options
     from ..data.corpora import resolve_corpus
-    from ..models import load_model
     from ..tokenization import load_tokenizer
     from .evaluation import evaluate, token_byte_lengths
 
-    for name, least in (("block_size", 1), ("batch_size", 1), ("tokens", 0), ("threads", 0)):
+    device = apply_run_options(args)  # --threads (a positive integer) and --device, checked first
+    for name, least in (("block_size", 1), ("batch_size", 1), ("tokens", 0)):
         v = getattr(args, name)
         if v is not None and v < least:
             raise ValueError(f"--{name.replace('_', '-')} {v}: expected an integer >= {least}")
     model_dir = Path(args.model)
-    model = load_model(model_dir)  # BDH or the GPT baseline
+    model = load_model(model_dir, device=device)  # any registered model type
     tokenizer = load_tokenizer(model_dir)
     if tokenizer.vocab_size != model.config.vocab_size:
         raise ValueError(
@@ -66,9 +68,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     settings = _run_settings(model_dir)
     data = settings.get("data", {})
-    threads = args.threads if args.threads is not None else settings.get("train", {}).get("threads", 0)
-    if threads:
-        torch.set_num_threads(threads)
+    if args.threads is None and settings.get("train", {}).get("threads", 0):
+        torch.set_num_threads(settings["train"]["threads"])  # the training run's train.threads
     corpus = args.data or data.get("corpus", "shakespeare")
     block = args.block_size or data.get("block_size", 256)
     carry = args.carry if args.carry is not None else data.get("batching") == "tbptt"
@@ -88,6 +89,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from ..cli import add_run_options
+
     p = sub.add_parser("train", help="train a BDH model (TOML config + overrides)",
                        description="Train BDH. Configs: tiny, default, reference-25m, or a .toml path.")
     p.add_argument("--config", default="default",
@@ -110,6 +113,6 @@ def register(sub) -> None:
     e.add_argument("--tokens", type=int, default=0, help="evaluate at most this many tokens (0 = all)")
     e.add_argument("--carry", action=argparse.BooleanOptionalAction, default=None,
                    help="carry the attention state along each stream (default: if trained with TBPTT)")
-    e.add_argument("--threads", type=int, default=None, help="CPU threads (default: the training run's train.threads)")
+    add_run_options(e, threads_help="torch CPU threads, a positive integer (default: the training run's train.threads)")
     e.add_argument("--json", action="store_true", help="print JSON")
     e.set_defaults(func=cmd_eval)

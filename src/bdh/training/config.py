@@ -1,5 +1,6 @@
-"""The run configuration: `[model]` (BDHConfig fields, or with `model_type = "gpt"` the GPTConfig fields of the
-GPT-2 baseline), `[data]` and `[train]`, read from TOML once and validated.
+"""The run configuration: `[model]` (the config fields of the registered model type `model_type`, default
+"bdh": BDHConfig; "gpt": the GPT-2 baseline's GPTConfig; see `bdh.interface`), `[data]` and `[train]`, read
+from TOML once and validated.
 
     cfg = load_run_config("tiny", overrides=["train.lr=3e-4", "data.block_size=64"])
 
@@ -23,7 +24,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from ..config import BDHConfig
+from ..interface import get_model_type, model_types
 
 SHIPPED_CONFIGS = ("tiny", "default", "reference-25m", "gpt-default")
 BATCHING = ("random", "tbptt")
@@ -120,7 +121,7 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class RunConfig:
-    model: dict[str, Any]  # BDHConfig fields except vocab_size (from the tokenizer)
+    model: dict[str, Any]  # the model type's config fields except vocab_size (from the tokenizer)
     data: DataConfig
     train: TrainConfig
     name: str = "custom"  # the config's name (shipped name or file stem)
@@ -130,10 +131,8 @@ class RunConfig:
         return self.model.get("model_type", "bdh")
 
     def model_config(self, vocab_size: int):
-        """The BDHConfig (or, with model.model_type = "gpt", the GPTConfig) for a tokenizer of `vocab_size`."""
-        from ..models import config_class
-
-        cls = config_class(self.model_type)
+        """The config of the registered type `model.model_type` (default "bdh") for a tokenizer of `vocab_size`."""
+        cls = get_model_type(self.model_type).config_class
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in self.model.items() if k != "model_type"}
         wrong = sorted(set(kwargs) - fields)
@@ -163,20 +162,24 @@ class RunConfig:
         return "\n".join(lines) + "\n"
 
     def validate(self) -> None:
+        """Every section, the model config, and the train options against the model type's capabilities."""
         self.data.validate()
         self.train.validate()
-        self.model_config(self.model.get("vocab_size", 256))  # raises ValueError naming the bad field
-        if self.model_type != "bdh":  # the GPT baseline: no carried state, one attention form
-            if self.data.batching == "tbptt" and self.model.get("positions", "alibi") == "learned":
-                raise ValueError("data.batching = 'tbptt' with a GPT needs model.positions = alibi or rope: learned "
-                                 "position embeddings end at block_size")
-            if self.train.no_bptt:
-                raise ValueError(f"train.no_bptt = true is a BDH option; model_type {self.model_type!r} does not support it")
-            if self.train.activity_penalty:
-                raise ValueError(f"train.activity_penalty = {self.train.activity_penalty}: a BDH option (x_sparse); "
-                                 f"model_type {self.model_type!r} does not support it")
-            if self.train.form not in ("auto", "parallel"):
-                raise ValueError(f"train.form = {self.train.form!r}: model_type {self.model_type!r} has one form (auto)")
+        cfg = self.model_config(self.model.get("vocab_size", 256))  # raises ValueError naming the bad field
+        cfg.check_training(batching=self.data.batching)  # type-specific data constraints (e.g. the GPT's positions)
+        self._check_capabilities(get_model_type(self.model_type).model_class)
+
+    def _check_capabilities(self, model_class: type) -> None:
+        """ValueError for a train option the model type does not support (`LanguageModel.capabilities`)."""
+        caps, t, mt = getattr(model_class, "capabilities", frozenset()), self.train, self.model_type
+        if t.no_bptt and "no_bptt" not in caps:
+            raise ValueError(f"train.no_bptt = true is a BDH option (detached keys and values); model_type {mt!r} "
+                             "does not support it (no 'no_bptt' capability)")
+        if t.activity_penalty and "activity_penalty" not in caps:
+            raise ValueError(f"train.activity_penalty = {t.activity_penalty}: a BDH option (x_sparse); model_type "
+                             f"{mt!r} does not support it (no 'activity_penalty' capability)")
+        if t.form != "auto" and "forms" not in caps:
+            raise ValueError(f"train.form = {t.form!r}: model_type {mt!r} has one form (auto)")
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -251,19 +254,22 @@ def _toml_value(v: Any) -> str:
 
 # ----------------------------------------------------------------------------------------------- type checks
 def _model_types() -> dict[str, Any]:
-    from ..baselines.gpt import GPTConfig
-
-    types_ = {**typing.get_type_hints(GPTConfig), **typing.get_type_hints(BDHConfig)}  # BDH's wins where both have it
+    """Field types of `[model]`: the union over the registered config classes ("bdh" wins where types differ)."""
+    names = sorted(model_types(), key=lambda n: n == "bdh")  # bdh last: its types override
+    types_ = {}
+    for name in names:
+        cls = get_model_type(name).config_class
+        hints = typing.get_type_hints(cls)
+        types_.update({f.name: hints[f.name] for f in dataclasses.fields(cls)})
     return {**types_, "model_type": str}
 
 
-_MODEL_TYPES = _model_types()
 _TYPES = {"data": typing.get_type_hints(DataConfig), "train": typing.get_type_hints(TrainConfig)}
 
 
 def _field_types(section: str, source: str) -> dict[str, Any]:
     if section == "model":
-        return {k: t for k, t in _MODEL_TYPES.items() if k != "vocab_size"}
+        return {k: t for k, t in _model_types().items() if k != "vocab_size"}
     if section in _TYPES:
         return _TYPES[section]
     raise ValueError(f"{source}: unknown config section {section!r}; expected model, data or train")

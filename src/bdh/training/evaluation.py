@@ -52,7 +52,8 @@ def evaluate(
     seg = (n - 1) // S  # predicted tokens available per stream
     length = seg if max_tokens <= 0 else min(seg, max(1, max_tokens // S))
     mine = [i * seg for i in range(S)][rank::world]
-    device = model.device
+    device = next(model.parameters()).device
+    kw = {} if form == "auto" else {"form": form}  # the "forms" capability
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # nats, tokens, bytes
@@ -63,10 +64,10 @@ def evaluate(
             x, y = x.to(device), y.to(device)
             with autocast():
                 if carry:
-                    logits, state = model.prefill(x, state, form=form)
-                    state = model.carry_state(state)  # as in training (GPT: the last kv_window slots)
+                    logits, state = model.prefill(x, state, **kw)
+                    state = model.carry_state(state)  # as in training (detached, trimmed where the type needs)
                 else:
-                    logits, _ = model(x, form=form)
+                    logits, _ = model(x, **kw)
             nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
             sums += torch.stack([nll.double(), torch.tensor(y.numel(), device=device, dtype=torch.float64),
                                  byte_lengths.to(device)[y].sum().double()])

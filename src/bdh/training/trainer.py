@@ -1,8 +1,13 @@
-"""The training loop: AdamW, warmup + decay, grad clipping and accumulation, random crops or TBPTT streams,
-periodic evaluation and samples, metrics, checkpoints with exact resume, DDP.
+"""The training loop, for any registered model type: AdamW, warmup + decay, grad clipping and accumulation,
+random crops or TBPTT streams, periodic evaluation and samples, metrics, checkpoints with exact resume, DDP.
 
     from bdh.training import load_run_config, train
     result = train(load_run_config("tiny"), "runs/tiny")      # result.model, result.summary
+
+`train` = `Trainer(run, out).run()`: `setup` (processes, data, model, optimizer, resume), then `loop` over
+`train_step` (forward / backward / accumulate / clip / step) with `maybe_log`, `maybe_eval`, `maybe_sample` and
+`maybe_checkpoint`, then `finish` (final evaluation and model). The model is used only through
+`bdh.interface.LanguageModel`: its carried TBPTT states go into checkpoints as `model.state_to_tensors`.
 
 Run directory `OUT`:
 
@@ -35,12 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
-from ..checkpoint import CheckpointError, atomic_path
-from ..model import BDH
-from ..models import build_model, load_config
+from .._version import __version__
+from ..checkpoint import CheckpointError
+from ..interface import build_model, load_config
+from ..io import atomic_path, atomic_write_json, atomic_write_text
 from ..sparse import hoyer_activity
-from ..state import BDHState
 from . import checkpointing as ckpt
 from .batching import make_sampler
 from .config import RunConfig
@@ -54,7 +58,7 @@ class TrainingDiverged(ValueError):
 
 @dataclasses.dataclass
 class TrainResult:
-    model: nn.Module  # BDH or the GPT baseline
+    model: nn.Module  # any registered model type (bdh.interface.LanguageModel)
     tokenizer: Any
     summary: dict
 
@@ -162,19 +166,23 @@ class LossModule(nn.Module):
     activity of x_sparse over layers (`bdh.sparse.hoyer_activity`); without it the two are the same tensor.
     """
 
-    def __init__(self, model: BDH, form: str, detach_kv: bool, carry: bool, activity_penalty: float = 0.0):
+    def __init__(self, model: nn.Module, form: str, detach_kv: bool, carry: bool, activity_penalty: float = 0.0):
         super().__init__()
         self.model, self.form, self.detach_kv, self.carry = model, form, detach_kv, carry
         self.activity_penalty = activity_penalty
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, state: BDHState | None = None):
+    def forward(self, x: torch.Tensor, y: torch.Tensor, state: Any = None):
         xs = [] if self.activity_penalty else None
-        kw = {} if xs is None else {"x_sparse_out": xs}
+        kw = {} if xs is None else {"x_sparse_out": xs}  # the "activity_penalty" capability
+        if self.form != "auto":
+            kw["form"] = self.form  # the "forms" capability
+        if self.detach_kv:
+            kw["detach_kv"] = True  # the "no_bptt" capability
         new = None
         if not self.carry:
-            _, loss = self.model(x, y, form=self.form, detach_kv=self.detach_kv, **kw)
+            _, loss = self.model(x, y, **kw)
         else:
-            logits, new = self.model.prefill(x, state, form=self.form, detach_kv=self.detach_kv, **kw)  # (B, T, V)
+            logits, new = self.model.prefill(x, state, **kw)  # (B, T, V)
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
         if xs is None:
             return loss, loss, new
@@ -182,7 +190,7 @@ class LossModule(nn.Module):
         return loss + self.activity_penalty * penalty, loss, new
 
 
-def make_optimizer(model: BDH, t) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, t) -> torch.optim.AdamW:
     """AdamW with decoupled weight decay on matrices and embeddings (every BDH parameter), none on vectors."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
@@ -228,8 +236,7 @@ class Metrics:
                     r = json.loads(line)
                     if r.get("step", 0) <= resume_step:
                         kept.append(r)
-        with atomic_path(self.jsonl) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
+        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in kept))
         with atomic_path(self.csv) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
             w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
             w.writeheader()
@@ -279,28 +286,24 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def _states_to_tensors(states: list) -> dict[str, torch.Tensor]:
-    """The carried TBPTT states of this process (one per micro-step; BDHState or a GPT KV cache) as named tensors."""
+def states_to_tensors(model, states: list) -> dict[str, torch.Tensor]:
+    """The carried TBPTT states of this process (one per micro-step, None where empty) as named tensors
+    `stream.<m>.*` (`model.state_to_tensors`)."""
     out = {}
     for m, st in enumerate(states):
-        if isinstance(st, BDHState):
-            out.update({f"stream.{m}.rho.{l}": r for l, r in enumerate(st.rho)})
-            out[f"stream.{m}.pos"] = st.pos
-        elif st is not None:
-            out.update(st.to_tensors(f"stream.{m}."))
+        if st is not None:
+            out.update(model.state_to_tensors(st, f"stream.{m}."))
     return out
 
 
-def _states_from_tensors(tensors: dict, n: int, n_layer: int, device) -> list:
-    def state(m: int):
-        if f"stream.{m}.k.0" in tensors:  # the GPT baseline's KV cache
-            from ..baselines.gpt import GPTState
-
-            return GPTState.from_tensors(tensors, n_layer, f"stream.{m}.", device)
-        rho = [tensors[f"stream.{m}.rho.{l}"].to(device) for l in range(n_layer)]
-        return BDHState(rho, tensors[f"stream.{m}.pos"].to(device))
-
-    return [state(m) if f"stream.{m}.pos" in tensors else None for m in range(n)]
+def states_from_tensors(model, tensors: dict[str, torch.Tensor], n: int, device) -> list:
+    """The inverse of `states_to_tensors`: n states (None for a stream without tensors)."""
+    states = []
+    for m in range(n):
+        prefix = f"stream.{m}."
+        mine = {k: v for k, v in tensors.items() if k.startswith(prefix)}
+        states.append(model.state_from_tensors(mine, prefix, device=device) if mine else None)
+    return states
 
 
 def _check_resume(run: RunConfig, saved: dict, model_cfg, path: Path) -> None:
@@ -319,6 +322,375 @@ def _check_resume(run: RunConfig, saved: dict, model_cfg, path: Path) -> None:
             )
 
 
+# ----------------------------------------------------------------------------------------------- the trainer
+class Trainer:
+    """One training run: `Trainer(run, out).run()` sets up (processes, data, model, optimizer, resume), loops
+    over `train_step` with `maybe_log` / `maybe_eval` / `maybe_sample` / `maybe_checkpoint`, then `finish`es.
+
+    The host waits for the device only at log, eval, sample and checkpoint steps: losses and gradient norms stay
+    tensors in between, and a NaN/Inf is reported there, naming the first step it appeared at
+    (`check_finite`). A checkpoint is written only after that check, so the last checkpoint is always good.
+    """
+
+    def __init__(self, run: RunConfig, out_dir: str | os.PathLike, *, resume=None, progress: bool | None = None,
+                 echo=None):
+        self.run_cfg, self.t, self.T = run, run.train, run.data.block_size
+        self.out, self.resume, self.progress = Path(out_dir), resume, progress
+        self.root = self.out / "checkpoints"
+        self.dist = Dist.from_env(run.train.device)
+        self.echo = echo or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.metrics, self.bar, self._threads = None, None, torch.get_num_threads()
+        self.step, self.best, self.elapsed, self.tokens_seen = 0, math.inf, 0.0, 0
+        self.window_tokens, self.window_time = 0, 0.0
+
+    def say(self, msg: str) -> None:
+        if self.dist.main:
+            self.echo(msg)
+
+    def note(self, msg: str) -> None:
+        """A message that does not break the progress bar."""
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            self.say(msg)
+
+    def log(self, record: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.write(record)
+
+    # ------------------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        """Device and threads, data and tokenizer, model, optimizer, schedule, sampler, resume, DDP, run files."""
+        self.run_cfg.validate()
+        self._setup_device()
+        resume_path = self._resume_path()
+        self._setup_data(resume_path)
+        self._setup_model()
+        if resume_path is not None:
+            self._restore(resume_path)
+        elif self.t.init_from:
+            self._init_weights()
+        self._setup_step_fn()
+        self._write_run_files(resume_path is not None)
+
+    def _setup_device(self) -> None:
+        t = self.t
+        self.device = pick_device(t.device, self.dist)
+        if t.threads:
+            torch.set_num_threads(t.threads)  # restored in close()
+        if t.precision == "bf16" and self.device.type != "cuda":
+            raise ValueError("train.precision = 'bf16': bf16 autocast is CUDA-only; use auto or fp32 on CPU")
+        bf16 = self.device.type == "cuda" and t.precision in ("auto", "bf16")
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+    def _resume_path(self) -> Path | None:
+        """The checkpoint to resume from (None: a new run); init_from and --out checked before anything is written."""
+        t, out = self.t, self.out
+        if t.init_from and self.resume is None:  # the vocabulary is checked again once the tokenizer is known
+            saved_cfg = _init_from_config(t.init_from)
+            _init_from_config(t.init_from, self.run_cfg.model_config(saved_cfg.vocab_size))
+        if self.resume is not None:
+            return ckpt.find_checkpoint(out if str(self.resume) == "latest" else self.resume)
+        if ckpt.list_checkpoints(self.root):
+            raise ValueError(f"--out {str(out)!r} already holds checkpoints of a run: pass --resume to continue it, "
+                             "or choose another --out")
+        return None
+
+    def _setup_data(self, resume_path: Path | None) -> None:
+        """The tokenizer (the checkpoint's on resume, the saved model's for a trained one with init_from)."""
+        from ..tokenization import load_tokenizer
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        tokenizer = None
+        if resume_path is not None:
+            tokenizer = load_tokenizer(resume_path)
+        elif self.t.init_from and self.run_cfg.data.tokenizer == "bpe":  # fine-tuning keeps the trained BPE
+            tokenizer = load_tokenizer(self.t.init_from)
+        self.tokenizer, self.train_tokens, self.val_tokens = prepare_data(self.run_cfg, self.out, self.dist, tokenizer)
+        if self.dist.main:
+            self.tokenizer.save(self.out)
+        self.byte_lengths = token_byte_lengths(self.tokenizer)
+
+    def _setup_model(self) -> None:
+        t, dist = self.t, self.dist
+        random.seed(t.seed)
+        np.random.seed(t.seed)
+        torch.manual_seed(t.seed)
+        self.model_cfg = self.run_cfg.model_config(self.tokenizer.vocab_size)
+        self.model = build_model(self.model_cfg).to(self.device)  # the registered type of [model] model_type
+        torch.manual_seed(t.seed + dist.rank)  # dropout differs between processes
+        self.optimizer = make_optimizer(self.model, t)
+        self.scheduler = make_scheduler(self.optimizer, t)
+        self.sampler = make_sampler(self.train_tokens, self.run_cfg.data, t, dist.rank, dist.world)
+        self.carry = self.run_cfg.data.batching == "tbptt"
+        self.states: list = [None] * t.grad_accum  # the carried TBPTT state of each micro-step's streams
+        self.tokens_per_step = t.batch_size * t.grad_accum * self.T
+        self._bad = torch.zeros(3, dtype=torch.float64, device=self.device)  # first non-finite (step, loss, norm)
+        self._lrs: dict[int, float] = {}  # lr of every step since the last check_finite
+
+    def _init_weights(self) -> None:
+        """`train.init_from`: start from a saved model's weights (fine-tuning)."""
+        from ..checkpoint import load_model
+
+        _init_from_config(self.t.init_from, self.model_cfg)
+        self.model.load_state_dict(load_model(self.t.init_from).state_dict(), strict=True)
+        self.say(f"initialised the weights from {self.t.init_from}")
+
+    def _restore(self, path: Path) -> None:
+        """Weights, optimizer, schedule, sampler, RNG states and carried states of checkpoint `path`."""
+        dist = self.dist
+        saved = ckpt.read_checkpoint(path, dist.rank)
+        meta = saved["meta"]
+        _check_resume(self.run_cfg, meta, self.model_cfg, path)
+        if meta["world_size"] != dist.world:
+            raise CheckpointError(f"--resume {path}: written by {meta['world_size']} process(es), now {dist.world}; "
+                                  "resume with the same number of processes")
+        self.model.load_state_dict(saved["model_tensors"], strict=True)
+        ckpt.load_optimizer_state(self.optimizer, meta["optimizer"], saved["optimizer_tensors"])
+        self.scheduler.load_state_dict(meta["scheduler"])
+        rt = saved["rank_tensors"]
+        self.sampler.load_state_dict(meta["sampler"], {k[8:]: v for k, v in rt.items() if k.startswith("sampler.")})
+        ckpt.set_rng_state(saved["rank_meta"], rt)
+        self.states = states_from_tensors(self.model, rt, self.t.grad_accum, self.device)
+        self.step, self.elapsed, self.tokens_seen = meta["step"], meta["elapsed_s"], meta["tokens"]
+        self.best = math.inf if meta["best_val"] is None else meta["best_val"]
+        now = self.run_cfg.to_dict()["train"]
+        changed = sorted(k for k, v in now.items() if meta["run_config"]["train"].get(k) != v)
+        self.say(f"resumed from {path} at step {self.step}"
+                 + (f" (train settings changed: {', '.join(changed)})" if changed else ""))
+
+    def _setup_step_fn(self) -> None:
+        """The loss module, compiled (train.compile) and wrapped in DDP (several processes)."""
+        t = self.t
+        self.loss_module = LossModule(self.model, t.form, t.no_bptt, self.carry, t.activity_penalty)
+        self.step_fn = torch.compile(self.loss_module) if t.compile else self.loss_module
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_fn = DDP(self.step_fn, device_ids=ids, forward_sync_buffers=False)
+
+    def _write_run_files(self, resumed: bool) -> None:
+        """OUT/run.json, run.toml and the metrics files (process 0); the opening line; the progress bar."""
+        run, t, dist, model = self.run_cfg, self.t, self.dist, self.model
+        if dist.main:
+            info = {"config": run.to_dict(), "model": self.model_cfg.to_dict(), "params": model.num_params(),
+                    "world_size": dist.world, "device": str(self.device), "bdh": __version__,
+                    "torch": torch.__version__}
+            atomic_write_json(self.out / "run.json", info)
+            atomic_write_text(self.out / "run.toml", run.to_toml())
+            self.metrics = Metrics(self.out, self.step if resumed else None)
+        self.say(f"{type(model).__name__} {model.extra_repr()} | {run.data.corpus}: {len(self.train_tokens):,} train / "
+                 f"{len(self.val_tokens):,} val tokens ({self.tokenizer.name}) | {t.steps} steps x "
+                 f"{self.tokens_per_step:,} tokens | {self.device}" + (f" x {dist.world} processes" if dist.world > 1 else ""))
+        if self.carry and getattr(self.model_cfg, "damping", 0) is None:
+            self.say("note: data.batching = 'tbptt' with model.damping = none: the carried state sums every past token "
+                     "of a stream (tens of thousands); long contexts need damping (--set model.damping=alibi)")
+        if dist.main and (sys.stderr.isatty() if self.progress is None else self.progress):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=t.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+
+    # ------------------------------------------------------------------------------------------- the step
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, float]:
+        """One optimizer step: `grad_accum` micro-steps (forward, backward, carried states), clip, AdamW, schedule.
+
+        Returns (mean cross-entropy, mean Hoyer activity or None, gradient norm, lr): tensors, no host sync.
+        """
+        t = self.t
+        loss_sum = torch.zeros((), device=self.device)
+        hoyer_sum = torch.zeros((), device=self.device)  # the activity penalty's measure (train.activity_penalty)
+        for micro in range(t.grad_accum):
+            objective, loss = self._micro_step(micro)
+            loss_sum += loss.detach().float()
+            if t.activity_penalty:
+                hoyer_sum += (objective - loss).detach().float() / t.activity_penalty
+        self.sampler.end_step()
+        loss = self.dist.mean(loss_sum / t.grad_accum)
+        lr = self.optimizer.param_groups[0]["lr"]
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or math.inf)
+        self._track_finite(loss, grad_norm, lr)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, (hoyer_sum if t.activity_penalty else None), grad_norm, lr
+
+    def _micro_step(self, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward of micro-step `micro` (gradients all-reduced on the last one under DDP)."""
+        x, y, reset = self.sampler.next(micro)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        last = micro == self.t.grad_accum - 1
+        sync = contextlib.nullcontext() if self.dist.world == 1 or last else self.step_fn.no_sync()
+        with sync:
+            with self.autocast():
+                objective, loss, new_state = self.step_fn(x, y, None if reset else self.states[micro])
+            (objective / self.t.grad_accum).backward()
+        if self.carry:
+            self.states[micro] = self.model.carry_state(new_state)  # detached (and trimmed where the model type needs)
+        return objective, loss
+
+    def _track_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> None:
+        """Remember (on the device) the first step whose loss or gradient norm is NaN/Inf."""
+        step = self.step + 1
+        here = torch.stack([loss.new_full((), step, dtype=torch.float64), loss.double(), grad_norm.double()])
+        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm)) & (self._bad[0] == 0)
+        self._bad = torch.where(bad, here, self._bad)
+        self._lrs[step] = lr
+
+    def check_finite(self) -> None:
+        """Raise TrainingDiverged naming the first non-finite step since the last check (a host sync)."""
+        bad_step, loss, grad_norm = self._bad.tolist()
+        if not bad_step:
+            self._lrs.clear()
+            return
+        bad_step = int(bad_step)
+        done = ckpt.list_checkpoints(self.root)
+        where = f"the last good checkpoint is {done[-1]}" if done else "no checkpoint had been written yet"
+        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
+        raise TrainingDiverged(
+            f"training diverged: {what} at step {bad_step} (lr {self._lrs.get(bad_step, math.nan):.3g}); stopped at "
+            f"step {self.step} without saving the model; {where} (lower train.lr and resume)"
+        )
+
+    # ------------------------------------------------------------------------------------------- the loop
+    def loop(self) -> None:
+        """Optimizer steps until `train.steps`; logs, evaluations, samples and checkpoints at their cadence."""
+        self.model.train()
+        while self.step < self.t.steps:
+            t0 = time.perf_counter()
+            loss, hoyer, grad_norm, lr = self.train_step()
+            self.step += 1
+            if self._sync_point():
+                self.check_finite()  # waits for the device: the step's time includes its work
+            dt = time.perf_counter() - t0
+            self.elapsed += dt
+            self.tokens_seen += self.tokens_per_step
+            self.window_tokens += self.tokens_per_step
+            self.window_time += dt
+            if self.bar is not None:
+                self.bar.update(1)
+            self.maybe_log(loss, hoyer, grad_norm, lr)
+            self.maybe_eval()
+            self.maybe_sample()
+            self.maybe_checkpoint()
+        self.check_finite()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _every(self, n: int, *, last: bool) -> bool:
+        return bool(n) and self.step % n == 0 or (last and self.step == self.t.steps)
+
+    def _sync_point(self) -> bool:
+        t = self.t
+        return (self._every(max(t.log_every, 1), last=True) or self._every(t.eval_every, last=bool(t.eval_every))
+                or self._every(t.sample_every, last=False) or self._every(t.checkpoint_every, last=True))
+
+    def maybe_log(self, loss: torch.Tensor, hoyer: torch.Tensor | None, grad_norm: torch.Tensor, lr: float) -> None:
+        """A train record (metrics files), the progress line or bar, every `log_every` steps and at the end."""
+        t = self.t
+        if not self._every(max(t.log_every, 1), last=True):
+            return
+        tps = self.window_tokens / max(self.window_time, 1e-9)
+        record = {"step": self.step, "split": "train", "loss": float(loss), "lr": lr, "grad_norm": float(grad_norm),
+                  "tokens": self.tokens_seen, "tok_per_s": tps, "elapsed_s": self.elapsed}
+        if hoyer is not None:
+            record["x_hoyer"] = float(self.dist.mean(hoyer / t.grad_accum))
+        self.log(record)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
+        elif t.log_every:
+            eta = (t.steps - self.step) * self.tokens_per_step / tps
+            self.say(f"step {self.step}/{t.steps} | loss {record['loss']:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s | "
+                     f"eta {_fmt_time(eta)}")
+        self.window_tokens, self.window_time = 0, 0.0
+
+    def evaluate(self, max_tokens: int) -> dict:
+        """Validation loss and bits/byte (`bdh.training.evaluate`), leaving the training RNG untouched."""
+        t, dist = self.t, self.dist
+        with torch.random.fork_rng(devices=[]):
+            return evaluate(self.model, self.val_tokens, self.byte_lengths, self.T, batch_size=t.eval_batch_size,
+                            max_tokens=max_tokens, carry=self.carry, form=t.form, rank=dist.rank, world=dist.world,
+                            autocast=self.autocast)
+
+    def maybe_eval(self) -> None:
+        """Every `eval_every` steps and at the end: a val record; the best model so far into checkpoints/best."""
+        if not self._every(self.t.eval_every, last=bool(self.t.eval_every)):
+            return
+        res = self.evaluate(self.t.eval_tokens)
+        self.log({"step": self.step, "split": "val", **res, "elapsed_s": self.elapsed})
+        self.note(f"step {self.step}: val loss {res['loss']:.4f} nats/token, {res['bpb']:.4f} bits/byte")
+        if res["loss"] < self.best:
+            self.best = res["loss"]
+            if self.dist.main:
+                ckpt.save_best(self.root, self.step, res, self.model, self.tokenizer)
+
+    def sample(self) -> None:
+        """A text sample from `train.sample_prompt` (process 0), printed and logged."""
+        t = self.t
+        if not self.dist.main or not t.sample_tokens:
+            return
+        text = self.model.generate(t.sample_prompt, t.sample_tokens, tokenizer=self.tokenizer,
+                                   temperature=t.sample_temperature, top_k=t.sample_top_k or None, seed=t.seed)
+        self.note(f"--- sample at step {self.step} ---\n{t.sample_prompt}{text}\n---")
+        self.log({"step": self.step, "sample": t.sample_prompt + text})
+
+    def maybe_sample(self) -> None:
+        if self._every(self.t.sample_every, last=False) and self.step != self.t.steps:
+            self.sample()
+
+    def maybe_checkpoint(self) -> None:
+        """Every `checkpoint_every` steps and at the end: a resumable checkpoint (all processes take part)."""
+        if not self._every(self.t.checkpoint_every, last=True):
+            return
+        t, dist = self.t, self.dist
+        rank_tensors = {f"sampler.{k}": v for k, v in self.sampler.state_dict()[1].items()}
+        rank_tensors.update(states_to_tensors(self.model, self.states))
+        meta = {"run_config": self.run_cfg.to_dict(), "scheduler": self.scheduler.state_dict(),
+                "sampler": self.sampler.state_dict()[0], "best_val": None if math.isinf(self.best) else self.best,
+                "elapsed_s": self.elapsed, "tokens": self.tokens_seen}
+        ckpt.save_checkpoint(self.root, self.step, model=self.model, tokenizer=self.tokenizer,
+                             optimizer=self.optimizer, rank_tensors=rank_tensors, trainer_meta=meta, rank=dist.rank,
+                             world=dist.world, barrier=dist.barrier, keep_last=t.keep_last)
+
+    # ------------------------------------------------------------------------------------------- the end
+    def finish(self) -> TrainResult:
+        """Full validation, a sample, the final model and summary.json in OUT."""
+        final = self.evaluate(self.t.final_eval_tokens)
+        self.say(f"final val loss {final['loss']:.4f} nats/token, {final['bpb']:.4f} bits/byte "
+                 f"({final['tokens']:,} tokens, {final['bytes']:,} bytes)")
+        self.log({"step": self.step, "split": "final", **final, "elapsed_s": self.elapsed})
+        self.sample()
+        cuda = self.device.type == "cuda"
+        summary = {"step": self.step, "val_loss": final["loss"], "val_bpb": final["bpb"],
+                   "val_tokens": final["tokens"], "val_bytes": final["bytes"], "train_time_s": self.elapsed,
+                   "tokens": self.tokens_seen, "tok_per_s": self.tokens_seen / max(self.elapsed, 1e-9),
+                   "best_periodic_val_loss": None if math.isinf(self.best) else self.best,
+                   "params": self.model.num_params(), "peak_rss_mib": _peak_rss_mib(),
+                   "peak_cuda_mib": torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else None}
+        if self.dist.main:
+            self.model.save_pretrained(self.out, tokenizer=self.tokenizer)
+            atomic_write_json(self.out / "summary.json", summary)
+            self.say(f"saved the model to {self.out} (bdh generate --model {self.out} --prompt ...)")
+        return TrainResult(self.model, self.tokenizer, summary)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        torch.set_num_threads(self._threads)
+        self.dist.close()
+
+    def run(self) -> TrainResult:
+        try:
+            self.setup()
+            self.loop()
+            return self.finish()
+        finally:
+            self.close()
+
+
 def train(
     run: RunConfig,
     out_dir: str | os.PathLike,
@@ -332,253 +704,7 @@ def train(
     `progress`: a tqdm bar (None: only on a terminal; otherwise a text line every `log_every` steps).
     Raises ValueError for bad data or configs, TrainingDiverged on a NaN/Inf loss, OSError when a write fails.
     """
-    t, T = run.train, run.data.block_size
-    out = Path(out_dir)
-    dist = Dist.from_env(t.device)
-    echo = echo or (lambda s: print(s, file=sys.stderr, flush=True))
-    say = echo if dist.main else (lambda s: None)
-    metrics, threads = None, torch.get_num_threads()
-    try:
-        device = pick_device(t.device, dist)
-        if t.threads:
-            torch.set_num_threads(t.threads)  # restored on return
-        if t.precision == "bf16" and device.type != "cuda":
-            raise ValueError("train.precision = 'bf16': bf16 autocast is CUDA-only; use auto or fp32 on CPU")
-        autocast = (
-            (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-            if device.type == "cuda" and t.precision in ("auto", "bf16")
-            else contextlib.nullcontext
-        )
-        if t.init_from and resume is None:  # checked before anything is written (the vocabulary again below)
-            saved_cfg = _init_from_config(t.init_from)
-            _init_from_config(t.init_from, run.model_config(saved_cfg.vocab_size))
-        root = out / "checkpoints"
-        resume_path = None
-        if resume is not None:
-            resume_path = ckpt.find_checkpoint(out if str(resume) == "latest" else resume)
-        elif ckpt.list_checkpoints(root):
-            raise ValueError(
-                f"--out {str(out)!r} already holds checkpoints of a run: pass --resume to continue it, or choose "
-                "another --out"
-            )
-        out.mkdir(parents=True, exist_ok=True)
-
-        # data and tokenizer (from the checkpoint when resuming)
-        tokenizer = None
-        if resume_path is not None:
-            from ..tokenization import load_tokenizer
-
-            tokenizer = load_tokenizer(resume_path)
-        tokenizer, train_tokens, val_tokens = prepare_data(run, out, dist, tokenizer)
-        if dist.main:
-            tokenizer.save(out)
-        byte_lengths = token_byte_lengths(tokenizer)
-
-        # model, optimizer, schedule, sampler
-        random.seed(t.seed)
-        np.random.seed(t.seed)
-        torch.manual_seed(t.seed)
-        model_cfg = run.model_config(tokenizer.vocab_size)
-        model = build_model(model_cfg).to(device)  # BDH, or the GPT baseline (model.model_type = "gpt")
-        torch.manual_seed(t.seed + dist.rank)  # dropout differs between processes
-        optimizer = make_optimizer(model, t)
-        scheduler = make_scheduler(optimizer, t)
-        sampler = make_sampler(train_tokens, run.data, t, dist.rank, dist.world)
-        carry = run.data.batching == "tbptt"
-        states: list[BDHState | None] = [None] * t.grad_accum
-        step, best, elapsed, tokens_seen = 0, math.inf, 0.0, 0
-
-        if t.init_from and resume_path is None:  # fine-tuning: start from a saved model's weights
-            from ..models import load_model
-
-            _init_from_config(t.init_from, model_cfg)
-            model.load_state_dict(load_model(t.init_from).state_dict(), strict=True)
-            say(f"initialised the weights from {t.init_from}")
-        if resume_path is not None:
-            saved = ckpt.read_checkpoint(resume_path, dist.rank)
-            meta = saved["meta"]
-            _check_resume(run, meta, model_cfg, resume_path)
-            if meta["world_size"] != dist.world:
-                raise CheckpointError(
-                    f"--resume {resume_path}: written by {meta['world_size']} process(es), now {dist.world}; "
-                    "resume with the same number of processes"
-                )
-            model.load_state_dict(saved["model_tensors"], strict=True)
-            ckpt.load_optimizer_state(optimizer, meta["optimizer"], saved["optimizer_tensors"])
-            scheduler.load_state_dict(meta["scheduler"])
-            rt = saved["rank_tensors"]
-            sampler.load_state_dict(meta["sampler"], {k[8:]: v for k, v in rt.items() if k.startswith("sampler.")})
-            ckpt.set_rng_state(saved["rank_meta"], rt)
-            states = _states_from_tensors(rt, t.grad_accum, model_cfg.n_layer, device)
-            step, elapsed, tokens_seen = meta["step"], meta["elapsed_s"], meta["tokens"]
-            best = math.inf if meta["best_val"] is None else meta["best_val"]
-            changed = sorted(k for k, v in run.to_dict()["train"].items() if meta["run_config"]["train"].get(k) != v)
-            say(f"resumed from {resume_path} at step {step}" + (f" (train settings changed: {', '.join(changed)})"
-                                                                 if changed else ""))
-
-        loss_module = LossModule(model, t.form, t.no_bptt, carry, t.activity_penalty)
-        step_fn = torch.compile(loss_module) if t.compile else loss_module
-        if dist.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            step_fn = DDP(step_fn, device_ids=[device.index] if device.type == "cuda" else None,
-                          forward_sync_buffers=False)
-
-        if dist.main:
-            info = {"config": run.to_dict(), "model": model_cfg.to_dict(), "params": model.num_params(),
-                    "world_size": dist.world, "device": str(device), "bdh": __version__, "torch": torch.__version__}
-            with atomic_path(out / "run.json") as tmp, open(tmp, "w", encoding="utf-8") as f:
-                json.dump(info, f, indent=2)
-            with atomic_path(out / "run.toml") as tmp, open(tmp, "w", encoding="utf-8") as f:
-                f.write(run.to_toml())
-            metrics = Metrics(out, step if resume_path is not None else None)
-        tokens_per_step = t.batch_size * t.grad_accum * T
-        say(f"{type(model).__name__} {model.extra_repr()} | {run.data.corpus}: {len(train_tokens):,} train / {len(val_tokens):,} val "
-            f"tokens ({tokenizer.name}) | {t.steps} steps x {tokens_per_step:,} tokens | {device}"
-            + (f" x {dist.world} processes" if dist.world > 1 else ""))
-
-        if carry and getattr(model_cfg, "damping", 0) is None:
-            say("note: data.batching = 'tbptt' with model.damping = none: the carried state sums every past token of a "
-                "stream (tens of thousands); long contexts need damping (--set model.damping=alibi)")
-
-        def log(record: dict) -> None:
-            if metrics is not None:
-                metrics.write(record)
-
-        def run_eval(max_tokens: int) -> dict:
-            with torch.random.fork_rng(devices=[]):
-                return evaluate(model, val_tokens, byte_lengths, T, batch_size=t.eval_batch_size,
-                                max_tokens=max_tokens, carry=carry, form=t.form, rank=dist.rank,
-                                world=dist.world, autocast=autocast)
-
-        def sample(at: int) -> None:
-            if not dist.main or not t.sample_tokens:
-                return
-            text = model.generate(t.sample_prompt, t.sample_tokens, tokenizer=tokenizer,
-                                  temperature=t.sample_temperature, top_k=t.sample_top_k or None, seed=t.seed)
-            note(f"--- sample at step {at} ---\n{t.sample_prompt}{text}\n---")
-            log({"step": at, "sample": t.sample_prompt + text})
-
-        use_bar = sys.stderr.isatty() if progress is None else progress
-        bar = None
-        if dist.main and use_bar:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
-
-        def note(msg: str) -> None:  # a message that does not break the progress bar
-            if bar is not None:
-                bar.write(msg, file=sys.stderr)
-            else:
-                say(msg)
-
-        model.train()
-        window_tokens, window_time = 0, 0.0
-        while step < t.steps:
-            t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            hoyer_sum = torch.zeros((), device=device)  # the activity penalty's measure (train.activity_penalty)
-            for micro in range(t.grad_accum):
-                x, y, reset = sampler.next(micro)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                last = micro == t.grad_accum - 1
-                sync = contextlib.nullcontext() if dist.world == 1 or last else step_fn.no_sync()
-                with sync:
-                    with autocast():
-                        objective, loss, new_state = step_fn(x, y, None if reset else states[micro])
-                    (objective / t.grad_accum).backward()
-                if carry:
-                    states[micro] = model.carry_state(new_state)  # detached (GPT: the last kv_window slots)
-                loss_sum += loss.detach().float()
-                if t.activity_penalty:
-                    hoyer_sum += (objective - loss).detach().float() / t.activity_penalty
-            sampler.end_step()
-            loss_value = float(dist.mean(loss_sum / t.grad_accum))
-            lr = optimizer.param_groups[0]["lr"]
-            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf))
-            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-                done = ckpt.list_checkpoints(root)
-                where = f"the last good checkpoint is {done[-1]}" if done else "no checkpoint had been written yet"
-                what = f"loss {loss_value}" if not math.isfinite(loss_value) else f"gradient norm {grad_norm}"
-                raise TrainingDiverged(
-                    f"training diverged: {what} at step {step + 1} (lr {lr:.3g}); stopped before applying the update; "
-                    f"{where} (lower train.lr and resume)"
-                )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            dt = time.perf_counter() - t0
-            elapsed += dt
-            tokens_seen += tokens_per_step
-            window_tokens += tokens_per_step
-            window_time += dt
-
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_step / dt:,.0f}", refresh=False)
-            if step % max(t.log_every, 1) == 0 or step == t.steps:
-                tps = window_tokens / max(window_time, 1e-9)
-                record = {"step": step, "split": "train", "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                          "tokens": tokens_seen, "tok_per_s": tps, "elapsed_s": elapsed}
-                if t.activity_penalty:
-                    record["x_hoyer"] = float(dist.mean(hoyer_sum / t.grad_accum))
-                log(record)
-                if bar is None and t.log_every:
-                    eta = (t.steps - step) * tokens_per_step / tps
-                    say(f"step {step}/{t.steps} | loss {loss_value:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s | "
-                        f"eta {_fmt_time(eta)}")
-                window_tokens, window_time = 0, 0.0
-
-            if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
-                res = run_eval(t.eval_tokens)
-                log({"step": step, "split": "val", **res, "elapsed_s": elapsed})
-                msg = f"step {step}: val loss {res['loss']:.4f} nats/token, {res['bpb']:.4f} bits/byte"
-                note(msg)
-                if res["loss"] < best:
-                    best = res["loss"]
-                    if dist.main:
-                        ckpt.save_best(root, step, res, model, tokenizer)
-            if t.sample_every and step % t.sample_every == 0 and step != t.steps:
-                sample(step)
-            if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps:
-                rank_tensors = {f"sampler.{k}": v for k, v in sampler.state_dict()[1].items()}
-                rank_tensors.update(_states_to_tensors(states))
-                ckpt.save_checkpoint(
-                    root, step, model=model, tokenizer=tokenizer, optimizer=optimizer, rank_tensors=rank_tensors,
-                    trainer_meta={"run_config": run.to_dict(), "scheduler": scheduler.state_dict(),
-                                  "sampler": sampler.state_dict()[0],
-                                  "best_val": None if math.isinf(best) else best, "elapsed_s": elapsed,
-                                  "tokens": tokens_seen},
-                    rank=dist.rank, world=dist.world, barrier=dist.barrier, keep_last=t.keep_last,
-                )
-        if bar is not None:
-            bar.close()
-            bar = None
-
-        # the end: full validation, a sample, the final model in OUT
-        final = run_eval(t.final_eval_tokens)
-        say(f"final val loss {final['loss']:.4f} nats/token, {final['bpb']:.4f} bits/byte "
-            f"({final['tokens']:,} tokens, {final['bytes']:,} bytes)")
-        log({"step": step, "split": "final", **final, "elapsed_s": elapsed})
-        sample(step)
-        summary = {"step": step, "val_loss": final["loss"], "val_bpb": final["bpb"], "val_tokens": final["tokens"],
-                   "val_bytes": final["bytes"], "train_time_s": elapsed, "tokens": tokens_seen,
-                   "tok_per_s": tokens_seen / max(elapsed, 1e-9),
-                   "best_periodic_val_loss": None if math.isinf(best) else best,
-                   "params": model.num_params(), "peak_rss_mib": _peak_rss_mib(),
-                   "peak_cuda_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
-        if dist.main:
-            model.save_pretrained(out, tokenizer=tokenizer)
-            with atomic_path(out / "summary.json") as tmp, open(tmp, "w", encoding="utf-8") as f:
-                json.dump(summary, f, indent=2)
-            say(f"saved the model to {out} (bdh generate --model {out} --prompt ...)")
-        return TrainResult(model, tokenizer, summary)
-    finally:
-        if metrics is not None:
-            metrics.close()
-        torch.set_num_threads(threads)
-        dist.close()
+    return Trainer(run, out_dir, resume=resume, progress=progress, echo=echo).run()
 
 
 # ----------------------------------------------------------------------------------------------- launching

@@ -1,0 +1,70 @@
+"""`PretrainedMixin`: what every model type shares: input checks, the loss, `generate` / `stream`,
+`save_pretrained` / `from_pretrained` (see `bdh.interface` for the interface it serves)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError, load_pretrained, save_pretrained
+from .generation import generate, stream
+
+
+class PretrainedMixin:
+    """Shared by BDH and the GPT baseline: input checks, the loss, `generate`, `stream`, `save_pretrained`,
+    `from_pretrained`."""
+
+    def _check_ids(self, idx: torch.Tensor, what: str, dims: int, values: bool = True) -> torch.Tensor:
+        """Validate token ids at the public boundary; returns them as int64 (int8/int16/uint8/int32 converted).
+
+        `values=False` skips the range check, the one device->host sync (for ids the caller produced itself).
+        """
+        if not isinstance(idx, torch.Tensor):
+            raise TypeError(f"{what}: expected a torch.Tensor of token ids, got {type(idx).__name__}")
+        if idx.dim() != dims:
+            shape = "(B, T)" if dims == 2 else "(B,)"
+            raise ValueError(f"{what}: expected shape {shape}, got {tuple(idx.shape)}")
+        if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+            raise ValueError(f"{what}: expected integer token ids, got dtype {idx.dtype}")
+        if idx.numel() == 0:
+            raise ValueError(f"{what}: empty input (shape {tuple(idx.shape)}); expected at least one token")
+        if values:
+            lo, hi = (int(t) for t in torch.stack(torch.aminmax(idx)).tolist())  # one sync
+            V = self.config.vocab_size
+            if lo < 0 or hi >= V:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"{what}: token id {bad} is outside the vocabulary [0, {V})")
+        return idx if idx.dtype == torch.int64 else idx.long()
+
+    @staticmethod
+    def _loss(logits: torch.Tensor, idx: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
+        """Mean cross-entropy of logits (B, T, V) against targets (B, T), or None without targets."""
+        if targets is None:
+            return None
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets has shape {tuple(targets.shape)}, expected {tuple(idx.shape)} like idx")
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+
+    def generate(self, *args, **kwargs):
+        """See `bdh.generation.generate`."""
+        return generate(self, *args, **kwargs)
+
+    def stream(self, *args, **kwargs):
+        """See `bdh.generation.stream`."""
+        return stream(self, *args, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None) -> None:
+        """Write `config.json` (with its model_type) and `model.safetensors` (HF layout), atomically per file."""
+        save_pretrained(self, directory, tokenizer=tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, device="cpu", dtype: torch.dtype | None = None):
+        """Load a model written by `save_pretrained`, in eval mode, with its tokenizer as `model.tokenizer`."""
+        model = load_pretrained(directory, device=device, dtype=dtype)
+        if not isinstance(model, cls):
+            raise CheckpointError(f"{directory}: holds a model of model_type {type(model.config).MODEL_TYPE!r}, not "
+                                  f"{cls.__name__} (use bdh.load_model)")
+        return model
