@@ -1,5 +1,7 @@
 """Generation: recurrent decode equals full recompute, sampling controls, batches, stop strings, bad bytes."""
 
+import copy
+
 import pytest
 import torch
 
@@ -45,10 +47,9 @@ def test_batch_of_prompts_equals_one_by_one(trained_tiny):
 
 
 def test_generation_restores_training_mode(trained_tiny):
-    trained_tiny.train()
-    generate(trained_tiny, "a", 3, temperature=0)
-    assert trained_tiny.training
-    trained_tiny.eval()
+    m = copy.deepcopy(trained_tiny).train()  # never mutate the shared fixture
+    generate(m, "a", 3, temperature=0)
+    assert m.training
 
 
 def test_stop_strings(trained_tiny):

@@ -1,5 +1,7 @@
 """Sparse decode (bdh.sparse) gives the dense recurrent path's logits and states."""
 
+import copy
+
 import pytest
 import torch
 
@@ -78,8 +80,9 @@ def test_both_y_variants(trained_damped, monkeypatch, y_max):
 
 def test_fold_often(trained_damped, monkeypatch):
     """Folding the lazy scale into the state (normally every ~90 tokens) at every step keeps the results."""
-    monkeypatch.setattr(trained_damped, "_fold_every", 1)  # fold after every decay
-    assert not _compare(trained_damped, 2, steps=20)
+    m = copy.deepcopy(trained_damped)  # never mutate the shared fixture
+    m._fold_every = 1  # fold after every decay
+    assert not _compare(m, 2, steps=20)
 
 
 def test_sparse_float64_exact():
@@ -295,9 +298,9 @@ def test_sparse_equals_dense_on_a_model_trained_sparse(tmp_path, monkeypatch):
 def test_dense_inplace_decode_with_damping_uses_the_lazy_scale(trained_damped, monkeypatch, floor):
     """step(inplace=True, sparse=False) with damping decays the lazy scale, not rho: same logits and states as
     the functional step (floor 2.0: the scale is folded into rho at every step)."""
+    m = copy.deepcopy(trained_damped)  # never mutate the shared fixture
     if floor is not None:
-        monkeypatch.setattr(trained_damped, "_fold_every", 1)
-    m = trained_damped
+        m._fold_every = 1
     g = torch.Generator().manual_seed(4)
     with torch.no_grad():
         s_fun = _prefill_ragged(m, 3, g)

@@ -73,12 +73,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     corpus = args.data or data.get("corpus", "shakespeare")
     block = args.block_size or data.get("block_size", 256)
     carry = args.carry if args.carry is not None else data.get("batching") == "tbptt"
+    train = settings.get("train", {})  # defaults that reproduce the run's own final evaluation
+    batch_size = args.batch_size if args.batch_size is not None else train.get("eval_batch_size", 32)
+    max_tokens = args.tokens if args.tokens is not None else train.get("final_eval_tokens", 0)
+    form = train.get("form", "auto")
     val = resolve_corpus(corpus, jsonl_field=data.get("jsonl_field", "text"),
                          encoding_errors=data.get("encoding_errors", "strict"),
                          val_fraction=data.get("val_fraction", 0.1)).val
     tokens = np.asarray(tokenizer.encode(val), dtype=np.int64)
-    res = evaluate(model, tokens, token_byte_lengths(tokenizer), block, batch_size=args.batch_size,
-                   max_tokens=args.tokens, carry=carry)
+    res = evaluate(model, tokens, token_byte_lengths(tokenizer), block, batch_size=batch_size,
+                   max_tokens=max_tokens, carry=carry, form=form)
     if args.json:
         print(json.dumps({"model": str(model_dir), "corpus": corpus, "block_size": block, "carry": carry, **res}))
     else:
@@ -109,8 +113,10 @@ def register(sub) -> None:
     e.add_argument("--model", required=True, help="model directory (bdh train --out)")
     e.add_argument("--data", default=None, help="corpus spec (default: the one the model was trained on)")
     e.add_argument("--block-size", type=int, default=None, help="tokens per chunk (default: the training block size)")
-    e.add_argument("--batch-size", type=int, default=32, help="validation streams evaluated together")
-    e.add_argument("--tokens", type=int, default=0, help="evaluate at most this many tokens (0 = all)")
+    e.add_argument("--batch-size", type=int, default=None,
+                   help="validation streams evaluated together (default: the run's train.eval_batch_size, else 32)")
+    e.add_argument("--tokens", type=int, default=None,
+                   help="evaluate at most this many tokens, 0 = all (default: the run's train.final_eval_tokens, else 0)")
     e.add_argument("--carry", action=argparse.BooleanOptionalAction, default=None,
                    help="carry the attention state along each stream (default: if trained with TBPTT)")
     add_run_options(e, threads_help="torch CPU threads, a positive integer (default: the training run's train.threads)")
