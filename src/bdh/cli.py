@@ -56,6 +56,20 @@ def resolve_device(spec: str):
     return dev
 
 
+SEED_MAX = 2**63 - 1  # torch.manual_seed and numpy take seeds in [0, 2^63)
+
+
+def seed_value(text: str) -> int:
+    """argparse `type=` for --seed: an integer in [0, 2^63 - 1] (argparse turns the ValueError into one line)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer in [0, {SEED_MAX}]") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{text}: expected an integer in [0, {SEED_MAX}]")
+    return v
+
+
 def apply_run_options(args: argparse.Namespace):
     """Validate `--threads` (set torch's CPU threads) and `--device`; the torch.device (None without --device).
 
@@ -149,7 +163,7 @@ def register(sub) -> None:
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--top-k", type=int, default=None)
     g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--seed", type=seed_value, default=None)
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     g.add_argument("--sparse", choices=("auto", "on", "off"), default="auto",
                    help="BDH decode path: auto (sparse where it pays, per layer and token), on (sparse), off (dense)")
