@@ -71,3 +71,24 @@ def test_analyze_argument_errors(tmp_path):
     args = p.parse_args(["analyze", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
     with pytest.raises(OSError):
         args.func(args)
+
+
+def test_read_sentences_names_the_file_and_the_problem(tmp_path):
+    """Issue 13, item 10: a missing, empty, blank, binary, non-UTF-8 file or a directory: one line with the label,
+    the path and what is wrong (before: "does not exist" for a directory, a bare UnicodeDecodeError, NULs accepted)."""
+    from bdh.analysis.concepts import read_sentences
+
+    (tmp_path / "ok.txt").write_text(" one.\n\n two. \n")
+    assert read_sentences(tmp_path / "ok.txt") == ["one.", "two."]
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "blank.txt").write_text("\n \n")
+    (tmp_path / "nul.bin").write_bytes(b"ab\x00cd\n")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    for name, exc, what in (("missing.txt", FileNotFoundError, "no such file"), ("empty.txt", ValueError, "is empty"),
+                            ("blank.txt", ValueError, "only blank lines"), ("nul.bin", ValueError, "binary file"),
+                            ("latin1.txt", ValueError, "not UTF-8 text (byte 0xe9 at offset 3)"),
+                            (".", IsADirectoryError, "is a directory")):
+        with pytest.raises(exc) as e:
+            read_sentences(tmp_path / name, label="--concept")
+        msg = str(e.value)
+        assert msg.startswith(f"--concept '{tmp_path / name}'") and what in msg and "\n" not in msg, msg

@@ -209,3 +209,100 @@ def test_saved_files_have_ordinary_permissions_and_are_deterministic(tmp_path, t
     for name in ("config.json", "model.safetensors"):
         assert (tmp_path / "a" / name).stat().st_mode & 0o777 == 0o666 & ~umask
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+# ----------------------------------------------------------------------------- corrupt weights (issue 13, item 2)
+def retag_tensor(path, name: str, dtype: str) -> None:
+    """Edit the JSON header of a safetensors file in place: tensor `name` is tagged `dtype` (e.g. "I32"), the
+    bytes untouched (what a corrupted or hand-edited file looks like)."""
+    import struct
+
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    header[name]["dtype"] = dtype
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
+
+
+def save_with_nan(model, directory, name: str = "decoder") -> None:
+    """Save a copy of `model` with one NaN in the parameter `name`."""
+    import copy
+
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        dict(bad.named_parameters())[name].view(-1)[7] = float("nan")
+    bad.save_pretrained(directory)
+
+
+@pytest.mark.parametrize("name,dtype", [("lm_head", "I32"), ("decoder", "I32"), ("freqs", "I64")])
+def test_weights_tagged_with_an_integer_dtype_are_refused(saved, name, dtype):
+    """Same byte size, another dtype tag: before the fix `lm_head` loaded as int32 bit patterns (~1e9)."""
+    d, _ = saved
+    retag_tensor(d / "model.safetensors", name, dtype)
+    with pytest.raises(CheckpointError, match=rf"tensor '{name}' has dtype torch.int(32|64), expected a floating"):
+        BDH.from_pretrained(d)
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, trained_tiny):
+    save_with_nan(trained_tiny, tmp_path / "nan", "encoder_v")
+    with pytest.raises(CheckpointError, match=r"tensor 'encoder_v' holds 1 non-finite value"):
+        BDH.from_pretrained(tmp_path / "nan")
+    m = BDH(tiny_config())
+    with torch.no_grad():
+        m.lm_head[0, 0] = float("inf")
+    m.save_pretrained(tmp_path / "inf")
+    from bdh import load_model
+
+    with pytest.raises(CheckpointError, match=r"'lm_head' holds 1 non-finite"):
+        load_model(tmp_path / "inf")
+
+
+def test_model_from_tensors_checks_dtypes_and_values():
+    from bdh.checkpoint import model_from_tensors
+
+    m = BDH(tiny_config())
+    good = m.state_dict()
+    for name, t, msg in [("decoder", good["decoder"].to(torch.int32), "expected a floating-point"),
+                         ("freqs", good["freqs"].to(torch.int64), "expected a floating-point"),
+                         ("embed.weight", good["embed.weight"].bool(), "expected a floating-point"),
+                         ("encoder", torch.full_like(good["encoder"], float("nan")), "non-finite"),
+                         ("lm_head", [[0.0]], "is a list, expected a torch.Tensor")]:
+        with pytest.raises(CheckpointError, match=rf"'{name}'.*{msg}"):
+            model_from_tensors({**good, name: t}, m.config, "test")
+    # floating point of another precision is fine (a model saved in bf16; reference fp32 RoPE frequencies)
+    other = {k: v.to(torch.bfloat16) if k != "freqs" else v.float() for k, v in good.items()}
+    model_from_tensors(other, m.config, "test")
+
+
+# ----------------------------------------------------------------------------- state arguments (issue 13, item 10)
+def test_state_cat_select_load_name_bad_arguments(trained_tiny, tmp_path):
+    s = trained_tiny.init_state(2)
+    for bad, err, msg in [([s, "x"], TypeError, r"states\[1\] is a str, expected a BDHState"),
+                          ("x", TypeError, "expected a list of BDHState, got str"),
+                          (s, TypeError, "expected a list of BDHState, got BDHState"),
+                          ([], ValueError, "at least one state")]:
+        with pytest.raises(err, match=msg):
+            BDHState.cat(bad)
+    for rows, err, msg in [([5], ValueError, r"row 5 is outside the batch \[0, 2\)"),
+                           ([-1], ValueError, "row -1 is outside"),
+                           ([1.5], TypeError, r"integer row indices, got 1.5"),
+                           ("ab", TypeError, "got str"),
+                           (torch.tensor([0.0]), TypeError, "dtype torch.float32"),
+                           (None, TypeError, "got NoneType")]:
+        with pytest.raises(err, match=msg):
+            s.select(rows)
+    assert s.select(torch.tensor([1, 0])).batch_size == 2 and s.select([1]).batch_size == 1
+    with pytest.raises(TypeError, match="BDHState.load.*got int"):
+        BDHState.load(3)
+
+
+def test_from_pretrained_names_a_wrong_directory_type():
+    from bdh import load_model
+
+    for bad in (5, None, ["m"]):
+        with pytest.raises(TypeError, match=f"model directory: expected a path.*got {type(bad).__name__}"):
+            load_model(bad)
+        with pytest.raises(TypeError, match="model directory: expected a path"):
+            BDH.from_pretrained(bad)

@@ -105,3 +105,48 @@ def test_resolve_device_and_threads():
             apply_run_options(p.parse_args(["--threads", "0"]))
     finally:
         torch.set_num_threads(n)
+
+
+def test_argparse_range_types():
+    """The shared `type=` helpers: one message naming the value and the expected range (argparse adds the flag)."""
+    import argparse
+
+    from bdh.cli import SEED_MAX, fraction, int_at_least, nonneg_float, nonneg_int, positive_float, positive_int
+
+    assert positive_int("3") == 3 and nonneg_int("0") == 0 and int_at_least(2, 5)("5") == 5
+    assert fraction("0") == 0.0 and fraction("1") == 1.0 and nonneg_float("0") == 0.0 and positive_float("1e-3") == 1e-3
+    for parse, text, msg in ((positive_int, "0", "0: expected an integer >= 1"),
+                             (nonneg_int, "-1", "-1: expected an integer >= 0"),
+                             (positive_int, "x", "'x': expected an integer >= 1"),
+                             (int_at_least(0, SEED_MAX - 1), str(SEED_MAX), f"expected an integer in [0, {SEED_MAX - 1}]"),
+                             (fraction, "1.5", "1.5: expected a number in [0, 1]"), (fraction, "nan", "nan"),
+                             (nonneg_float, "-0.1", "-0.1: expected a finite number >= 0"), (nonneg_float, "inf", "inf"),
+                             (positive_float, "0", "0: expected a finite number > 0")):
+        with pytest.raises(argparse.ArgumentTypeError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+            parse(text)
+    p = argparse.ArgumentParser()
+    p.add_argument("--n", type=positive_int)
+    assert p.parse_args(["--n", "2"]).n == 2
+
+
+def test_readme_test_command_sets_itself_up_and_ci_runs_exactly_it():
+    """Issue 13, item 11: after `pip install -e .` alone, the README's test command must work: it installs the
+    `test` extra itself, in every place the README gives it, and `.ci/run` runs that very line."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    line = 'pip install -e ".[test]" && python -m pytest'
+    commands = []
+    in_bash = False
+    for raw in (root / "README.md").read_text(encoding="utf-8").splitlines():
+        if raw.startswith("```"):
+            in_bash = raw.strip() == "```bash"
+            continue
+        cmd = raw.split("#", 1)[0].strip()
+        if in_bash and "pytest" in cmd and "-m slow" not in cmd:
+            commands.append(cmd)
+    assert len(commands) >= 2 and all(c == line for c in commands), commands  # Quick start and Development
+    ci = [ln.strip() for ln in (root / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
+    assert line in ci
+    assert [ln for ln in ci if "pytest" in ln and not ln.startswith("#")] == [line]
+    assert not any("[test]" in ln for ln in ci if ln != line and not ln.startswith("#"))  # no set-up of its own

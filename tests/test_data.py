@@ -511,3 +511,15 @@ def test_translation_validation_stream_does_not_depend_on_the_seed(tmp_path, mon
     monkeypatch.setattr(translation.resolve_translation_corpus, "__kwdefaults__",
                         {**translation.resolve_translation_corpus.__kwdefaults__, "locale_dir": str(root)})
     assert resolve_corpus("gettext:fr", seed=123).val == ga.val
+
+
+def test_cached_source_hash_reads_the_manifest(tmp_path):
+    """What a resumed training run compares its corpus against (issue 13, item 8)."""
+    from bdh.data.cache import cached_source_hash, source_hash
+    from bdh.tokenization import ByteTokenizer
+
+    assert cached_source_hash(tmp_path, "train", "bytes") is None
+    build_token_cache("some text", ByteTokenizer(), tmp_path, "train")
+    assert cached_source_hash(tmp_path, "train", "bytes") == source_hash("some text") != source_hash("other text")
+    (tmp_path / "train.bytes.json").write_text("{")
+    assert cached_source_hash(tmp_path, "train", "bytes") is None

@@ -137,7 +137,7 @@ def test_decode_loop_checks_prompt_ids_once_and_steps_without_id_checks(trained_
     assert len(calls) == 5 and not any(calls)  # every decode step skips the range check (no host sync)
     monkeypatch.setattr(BDH, "step", real_step)
     assert got == [generate(trained_tiny, p, 6, temperature=0) for p in (list(b"ab"), list(b"cde"))]
-    with pytest.raises(ValueError, match="256"):  # a bad prompt id is still caught, by prefill
+    with pytest.raises(ValueError, match="256"):  # a bad prompt id is still caught, when stream is called
         generate(trained_tiny, [1, 256], 3)
 
 
@@ -162,3 +162,146 @@ def test_row_text_uses_the_tokenizer_stream_decoder():
 
     row = _RowText(Bare(), stop=[])
     assert "".join(row.add(t) for t in "€\xff".encode() + b"\xff") + row.flush() == "€ÿ\ufffd"
+
+
+# ----------------------------------------------------------------------------- issue 13
+class _Spelled:
+    """A model stand-in that spells out a fixed text, one byte per step (for exact stop-string tests)."""
+
+    def __init__(self, text: str):
+        import types
+
+        self.text = list(text.encode())
+        self.config = types.SimpleNamespace(vocab_size=256)
+        self.device, self.training = torch.device("cpu"), False
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def _logits(self, n):
+        out = torch.full((1, 256), -1e4)
+        out[0, self.text[min(n, len(self.text) - 1)]] = 0.0
+        return out
+
+    def prefill(self, idx, state=None, form="auto"):
+        n = 0 if state is None else state
+        return self._logits(n).unsqueeze(1).expand(1, idx.shape[1], 256), n  # the state: tokens emitted so far
+
+    def step(self, ids, state, **kw):
+        return self._logits(state + 1), state + 1
+
+
+@pytest.mark.parametrize("stops", [["s", "his"], ["his", "s"], ["is", "this is", "s"], ["x", "hi", "h"]])
+def test_the_earliest_stop_string_ends_the_text_whatever_their_order(stops):
+    """`--stop s --stop his` printed "thi" (the later "s" matched first); the earliest match wins in any order."""
+    text = "this is it"
+    model = _Spelled(text)
+    # the reference: generation ends at the first token that completes a stop string; the text ends where the
+    # earliest of the stop strings then present begins
+    k = next(k for k in range(1, len(text) + 1) if any(s in text[:k] for s in stops))
+    want = text[: min(text[:k].find(s) for s in stops if s in text[:k])]
+    for order in (stops, stops[::-1]):
+        assert generate(model, "a", 10, temperature=0, stop=order) == want
+        pieces = list(stream(model, "a", 10, temperature=0, stop=order))
+        assert "".join(pieces) == want
+
+
+def test_a_stop_string_spanning_streamed_pieces_is_never_printed():
+    model = _Spelled("abcabd")
+    pieces = list(stream(model, "a", 6, temperature=0, stop=["cabd", "bd"]))  # "cabd" starts first (index 2)
+    assert "".join(pieces) == "ab" and all("c" not in p for p in pieces)
+
+
+def test_prefill_runs_in_bounded_pieces_with_the_same_output(trained_tiny, monkeypatch):
+    """A long prompt is prefilled `prefill_piece` tokens at a time (state carried): same tokens, bounded memory."""
+    import bdh.generation as G
+    from conftest import english_bytes
+
+    prompt = english_bytes(300).tolist()
+    with torch.no_grad():  # one-shot prefill, then greedy steps: the reference
+        logits, state = trained_tiny.prefill(torch.tensor([prompt]))
+        ref, last = [], logits[:, -1]
+        for _ in range(12):
+            t = last.argmax(-1)
+            ref.append(int(t))
+            last, state = trained_tiny.step(t, state)
+    sizes = []
+    real = BDH.prefill
+
+    def spy(self, idx, state=None, **kw):
+        sizes.append(idx.shape[1])
+        return real(self, idx, state, **kw)
+
+    monkeypatch.setattr(BDH, "prefill", spy)
+    monkeypatch.setattr(G, "PREFILL_PIECE", 40)  # rounded down to whole chunks (chunk_size 16): 32 tokens
+    assert G.prefill_piece(trained_tiny) == 32
+    assert generate(trained_tiny, prompt, 12, temperature=0) == ref
+    assert sizes == [32] * 9 + [12]
+    sizes.clear()
+    assert generate(trained_tiny, [prompt, prompt[:50]], 12, temperature=0)[0] == ref  # ragged batch: one by one
+    assert sizes == [32] * 9 + [12] + [32, 18]
+
+
+def _nan_model(trained_tiny):
+    m = copy.deepcopy(trained_tiny)
+    with torch.no_grad():
+        m.lm_head[0, 0] = float("nan")
+    return m
+
+
+@pytest.mark.parametrize("temperature", [0, 0.8])
+def test_non_finite_logits_end_generation_with_a_clear_error(trained_tiny, temperature):
+    """Before: a torch RuntimeError from multinomial, or (greedy) NUL bytes printed as if generated."""
+    m = _nan_model(trained_tiny)
+    with pytest.raises(ValueError, match="non-finite logits"):
+        generate(m, "The ", 5, temperature=temperature)
+    with pytest.raises(ValueError, match="non-finite logits"):
+        list(stream(m, ["a", "bc"], 5, temperature=temperature))
+
+
+def test_evaluation_refuses_a_non_finite_loss(trained_tiny):
+    import numpy as np
+
+    from bdh.training.evaluation import evaluate, token_byte_lengths
+    from bdh.tokenization import ByteTokenizer
+
+    tokens = np.frombuffer(b"some validation text, long enough for two windows.", dtype=np.uint8).astype(np.int64)
+    lengths = token_byte_lengths(ByteTokenizer())
+    assert np.isfinite(evaluate(trained_tiny, tokens, lengths, 16, batch_size=2)["loss"])
+    with pytest.raises(ValueError, match="validation loss is nan"):
+        evaluate(_nan_model(trained_tiny), tokens, lengths, 16, batch_size=2)
+
+
+@pytest.mark.parametrize(
+    "prompts,kw,err,msg",
+    [
+        (123, {}, TypeError, "prompts: expected a string.*got int"),
+        (None, {}, TypeError, "got NoneType"),
+        (["a", 3], {}, TypeError, "a list mixing int, str"),
+        ([[1], ["a"]], {}, TypeError, r"prompt 1: expected integer token ids, got 'a'"),
+        ([[1], 5], {}, TypeError, "a list mixing int, list"),
+        ([[1, 2.5]], {}, TypeError, "prompt 0: expected integer token ids, got 2.5"),
+        ([1.5], {}, TypeError, "prompt 0: expected a list of token ids, got float"),
+        (torch.tensor([1.0]), {}, ValueError, "dtype torch.float32"),
+        ([300], {}, ValueError, r"token id 300 is outside the vocabulary \[0, 256\)"),
+        ("a", dict(stop=5), TypeError, "stop=5: expected a string, a list of strings"),
+        ("a", dict(stop=["x", 5]), TypeError, r"stop: expected strings, got 5"),
+        ("a", dict(eos_token_id="a"), TypeError, "eos_token_id='a'"),
+        ("a", dict(eos_token_id=256), ValueError, r"eos_token_id=256: expected a token id in \[0, 256\)"),
+        ("a", dict(seed="x"), ValueError, "seed='x'"),
+        ("a", dict(seed=1.5), ValueError, "seed=1.5"),
+        ("a", dict(seed=2**70), ValueError, "seed=1180591620717411303424"),
+        ("a", dict(temperature=float("inf")), ValueError, "temperature=inf"),
+        ("a", dict(top_k=True), ValueError, "top_k=True"),
+        ("a", dict(top_p=True), ValueError, "top_p=True"),
+        ("a", dict(tokenizer=5), TypeError, "tokenizer: expected a tokenizer.*got int"),
+    ],
+)
+def test_wrong_argument_types_are_named(trained_tiny, prompts, kw, err, msg):
+    """Before: bare TypeErrors from deep inside ('int' object is not iterable), AttributeError, RuntimeError."""
+    for call in (lambda: generate(trained_tiny, prompts, 3, **kw), lambda: stream(trained_tiny, prompts, 3, **kw)):
+        with pytest.raises(err, match=msg):
+            call()  # stream checks its arguments when called, before any iteration

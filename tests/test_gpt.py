@@ -282,6 +282,32 @@ def test_compare_rejects_bad_arguments(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+def test_compare_checks_the_corpus_and_run_directories_before_training(tmp_path):
+    """Issue 13, items 1 and 7: a missing or too short corpus, and a run directory holding a model from other
+    settings, are refused before any training starts or anything is written (before: the corpus was found
+    missing by the first `bdh train`, after OUT/<rung>/bdh was created; a model was retrained over silently)."""
+    from bdh.baselines.compare import compare
+    from bdh.cli import build_parser
+
+    out = tmp_path / "cmp"
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        compare("cpu", out, rungs=1, data=str(tmp_path / "nope.txt"))
+    short = tmp_path / "short.txt"
+    short.write_text("a short line of text\n" * 4)
+    with pytest.raises(ValueError, match="--data .*short.txt.*block_size"):
+        compare("cpu", out, rungs=1, data=str(short))
+    assert not out.exists()
+    from conftest import tiny_config
+
+    BDH(tiny_config()).save_pretrained(out / "0.8M" / "gpt")
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(ValueError, match="gpt'.*already holds a model.*--overwrite"):
+        compare("cpu", out, rungs=1)
+    assert sorted(p.name for p in out.rglob("*")) == before
+    args = build_parser().parse_args(["compare", "--overwrite", "--rungs", "1"])
+    assert args.overwrite and args.rungs == 1
+
+
 def test_cli_info_and_generate_load_a_gpt(gpt, tmp_path, capsys):
     from bdh.cli import main
 
@@ -331,3 +357,83 @@ def test_carried_state_is_truncated_and_detached():
     c = m.carry_state(st)
     assert c.length == 12 and c.pos.tolist() == [20, 20] and not c.k[0].requires_grad
     assert torch.equal(c.k[1], st.k[1][:, :, 8:].detach())
+
+
+# ----------------------------------------------------------------------------- issue 13: ids of every integer dtype, bad arguments
+def _both_models():
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    return [BDH(tiny_config()).eval(), tiny_gpt().eval()]
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32])
+def test_small_integer_ids_give_the_same_logits_as_int64(dtype):
+    """uint8 / int8 / int16 / int32 ids (uint8 ids >= 128 too) are converted: the same logits, never a torch error."""
+    hi = 256 if dtype == torch.uint8 else 128  # int8 holds 0..127 of the vocabulary
+    ids = torch.randint(0, hi, (2, 9), generator=torch.Generator().manual_seed(1))
+    if dtype == torch.uint8:
+        ids[0, :3] = torch.tensor([128, 200, 255])
+    small = ids.to(dtype)
+    for m in _both_models():
+        with torch.no_grad():
+            assert torch.equal(m(small)[0], m(ids)[0])
+            assert torch.equal(m(small, small)[1], m(ids, ids)[1])  # targets of a small dtype too
+            (a, sa), (b, sb) = m.prefill(small), m.prefill(ids)
+            assert torch.equal(a, b)
+            x, _ = m.step(small[:, 0], sa)
+            y, _ = m.step(ids[:, 0], sb)
+            assert torch.equal(x, y)
+            x, _ = m.step(small[:, 1], sa.clone(), inplace=True, check_ids=False)
+            y, _ = m.step(ids[:, 1], sb.clone(), inplace=True, check_ids=False)
+            assert torch.equal(x, y)
+        assert m.generate(small[0], 3, temperature=0) == m.generate(ids[0].tolist(), 3, temperature=0)
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([[True, False]]), torch.tensor([[1.0, 2.0]]),
+                                 torch.tensor([[1 + 0j]]), torch.tensor([[1.0]], dtype=torch.float16)])
+def test_bool_float_complex_ids_are_refused_naming_the_dtype(bad):
+    for m in _both_models():
+        for call in (lambda: m(bad), lambda: m.prefill(bad), lambda: m.step(bad[:, 0], m.init_state(1)),
+                     lambda: m(torch.tensor([[1, 2]])[:, : bad.shape[1]], bad)):
+            with pytest.raises(ValueError, match=rf"expected integer token ids.*got dtype {bad.dtype}"):
+                call()
+
+
+def test_bad_targets_are_named():
+    for m in _both_models():
+        idx = torch.tensor([[1, 2]])
+        with pytest.raises(TypeError, match="targets: expected a torch.Tensor of token ids or None, got list"):
+            m(idx, [[1, 2]])
+        with pytest.raises(ValueError, match=r"targets: .*out of bounds.*expected token ids in \[0, 256\)"):
+            m(idx, torch.tensor([[1, 300]]))
+
+
+def test_gpt_state_arguments_are_named():
+    g = tiny_gpt().eval()
+    _, s = g.prefill(torch.tensor([[1, 2], [3, 4]]))
+    with pytest.raises(TypeError, match=r"GPTState.cat\(states\): states\[1\] is a str, expected a GPTState"):
+        GPTState.cat([s, "x"])
+    with pytest.raises(TypeError, match="expected a list of GPTState, got str"):
+        GPTState.cat("x")
+    with pytest.raises(ValueError, match="caches of different models"):
+        GPTState.cat([s, tiny_gpt(n_layer=3).init_state(1)])
+    with pytest.raises(ValueError, match=r"row 2 is outside the batch \[0, 2\)"):
+        s.select([2])
+    with pytest.raises(TypeError, match="integer row indices, got 1.5"):
+        s.select([1.5])
+    assert s.select([1]).batch_size == 1
+    for call in (lambda: g.carry_state("x"), lambda: g.state_to_tensors("x")):
+        with pytest.raises(TypeError, match="state: expected a GPTState.*got str"):
+            call()
+
+
+def test_gpt_prompts_prefilled_in_pieces_give_the_same_tokens(gpt, monkeypatch):
+    """Generation prefills `PREFILL_PIECE` tokens at a time, the KV cache carried: the same greedy tokens."""
+    import bdh.generation as G
+
+    prompt = english_bytes(50).tolist()
+    whole = gpt.generate([prompt, prompt[:23]], 10, temperature=0)
+    monkeypatch.setattr(G, "PREFILL_PIECE", 7)
+    assert G.prefill_piece(gpt) == 7  # no chunk_size: the piece as set
+    assert gpt.generate([prompt, prompt[:23]], 10, temperature=0) == whole

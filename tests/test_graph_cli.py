@@ -103,9 +103,7 @@ def test_cli_run_exact_hubs_matches_bdh_gpu_greedy(ckpt, capsys):
 
 @pytest.mark.parametrize("argv,msg", [
     (["run", "--prompt", ""], "--prompt is empty"),
-    (["run", "--prompt", "x", "--budget", "-5"], "--budget=-5"),
     (["run", "--prompt", "x", "--format", "xml"], "--format='xml'"),
-    (["kl", "--batch", "0"], "--batch=0"),
     (["kl", "--text", "/nonexistent/file.txt"], ""),
 ])
 def test_cli_errors_are_one_line(ckpt, capsys, argv, msg):
@@ -113,3 +111,22 @@ def test_cli_errors_are_one_line(ckpt, capsys, argv, msg):
     assert rc == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("bdh graph: error:") and msg in err and "\n" not in err
+
+
+@pytest.mark.parametrize("argv,msg", [  # counts checked where they enter (argparse), before the model is loaded
+    (["run", "--prompt", "x", "--budget", "-5"], "argument --budget: -5: expected an integer >= 0"),
+    (["run", "--prompt", "x", "--max-new-tokens", "-1"], "argument --max-new-tokens: -1: expected an integer >= 0"),
+    (["run", "--prompt", "x", "--sigma-top", "-1"], "argument --sigma-top: -1"),
+    (["run", "--prompt", "x", "--snapshot-every", "-2"], "argument --snapshot-every: -2"),
+    (["run", "--prompt", "x", "--synapses", "0"], "argument --synapses: 0: expected an integer >= 1"),
+    (["kl", "--batch", "0"], "argument --batch: 0: expected an integer >= 1"),
+    (["kl", "--seq-len", "-3"], "argument --seq-len: -3"),
+    (["kl", "--points", "0"], "argument --points: 0"),
+    (["kl", "--budgets", "10", "-1"], "argument --budgets: -1"),
+    (["info", "--budget", "x"], "argument --budget: 'x': expected an integer >= 0"),
+])
+def test_cli_bad_counts_are_argparse_errors(tmp_path, capsys, argv, msg):
+    with pytest.raises(SystemExit) as e:  # no model needed: refused before anything is loaded
+        main(["graph", argv[0], "--model", str(tmp_path / "none"), *argv[1:]])
+    assert e.value.code == 2
+    assert msg in capsys.readouterr().err.strip().splitlines()[-1]

@@ -241,7 +241,8 @@ def test_cli_train_saves_a_loadable_model_and_metrics(tmp_path, capsys):
     # eval and generate on the result
     assert main(["eval", "--model", str(out), "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
-    assert ev["corpus"] == "pydoc" and ev["tokens"] > 40_000 and ev["bpb"] == pytest.approx(ev["loss"] / math.log(2))
+    assert ev["corpus"] == "pydoc" and ev["bpb"] == pytest.approx(ev["loss"] / math.log(2))
+    assert ev["tokens"] == summary["val_tokens"] and ev["loss"] == pytest.approx(summary["val_loss"])  # the run's own
     assert main(["generate", "--model", str(out), "--prompt", "The", "--max-new-tokens", "5", "--seed", "0"]) == 0
     assert capsys.readouterr().out.startswith("The")
     # the run directory is not overwritten by accident
@@ -360,3 +361,44 @@ def test_cli_rejects_unknown_key_and_wrong_type(capsys):
     assert "train.steps = 'many' has type str; expected int" in capsys.readouterr().err
     assert main(["train", "--config", "no-such-config"]) == 1
     assert "neither a shipped config" in capsys.readouterr().err
+
+
+def test_train_replaces_a_saved_model_only_with_overwrite_and_never_its_init_from(tmp_path, capsys):
+    """Before: `bdh train --out DIR` silently replaced a model that DIR held without a run (issue 13, item 1)."""
+    from test_audit import tree_hashes
+
+    saved = tmp_path / "saved"
+    torch.manual_seed(0)
+    BDH(BDHConfig(n_layer=2, n_embd=32, n_head=2, mlp_internal_dim_multiplier=4, vocab_size=256,
+                  chunk_size=32)).save_pretrained(saved)  # the tiny config's model
+    before = tree_hashes(saved)
+    argv = ["train", "--config", "tiny", "--out", str(saved), "--no-progress", "--set", "train.steps=2",
+            "--set", "train.sample_tokens=0", "--set", "train.eval_every=0"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"output {str(saved)!r} already holds a model (config.json): pass --overwrite" in err
+    assert main(argv + ["--overwrite", "--set", f"train.init_from={saved}"]) == 1
+    assert f"output {str(saved)!r} is also an input" in capsys.readouterr().err
+    assert tree_hashes(saved) == before  # nothing written: no partial run directory
+    assert main(argv + ["--overwrite", "--threads", "1"]) == 0
+    assert tree_hashes(saved)["model.safetensors"] != before["model.safetensors"]
+    assert json.loads((saved / "run.json").read_text())["config"]["train"]["threads"] == 1
+
+
+def test_a_failed_metrics_write_names_the_file(tmp_path):
+    """A full disk while logging: an OSError naming metrics.jsonl and the errno (before: "[Errno 28] No space left
+    on device", no file), and closing the log afterwards does not raise a second, bare error."""
+    from bdh.training.trainer import Metrics
+
+    class Full:
+        def write(self, *args):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        flush = close = write
+
+    m = Metrics(tmp_path, None)
+    m._j.close()
+    m._j = Full()
+    with pytest.raises(OSError, match=r"\[Errno 28\] could not write .*metrics\.jsonl \(No space left on device\)"):
+        m.write({"step": 1, "split": "train", "loss": 1.0})
+    m.close()

@@ -11,6 +11,7 @@ memory is spent. The reference `bdh.py` format of BDH lives in `bdh.reference`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +36,23 @@ def _describe(config) -> str:
 
 
 def check_tensors(tensors: dict[str, torch.Tensor], config, source: str) -> None:
-    """Raise CheckpointError unless `tensors` has exactly the names and shapes of `config`'s model's state_dict."""
+    """Raise CheckpointError unless `tensors` has exactly the names, shapes and dtypes of `config`'s model's
+    state_dict and finite values: floating point for parameters and floating buffers, a buffer's own dtype
+    otherwise (a header edited to tag weights I32 is refused, not read as huge numbers)."""
     with torch.device("meta"):
-        want = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
+        meta = build_model(config)
+    params = {k for k, _ in meta.named_parameters()}
+    ref = meta.state_dict()
+    want = {k: tuple(v.shape) for k, v in ref.items()}
     missing = [k for k in want if k not in tensors]
     if missing:
         raise CheckpointError(f"{source}: missing tensor(s) {missing}")
     unexpected = sorted(set(tensors) - set(want))
     if unexpected:
         raise CheckpointError(f"{source}: unexpected tensor(s) {unexpected}")
+    for k in want:
+        if not isinstance(tensors[k], torch.Tensor):
+            raise CheckpointError(f"{source}: tensor {k!r} is a {type(tensors[k]).__name__}, expected a torch.Tensor")
     bad = [k for k, shape in want.items() if tuple(tensors[k].shape) != shape]
     if bad:  # every disagreement (up to MAX_SHAPE_ERRORS), each naming the config: no tensor is special
         cfg = f"model_type={type(config).MODEL_TYPE!r}, {_describe(config)}"
@@ -51,6 +60,19 @@ def check_tensors(tensors: dict[str, torch.Tensor], config, source: str) -> None
                 for k in bad[:MAX_SHAPE_ERRORS]]
         more = f"; and {len(bad) - MAX_SHAPE_ERRORS} more" if len(bad) > MAX_SHAPE_ERRORS else ""
         raise CheckpointError(f"{source}: " + "; ".join(msgs) + more)
+    for k in want:
+        t, r = tensors[k], ref[k]
+        if k in params or r.dtype.is_floating_point:
+            if not t.dtype.is_floating_point:
+                kind = "parameter" if k in params else "buffer"
+                raise CheckpointError(f"{source}: tensor {k!r} has dtype {t.dtype}, expected a floating-point dtype "
+                                      f"for this {kind} (the file is corrupt or was edited)")
+            bad_values = int((~torch.isfinite(t)).sum())
+            if bad_values:
+                raise CheckpointError(f"{source}: tensor {k!r} holds {bad_values} non-finite value(s) (nan or inf): "
+                                      "expected finite weights (the model diverged or the file is corrupt)")
+        elif t.dtype != r.dtype:
+            raise CheckpointError(f"{source}: buffer {k!r} has dtype {t.dtype}, expected {r.dtype}")
 
 
 def model_from_tensors(tensors: dict[str, torch.Tensor], config, source: str) -> torch.nn.Module:
@@ -66,16 +88,48 @@ def model_from_tensors(tensors: dict[str, torch.Tensor], config, source: str) ->
     return model
 
 
+# ----------------------------------------------------------------------------- output directories
+def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, inputs=()) -> None:
+    """Raise ValueError (one line) unless a model may be written into `path`.
+
+    Refused always: `path` is one of `inputs` (a command never writes onto its own input). Refused unless
+    `overwrite`: `path` already holds a model (config.json or model.safetensors). Call it before writing anything.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {str(out)!r} exists and is not a directory")
+    target = out.resolve()
+    for src in inputs:
+        if src is not None and Path(src).resolve() == target:
+            raise ValueError(f"output {str(out)!r} is also an input of this command: choose another output directory")
+    held = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if (out / n).exists()]
+    if held and not overwrite:
+        raise ValueError(f"output {str(out)!r} already holds a model ({held[0]}): pass --overwrite to replace it")
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    """`safetensors.torch.save_file`, atomically; a failed write raises OSError naming `path` and the errno
+    (safetensors raises its own error type, e.g. "I/O error: File too large (os error 27)")."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as e:
+            m = re.search(r"os error (\d+)", str(e))
+            if m is None:
+                raise
+            raise OSError(int(m.group(1)), os.strerror(int(m.group(1)))) from None  # atomic_path adds the path
+
+
 # ----------------------------------------------------------------------------- native format
 def save_pretrained(model, directory: str | os.PathLike, tokenizer: Any = None) -> None:
     """Write `config.json` (with its model_type) and `model.safetensors`, each atomically (+ the tokenizer)."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt"})  # one key: byte-identical files for identical weights
+    save_tensors(directory / WEIGHTS_NAME, tensors, {"format": "pt"})  # one key: byte-identical files
     model.config.save(directory / CONFIG_NAME)  # atomic (bdh.io)
     if tokenizer is not None:
         tokenizer.save(directory)
@@ -89,6 +143,8 @@ def load_pretrained(directory: str | os.PathLike, *, device="cpu", dtype: torch.
 
     from .tokenization import load_tokenizer
 
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"model directory: expected a path (str or os.PathLike), got {type(directory).__name__}")
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory {str(directory)!r} does not exist")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 
 COMMAND_MODULES = ("bdh.cli", "bdh.training.cli", "bdh.analysis.cli", "bdh.graph.cli", "bdh.baselines.compare")
@@ -56,6 +57,7 @@ def resolve_device(spec: str):
     return dev
 
 
+THREADS_MAX = 1024  # far more OpenMP threads crash (libgomp: thread creation fails, or a segfault at 100000)
 SEED_MAX = 2**63 - 1  # torch.manual_seed and numpy take seeds in [0, 2^63)
 
 
@@ -70,6 +72,52 @@ def seed_value(text: str) -> int:
     return v
 
 
+def int_at_least(lo: int, hi: int | None = None):
+    """argparse `type=` factory: an integer >= `lo` (and <= `hi`); the error names the value and the range."""
+    want = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {want}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{text}: expected {want}")
+        return v
+
+    parse.__name__ = f"int_at_least_{lo}"
+    return parse
+
+
+positive_int = int_at_least(1)  # counts: tokens, steps, runs, sequences
+nonneg_int = int_at_least(0)  # counts where 0 means none / off
+
+
+def _float_in(text: str, lo: float, hi: float, lo_open: bool, what: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {what}") from None
+    if not (math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi):
+        raise argparse.ArgumentTypeError(f"{text}: expected {what}")
+    return v
+
+
+def fraction(text: str) -> float:
+    """argparse `type=`: a number in [0, 1]."""
+    return _float_in(text, 0.0, 1.0, False, "a number in [0, 1]")
+
+
+def nonneg_float(text: str) -> float:
+    """argparse `type=`: a finite number >= 0 (e.g. a temperature)."""
+    return _float_in(text, 0.0, math.inf, False, "a finite number >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse `type=`: a finite number > 0 (e.g. a learning rate)."""
+    return _float_in(text, 0.0, math.inf, True, "a finite number > 0")
+
+
 def apply_run_options(args: argparse.Namespace):
     """Validate `--threads` (set torch's CPU threads) and `--device`; the torch.device (None without --device).
 
@@ -78,8 +126,8 @@ def apply_run_options(args: argparse.Namespace):
 
     threads = getattr(args, "threads", None)
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"--threads {threads}: expected a positive integer")
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= THREADS_MAX:
+            raise ValueError(f"--threads {threads}: expected a positive integer (at most {THREADS_MAX})")
     device = resolve_device(args.device) if getattr(args, "device", None) is not None else None
     if threads is not None:
         torch.set_num_threads(threads)
@@ -94,13 +142,16 @@ def _load_model(path: str, device="cpu"):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .generation import check_options
+
     device = apply_run_options(args)
     if args.prompt == "":
         raise ValueError("--prompt is empty: expected at least one character")
+    # every option, with the library's own checks, before the model is loaded (errors name the value)
+    check_options(args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                  seed=args.seed, stop=args.stop)
     model = _load_model(args.model, device)
-    sys.stdout.write(args.prompt)
-    sys.stdout.flush()
-    for delta in model.stream(
+    deltas = model.stream(  # checks the options against the model (e.g. --sparse on) before returning
         args.prompt,
         args.max_new_tokens,
         temperature=args.temperature,
@@ -109,7 +160,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=args.stop,
         **({} if args.sparse == "auto" else {"sparse": args.sparse == "on"}),
-    ):
+    )
+    sys.stdout.write(args.prompt)  # only now: nothing is printed for a bad option
+    sys.stdout.flush()
+    for delta in deltas:
         sys.stdout.write(delta)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -139,6 +193,7 @@ def model_info(model) -> dict:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    apply_run_options(args)  # --threads
     info = model_info(_load_model(args.model))
     if args.json:
         print(json.dumps(info, indent=2))
@@ -172,6 +227,7 @@ def register(sub) -> None:
     i = sub.add_parser("info", help="config, parameter count, FLOPs per token and state size of a model")
     i.add_argument("--model", required=True)
     i.add_argument("--json", action="store_true", help="print JSON")
+    add_run_options(i, device=False)  # runs one decode step on the CPU
     i.set_defaults(func=cmd_info)
 
 

@@ -35,9 +35,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename in (None, tmp) and str(path) not in str(e):
+            # a full disk: "[Errno 28] could not write PATH (No space left on device)", not a bare errno
+            raise OSError(e.errno, f"could not write {path} ({e.strerror or e})") from e
         raise
 
 

@@ -276,18 +276,22 @@ class BDH(PretrainedMixin, nn.Module):
 
     def carry_state(self, state: BDHState) -> BDHState:
         """The state carried to the next training / evaluation window (TBPTT): detached from autograd."""
+        self._check_state(state, None)
         return BDHState([r.detach() for r in state.rho], state.pos)
 
     def state_to_tensors(self, state: BDHState, prefix: str = "") -> dict[str, torch.Tensor]:
         """`{prefix}rho.{l}` (B, nh, N, d) and `{prefix}pos` (B,): the state as named tensors (checkpoints)."""
+        self._check_state(state, None)
         return state.to_tensors(prefix)
 
     def state_from_tensors(self, tensors: dict[str, torch.Tensor], prefix: str = "", device=None) -> BDHState:
+        if not isinstance(tensors, dict):
+            raise TypeError(f"state_from_tensors: expected a dict of named tensors, got {type(tensors).__name__}")
         state = BDHState.from_tensors(tensors, prefix, device=device)
         self._check_state(state, state.batch_size)
         return state
 
-    def _check_state(self, state: BDHState, batch_size: int) -> None:
+    def _check_state(self, state: BDHState, batch_size: int | None) -> None:
         if not isinstance(state, BDHState):
             raise TypeError(f"state: expected a BDHState (from model.init_state or prefill), got {type(state).__name__}")
         c = self.config

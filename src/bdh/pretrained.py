@@ -11,6 +11,9 @@ import torch
 from .checkpoint import CheckpointError, load_pretrained, save_pretrained
 from .generation import generate, stream
 
+# token-id dtypes accepted at the public boundary (converted to int64); bool, floats and complex are refused
+_ID_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
 
 class PretrainedMixin:
     """Shared by BDH and the GPT baseline: input checks, the loss, `generate`, `stream`, `save_pretrained`,
@@ -26,8 +29,9 @@ class PretrainedMixin:
         if idx.dim() != dims:
             shape = "(B, T)" if dims == 2 else "(B,)"
             raise ValueError(f"{what}: expected shape {shape}, got {tuple(idx.shape)}")
-        if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-            raise ValueError(f"{what}: expected integer token ids, got dtype {idx.dtype}")
+        if idx.dtype not in _ID_DTYPES:
+            raise ValueError(f"{what}: expected integer token ids ({', '.join(str(d) for d in _ID_DTYPES)}), got "
+                             f"dtype {idx.dtype}")
         if idx.numel() == 0:
             raise ValueError(f"{what}: empty input (shape {tuple(idx.shape)}); expected at least one token")
         if values:
@@ -43,9 +47,16 @@ class PretrainedMixin:
         """Mean cross-entropy of logits (B, T, V) against targets (B, T), or None without targets."""
         if targets is None:
             return None
+        if not isinstance(targets, torch.Tensor):
+            raise TypeError(f"targets: expected a torch.Tensor of token ids or None, got {type(targets).__name__}")
+        if targets.dtype not in _ID_DTYPES:
+            raise ValueError(f"targets: expected integer token ids, got dtype {targets.dtype}")
         if targets.shape != idx.shape:
             raise ValueError(f"targets has shape {tuple(targets.shape)}, expected {tuple(idx.shape)} like idx")
-        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        try:  # the range is checked by cross_entropy itself (no extra device->host sync per training step)
+            return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1).long())
+        except IndexError as e:  # CPU: "Target 300 is out of bounds."
+            raise ValueError(f"targets: {e} (expected token ids in [0, {logits.size(-1)}))") from None
 
 
     def generate(self, *args, **kwargs):

@@ -30,6 +30,42 @@ from .io import atomic_path
 SCALE_FLOOR = 1e-20
 
 
+def check_rows(rows, batch_size: int, who: str) -> list[int]:
+    """The batch rows of `who.select(rows)` as a list of ints in [0, batch_size) (TypeError / ValueError otherwise)."""
+    if isinstance(rows, torch.Tensor):
+        if rows.dtype == torch.bool or rows.is_floating_point() or rows.is_complex() or rows.dim() != 1:
+            raise TypeError(f"{who}.select(rows): expected a 1-D integer tensor or a list of row indices, got a "
+                            f"tensor of dtype {rows.dtype} and shape {tuple(rows.shape)}")
+        rows = rows.tolist()
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+        raise TypeError(f"{who}.select(rows): expected a list of row indices, got {type(rows).__name__}")
+    out = []
+    for r in rows:
+        if isinstance(r, bool) or not isinstance(r, int):
+            raise TypeError(f"{who}.select(rows): expected integer row indices, got {r!r} ({type(r).__name__})")
+        if not 0 <= r < batch_size:
+            raise ValueError(f"{who}.select(rows): row {r} is outside the batch [0, {batch_size})")
+        out.append(r)
+    return out
+
+
+def check_states(states, cls: type) -> list:
+    """`states` as a non-empty list of `cls` instances on one device, for `cls.cat` (TypeError / ValueError)."""
+    who = f"{cls.__name__}.cat"
+    if isinstance(states, (str, bytes)) or not isinstance(states, Sequence):
+        raise TypeError(f"{who}(states): expected a list of {cls.__name__}, got {type(states).__name__}")
+    states = list(states)
+    if not states:
+        raise ValueError(f"{who}: expected at least one state")
+    for i, st in enumerate(states):
+        if not isinstance(st, cls):
+            raise TypeError(f"{who}(states): states[{i}] is a {type(st).__name__}, expected a {cls.__name__}")
+    devices = {str(st.pos.device) for st in states}
+    if len(devices) > 1:
+        raise ValueError(f"{who}: states are on different devices {sorted(devices)}: expected one device")
+    return states
+
+
 def fold_period(decay: Sequence[float] | None) -> int:
     """How many lazy decays fit before gamma^k of the fastest head falls below SCALE_FLOOR (per-head gammas)."""
     g = min(decay) if decay else 1.0
@@ -133,14 +169,14 @@ class BDHState:
 
     def select(self, rows: Sequence[int] | torch.Tensor) -> "BDHState":
         """The state of the given batch rows (in that order)."""
+        rows = check_rows(rows, self.batch_size, "BDHState")
         idx = torch.as_tensor(rows, dtype=torch.long, device=self.pos.device)
         return BDHState([r.index_select(0, idx) for r in self.rho], self.pos.index_select(0, idx))
 
     @staticmethod
     def cat(states: Sequence["BDHState"]) -> "BDHState":
         """Stack states along the batch dimension (e.g. prompts of different lengths prefilled one by one)."""
-        if not states:
-            raise ValueError("BDHState.cat: expected at least one state")
+        states = check_states(states, BDHState)
         shapes = {tuple(tuple(r.shape[1:]) for r in s.rho) for s in states}
         if len(shapes) != 1:
             raise ValueError(f"BDHState.cat: states have different layer shapes {sorted(shapes)}")
@@ -199,6 +235,8 @@ class BDHState:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"BDHState.load(path): expected a file path (str or os.PathLike), got {type(path).__name__}")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"state file {str(path)!r} does not exist")
         try:

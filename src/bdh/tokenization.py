@@ -40,7 +40,7 @@ __all__ = [
     "HF_FILE",
 ]
 
-TOKENIZER_NAMES = ("bytes", "bpe", "gpt2")
+TOKENIZER_NAMES = ("bytes", "bpe", "gpt2", "words")
 CONFIG_FILE = "tokenizer_config.json"
 HF_FILE = "tokenizer.json"
 FORMAT_VERSION = 1
@@ -170,6 +170,46 @@ class ByteTokenizer(Tokenizer):
 
 
 @lru_cache(maxsize=1)
+class WordTokenizer(Tokenizer):
+    """A fixed list of whitespace-separated words, one id each (the small vocabularies of `bdh.tasks`).
+
+    `encode("x7 = 5 ;")` -> the ids of "x7", "=", "5", ";"; a token decodes to its word and a space.
+    """
+
+    name = "words"
+
+    def __init__(self, vocab: Sequence[str]):
+        vocab = list(vocab)
+        if not vocab or any(not isinstance(w, str) or not w or any(c.isspace() for c in w) for w in vocab):
+            raise ValueError(f"WordTokenizer: expected non-empty words without whitespace, got {vocab[:8]!r}...")
+        if len(set(vocab)) != len(vocab):
+            dup = next(w for w in vocab if vocab.count(w) > 1)
+            raise ValueError(f"WordTokenizer: word {dup!r} appears twice in the vocabulary")
+        self.vocab = vocab
+        self.vocab_size = len(vocab)
+        self._ids = {w: i for i, w in enumerate(vocab)}
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"encode() takes str, got {type(text).__name__}")
+        try:
+            return [self._ids[w] for w in text.split()]
+        except KeyError as e:
+            raise ValueError(f"word {e.args[0]!r} is not in the vocabulary of this tokenizer "
+                             f"({self.vocab_size} words: {' '.join(self.vocab[:12])} ...)") from None
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return (self.vocab[self._check_id(token_id)] + " ").encode("utf-8")
+
+    def config(self) -> dict:
+        return {**super().config(), "vocab": self.vocab}
+
+    def save(self, directory: str | os.PathLike) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(d / CONFIG_FILE, self.config(), sort_keys=True)
+
+
 def _byte_decoder() -> dict[str, int]:
     """Inverse of GPT-2's ``bytes_to_unicode`` (the printable stand-ins byte-level BPE uses for bytes)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -329,6 +369,8 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
             raise ValueError(f"tokenizer config {str(cfg_path)!r} has format_version {version!r}, expected {FORMAT_VERSION}")
     if kind == "bytes":
         return ByteTokenizer()
+    if kind == "words":
+        return WordTokenizer(cfg.get("vocab") or [])
     if hf_path.exists():
         return BPETokenizer.from_file(hf_path, name=kind or "bpe")
     if kind is not None:

@@ -65,15 +65,37 @@ POLITICS = [  # word counts matched one to one with CURRENCY, byte lengths withi
 ]
 
 
-def read_sentences(path: str | os.PathLike) -> list[str]:
-    """Non-empty stripped lines of a UTF-8 text file."""
+def read_sentences(path: str | os.PathLike, *, label: str = "sentence file") -> list[str]:
+    """Non-empty stripped lines of a UTF-8 text file.
+
+    A missing path, a directory, an unreadable, binary (NUL bytes or not UTF-8) or empty file is a one-line
+    error (FileNotFoundError, IsADirectoryError, ValueError) that starts with `label` and the path."""
+    name = f"{label} {os.fspath(path)!r}"
     p = Path(path)
+    if os.fspath(path) == "":
+        raise ValueError(f"{name}: empty file name; expected a text file, one sentence per line")
+    if not p.exists():
+        raise FileNotFoundError(f"{name}: no such file; expected a text file, one sentence per line")
+    if p.is_dir():
+        raise IsADirectoryError(f"{name}: is a directory; expected a text file, one sentence per line")
     if not p.is_file():
-        raise FileNotFoundError(f"sentence file {str(p)!r} does not exist")
-    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-    out = [ln for ln in lines if ln]
+        raise ValueError(f"{name}: not a regular file; expected a text file, one sentence per line")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise OSError(f"{name}: cannot be read ({e.strerror or type(e).__name__})") from None
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise ValueError(f"{name}: binary file (NUL byte at offset {nul}); expected UTF-8 text, one sentence per line")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); expected UTF-8 "
+                         "text, one sentence per line") from None
+    out = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not out:
-        raise ValueError(f"{p}: no sentences (expected one sentence per line)")
+        what = "is empty" if not data else "holds only blank lines"
+        raise ValueError(f"{name}: {what}; expected one sentence per line")
     return out
 
 

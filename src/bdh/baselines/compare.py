@@ -70,26 +70,50 @@ def run_configs(rung: Rung, preset: dict, overrides: list[str]) -> dict[str, Run
     return runs
 
 
-def _train(run: RunConfig, out: Path, echo) -> dict:
+def _finished(run: RunConfig, out: Path) -> bool:
+    """`out` holds the finished run of exactly this config (reused, never retrained)."""
+    toml = out / "compare-run.toml"
+    return (out / "summary.json").is_file() and toml.is_file() and toml.read_text() == run.to_toml()
+
+
+def check_corpus(run: RunConfig, flag: str = "--data") -> None:
+    """The run's corpus resolves and (bytes tokenizer) is longer than one block: the error `bdh train` would
+    give, raised before any training starts or anything is written."""
+    from ..data.corpora import resolve_corpus
+
+    d = run.data
+    splits = resolve_corpus(d.corpus, jsonl_field=d.jsonl_field, encoding_errors=d.encoding_errors,
+                            val_fraction=d.val_fraction, seed=run.train.data_seed)
+    if not splits.train.strip():
+        raise ValueError(f"{flag} {d.corpus!r}: the training split is empty")
+    if d.tokenizer == "bytes":  # other tokenizers: counted by `bdh train` itself
+        n_train, n_val = len(splits.train.encode("utf-8")), len(splits.val.encode("utf-8"))
+        if n_train < d.block_size + 1:
+            raise ValueError(f"{flag} {d.corpus!r}: the training split has {n_train} tokens, fewer than "
+                             f"data.block_size + 1 = {d.block_size + 1}")
+        if n_val < 2:
+            raise ValueError(f"{flag} {d.corpus!r}: the validation split has {n_val} token(s); need >= 2")
+
+
+def _train(run: RunConfig, out: Path, echo, overwrite: bool = False) -> dict:
     """One `bdh train` in a child process (reused when `out` already holds its finished run)."""
-    toml = run.to_toml()
     summary = out / "summary.json"
-    if summary.is_file() and (out / "compare-run.toml").is_file() and (out / "compare-run.toml").read_text() == toml:
+    if _finished(run, out):
         echo(f"  reusing the finished run in {out}")
         return json.loads(summary.read_text())
-    atomic_write_text(out / "compare-run.toml", toml)
+    atomic_write_text(out / "compare-run.toml", run.to_toml())
     for stale in (summary, out / "checkpoints"):  # an unfinished or different earlier run: start over
         if stale.exists():
             import shutil
 
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     cmd = [sys.executable, "-m", "bdh.cli", "train", "--config", str(out / "compare-run.toml"), "--out", str(out),
-           "--no-progress"]
+           "--no-progress"] + (["--overwrite"] if overwrite else [])
     with open(out / "train.log", "w", encoding="utf-8") as log:
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
     if rc != 0 or not summary.is_file():
         tail = (out / "train.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
-        raise RuntimeError(f"training {out} failed (exit {rc}): " + " | ".join(tail))
+        raise ChildProcessError(f"training {out} failed (exit {rc}): " + " | ".join(tail))  # an OSError: one line
     return json.loads(summary.read_text())
 
 
@@ -106,8 +130,11 @@ def _curve(out: Path, tokens_per_step: int) -> list[tuple[int, float]]:
 
 
 def compare(preset: str = "cpu", out: str | os.PathLike = "runs/compare", *, rungs: int | None = None,
-            overrides: list[str] = (), data: str | None = None, echo=print) -> list[dict]:
-    """Train the first `rungs` rungs of `preset`'s ladder (both models) and write the reports into `out`."""
+            overrides: list[str] = (), data: str | None = None, overwrite: bool = False, echo=print) -> list[dict]:
+    """Train the first `rungs` rungs of `preset`'s ladder (both models) and write the reports into `out`.
+
+    Checked before anything runs or is written: the settings, the corpus, and every run directory (a model in one
+    that is not this config's finished run is replaced only with `overwrite`)."""
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
@@ -117,7 +144,14 @@ def compare(preset: str = "cpu", out: str | os.PathLike = "runs/compare", *, run
         raise ValueError(f"--rungs {k!r}: expected an integer in [1, {len(ladder)}] (the {p['ladder']} ladder)")
     overrides = list(overrides) + ([f"data.corpus={json.dumps(data)}"] if data is not None else [])
     plans = [(r, run_configs(r, p, overrides)) for r in ladder[:k]]  # every config validated before any training
+    check_corpus(plans[0][1]["bdh"], "--data" if data is not None else "data.corpus")  # all runs share [data]
     out = Path(out)
+    from ..checkpoint import check_output_dir
+
+    for rung, runs in plans:
+        for kind, run in runs.items():
+            where = out / rung.name / kind
+            check_output_dir(where, overwrite=overwrite or _finished(run, where))
     rows: list[dict] = []
     curves: dict[str, list] = {}
     t0 = time.time()
@@ -125,7 +159,7 @@ def compare(preset: str = "cpu", out: str | os.PathLike = "runs/compare", *, run
         for kind, run in runs.items():
             where = out / rung.name / kind
             echo(f"[{time.time() - t0:6.0f}s] rung {rung.name}: training {kind.upper()} -> {where}")
-            s = _train(run, where, echo)
+            s = _train(run, where, echo, overwrite)
             tps = run.train.batch_size * run.train.grad_accum * run.data.block_size
             curves[f"{rung.name}/{kind}"] = _curve(where, tps)
             cfg = json.loads((where / "config.json").read_text())
@@ -208,7 +242,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(param_table(PRESETS[args.preset]["ladder"] if args.preset in PRESETS else args.preset))
         return 0
     rows = compare(args.preset, args.out or f"runs/compare-{args.preset}", rungs=args.rungs,
-                   overrides=args.set or [], data=args.data)
+                   overrides=args.set or [], data=args.data, overwrite=args.overwrite)
     print()
     print(markdown_table(rows))
     print(f"\nreports in {args.out or f'runs/compare-{args.preset}'} (compare.md, compare.csv, compare_*.png)")
@@ -216,12 +250,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from ..cli import positive_int
+
     c = sub.add_parser("compare", help="train the BDH and GPT ladders on equal tokens; CSV, markdown and plots",
                        description="Train parameter-matched BDH and GPT models (same data, order, schedule, seeds).")
     c.add_argument("--preset", default="cpu", help="cpu (2 cores, the 3 smallest rungs) or gpu (the paper's ladder)")
-    c.add_argument("--rungs", type=int, default=None, help="train the first K rungs (default: the preset's)")
+    c.add_argument("--rungs", type=positive_int, default=None, help="train the first K rungs (default: the preset's)")
     c.add_argument("--out", default=None, help="output directory (default runs/compare-PRESET)")
     c.add_argument("--data", default=None, help="corpus (as bdh train --data)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="data.* / train.* override for every run")
+    c.add_argument("--overwrite", action="store_true",
+                   help="retrain a run directory that holds a model from other settings (refused otherwise)")
     c.add_argument("--list", action="store_true", help="print the ladder's parameter counts and exit")
     c.set_defaults(func=cmd_compare)

@@ -26,6 +26,7 @@ from torch import nn
 from ..config import JSONConfig
 from ..interface import register_model_type
 from ..pretrained import PretrainedMixin
+from ..state import check_rows, check_states
 
 POSITIONS = ("alibi", "rope", "learned")
 
@@ -151,6 +152,8 @@ class GPTState:
         return GPTState([t.clone() for t in self.k], [t.clone() for t in self.v], self.length, self.pos.clone())
 
     def select(self, rows: Sequence[int] | torch.Tensor) -> "GPTState":
+        """The cache of the given batch rows (in that order)."""
+        rows = check_rows(rows, self.batch_size, "GPTState")
         idx = torch.as_tensor(rows, dtype=torch.long, device=self.pos.device)
         return GPTState([t.index_select(0, idx) for t in self.k], [t.index_select(0, idx) for t in self.v],
                         self.length, self.pos.index_select(0, idx))
@@ -158,8 +161,10 @@ class GPTState:
     @staticmethod
     def cat(states: Sequence["GPTState"]) -> "GPTState":
         """Stack caches along the batch (left-padding the shorter ones with zeros, which are masked)."""
-        if not states:
-            raise ValueError("GPTState.cat: expected at least one state")
+        states = check_states(states, GPTState)
+        shapes = {(s.n_layer, tuple(s.k_buf[0].shape[1:2]), tuple(s.k_buf[0].shape[3:])) for s in states}
+        if len(shapes) != 1:
+            raise ValueError(f"GPTState.cat: caches of different models (layers, heads, head_dim) {sorted(shapes)}")
         S = max(s.length for s in states)
 
         def pad(t: torch.Tensor) -> torch.Tensor:
@@ -287,11 +292,12 @@ class GPT(PretrainedMixin, nn.Module):
 
     def carry_state(self, state: GPTState) -> GPTState:
         """The state carried to the next training / evaluation window: the last `kv_window` slots, detached."""
+        self._check_state(state)
         return state.detached(self.config.kv_window)
 
     def state_to_tensors(self, state: GPTState, prefix: str = "") -> dict[str, torch.Tensor]:
         """`{prefix}k.{l}` / `{prefix}v.{l}` (B, nh, S, hd) and `{prefix}pos` (B,): the cache as named tensors."""
-        self._check_state(state, state.batch_size)
+        self._check_state(state)
         return state.to_tensors(prefix)
 
     def state_from_tensors(self, tensors: dict[str, torch.Tensor], prefix: str = "", device=None) -> GPTState:
@@ -408,14 +414,14 @@ class GPT(PretrainedMixin, nn.Module):
         if detach_kv:
             raise ValueError("detach_kv=True is a BDH training option; the GPT baseline does not support it")
 
-    def _check_state(self, state: GPTState, batch_size: int) -> None:
+    def _check_state(self, state: GPTState, batch_size: int | None = None) -> None:
         if not isinstance(state, GPTState):
             raise TypeError(f"state: expected a GPTState (from model.init_state or prefill), got {type(state).__name__}")
         c = self.config
         if state.n_layer != c.n_layer or state.k_buf[0].shape[1] != c.n_head or state.k_buf[0].shape[3] != c.head_dim:
             raise ValueError(f"state: a KV cache of shape {tuple(state.k_buf[0].shape)} x {state.n_layer} layers does not "
                              f"belong to this model (n_layer={c.n_layer}, n_head={c.n_head}, head_dim={c.head_dim})")
-        if state.batch_size != batch_size:
+        if batch_size is not None and state.batch_size != batch_size:
             raise ValueError(f"input has batch size {batch_size}, the state has batch size {state.batch_size}")
 
     def extra_repr(self) -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "cache_corpus",
     "load_tokens",
     "read_manifest",
+    "cached_source_hash",
 ]
 
 CACHE_FORMAT_VERSION = 1
@@ -87,6 +88,15 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
     except (OSError, ValueError):
         return None
     return m if isinstance(m, dict) else None
+
+
+def cached_source_hash(cache_dir: str | os.PathLike, split: str, tokenizer_name: str) -> str | None:
+    """The SHA-256 of the source text the cache of ``split`` was built from (its manifest), None without one.
+
+    Lets a resumed training run notice a corpus that changed since the cache was built."""
+    m = read_manifest(cache_paths(cache_dir, split, tokenizer_name)[1])
+    h = None if m is None else m.get("source_sha256")
+    return h if isinstance(h, str) else None
 
 
 def _memmap(path: Path, dtype: np.dtype, length: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..cli import add_run_options, apply_run_options
+from ..cli import add_run_options, apply_run_options, nonneg_int, positive_int
 
 
 def _load(path: str):
@@ -41,17 +41,11 @@ def _load(path: str):
     return model, tok
 
 
-def _positive(name: str, v: int) -> int:
-    if v < 1:
-        raise ValueError(f"--{name}={v}: expected a positive integer")
-    return v
-
-
 def _heldout(args, tok, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(eval ids (B, T) from the validation text, calibration ids (B, T) from the training text)."""
     from ..data.corpora import read_text_source, resolve_corpus, split_text
 
-    B, T = _positive("batch", args.batch), _positive("seq-len", args.seq_len)
+    B, T = args.batch, args.seq_len  # positive (checked by argparse)
     if args.text:
         val = read_text_source(args.text)
         train = split_text(val).train
@@ -186,20 +180,20 @@ def register(sub) -> None:
         add_run_options(q, device=device, threads_default=1,
                         threads_help="torch threads (default 1: sparse steps gain little and avoid OpenMP stalls)")
         q.add_argument("--float64", action="store_true", help="run the graph form in float64 (default float32)")
-        q.add_argument("--synapses", type=int, default=None,
+        q.add_argument("--synapses", type=positive_int, default=None,
                        help="k random synapse partners per neuron (default: full head blocks, exact attention)")
         if budget:
-            q.add_argument("--budget", type=int, default=None,
+            q.add_argument("--budget", type=nonneg_int, default=None,
                            help="edges kept per parameter graph (G_x, G_y); default: exact Claim 3 hubs")
 
     k = gs.add_parser("kl", help="mean KL per token between BDH-GPU and the graph form vs the edge budget")
     common(k, budget=False)
-    k.add_argument("--budgets", type=int, nargs="+", default=None, help="edge budgets (default: n .. n^2, geometric)")
-    k.add_argument("--points", type=int, default=7, help="number of default budgets")
+    k.add_argument("--budgets", type=nonneg_int, nargs="+", default=None, help="edge budgets (default: n .. n^2, geometric)")
+    k.add_argument("--points", type=positive_int, default=7, help="number of default budgets")
     k.add_argument("--corpus", default="shakespeare", help="corpus whose validation split is the held-out text")
     k.add_argument("--text", default=None, help="a text file instead (its last 10%% is held out)")
-    k.add_argument("--batch", type=int, default=16, help="held-out sequences")
-    k.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
+    k.add_argument("--batch", type=positive_int, default=16, help="held-out sequences")
+    k.add_argument("--seq-len", type=positive_int, default=128, help="tokens per sequence")
     k.add_argument("--gains", nargs="+", default=["exact", "meanfield"], choices=["exact", "meanfield", "calibrated"],
                    help="LayerNorm modes: exact (d-space gain hubs), meanfield (RMS over neurons), calibrated "
                         "(constants, fully local); the last two are fitted on training text")
@@ -208,19 +202,17 @@ def register(sub) -> None:
     r = gs.add_parser("run", help="run a prompt through the graph form; export graphs and sigma snapshots")
     common(r)
     r.add_argument("--prompt", required=True)
-    r.add_argument("--max-new-tokens", type=int, default=40)
+    r.add_argument("--max-new-tokens", type=nonneg_int, default=40, help="greedy tokens after the prompt (0: none)")
     r.add_argument("--export", default=None, help="directory for edge lists / GraphML")
     r.add_argument("--format", default="csv", help="csv, graphml or both")
-    r.add_argument("--sigma-top", type=int, default=10000, help="synapses per layer in a snapshot (strongest |sigma|)")
-    r.add_argument("--snapshot-every", type=int, default=0, help="also export sigma every K prompt tokens")
+    r.add_argument("--sigma-top", type=nonneg_int, default=10000, help="synapses per layer in a snapshot (strongest |sigma|)")
+    r.add_argument("--snapshot-every", type=nonneg_int, default=0, help="also export sigma every K prompt tokens (0: never)")
     i = gs.add_parser("info", help="edge counts and state size of the graph form")
     common(i, device=False)  # builds the graph form (CPU), runs no model
     p.set_defaults(func=_with_threads)
 
 
 def _with_threads(args: argparse.Namespace) -> int:
-    if getattr(args, "budget", None) is not None and args.budget < 0:
-        raise ValueError(f"--budget={args.budget}: expected a non-negative number of edges")
     args.torch_device = apply_run_options(args)  # --threads (all), --device (kl, run): None without --device
     return handler(args)
 

@@ -13,7 +13,9 @@
 Every file is written with `bdh.io.atomic_path` into a hidden staging directory that is renamed into place once
 complete, so a kill or a full disk never damages an existing checkpoint and a checkpoint directory without
 `trainer.json` is never used. Only the last `keep_last` step checkpoints are kept; `checkpoints/best/` holds
-the model with the best periodic validation loss.
+the model with the best periodic validation loss. `read_checkpoint` checks every file (a damaged or hand-edited one
+is a CheckpointError naming it); resuming a run directory falls back past a damaged newest checkpoint
+(`resume_candidates`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError
-from ..io import atomic_path, atomic_write_json
+from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, check_tensors, save_tensors
+from ..interface import load_config
+from ..io import atomic_write_json
 
 FORMAT = "bdh-train-checkpoint"
 VERSION = 1
@@ -50,16 +53,22 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
-def find_checkpoint(spec: str | os.PathLike) -> Path:
-    """A checkpoint directory, or the latest checkpoint of a run directory (`OUT` or `OUT/checkpoints`)."""
+def resume_candidates(spec: str | os.PathLike) -> list[Path]:
+    """[the checkpoint directory `spec`], or the complete checkpoints of the run directory `spec` (`OUT` or
+    `OUT/checkpoints`), newest first: the ones to fall back on when the newest is damaged."""
     p = Path(spec)
     if (p / TRAINER_FILE).is_file():
-        return p
+        return [p]
     for root in (p / "checkpoints", p):
         found = list_checkpoints(root)
         if found:
-            return found[-1]
+            return found[::-1]
     raise ValueError(f"--resume: no complete checkpoint under {str(p)!r} (expected {p}/checkpoints/step-*/)")
+
+
+def find_checkpoint(spec: str | os.PathLike) -> Path:
+    """A checkpoint directory, or the latest checkpoint of a run directory (`OUT` or `OUT/checkpoints`)."""
+    return resume_candidates(spec)[0]
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -68,11 +77,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp)
+    save_tensors(path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()})
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -91,9 +96,15 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict, dict[str, t
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """The inverse of `optimizer_state`; ValueError when a state tensor does not fit its parameter."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     state = {}
     for pid, entry in meta["state"].items():
         state[int(pid)] = {k: tensors[f"state.{pid}.{k}"] if v == "<tensor>" else v for k, v in entry.items()}
+        for k, v in state[int(pid)].items():
+            if torch.is_tensor(v) and v.dim() and tuple(v.shape) != tuple(params[int(pid)].shape):
+                raise ValueError(f"optimizer tensor state.{pid}.{k} has shape {tuple(v.shape)}, its parameter "
+                                 f"{tuple(params[int(pid)].shape)}")
     groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
@@ -110,11 +121,21 @@ def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, tensors
 
 
-def set_rng_state(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+def _rng_states(meta: dict) -> tuple[tuple, tuple]:
+    """The Python and NumPy RNG states in `meta` (rank<r>.json), checked by loading them into fresh generators."""
     v, state, gauss = meta["python"]
-    random.setstate((v, tuple(state), gauss))
+    py = (v, tuple(state), gauss)
+    random.Random().setstate(py)
     k, s, pos, g, c = meta["numpy"]
-    np.random.set_state((k, np.asarray(s, dtype=np.uint32), pos, g, c))
+    npst = (k, np.asarray(s, dtype=np.uint32), pos, g, c)
+    np.random.RandomState().set_state(npst)
+    return py, npst
+
+
+def set_rng_state(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    py, npst = _rng_states(meta)
+    random.setstate(py)
+    np.random.set_state(npst)
     torch.set_rng_state(tensors["rng.torch"])
     cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.split(".")[-1]))
     cuda = [tensors[k] for k in cuda_keys]
@@ -187,29 +208,50 @@ def save_best(root: Path, step: int, val: dict, model, tokenizer) -> None:
 
 # ----------------------------------------------------------------------------------------------- reading
 def read_checkpoint(path: Path, rank: int = 0) -> dict:
-    """Everything in checkpoint `path` that process `rank` needs (tensors loaded on CPU)."""
+    """Everything in checkpoint `path` that process `rank` needs (tensors loaded on CPU); a CheckpointError naming
+    the file that is missing, truncated, hand-edited out of shape or does not fit the checkpoint's config."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
+
+    def read(name: str, load):
+        try:
+            return load(path / name)
+        except (OSError, ValueError, SafetensorError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{path / name}: unreadable or incomplete checkpoint file ({msg})") from None
+
+    meta = read(TRAINER_FILE, lambda p: json.loads(p.read_text(encoding="utf-8")))
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise CheckpointError(f"{path / TRAINER_FILE}: not a {FORMAT} v{VERSION} checkpoint")
+    if not (path / f"rank{rank}.safetensors").is_file():
+        raise CheckpointError(
+            f"{path}: no state for process {rank} (the checkpoint was written by {meta.get('world_size')} "
+            "process(es); resume with the same number)"
+        )
+    rc = meta.get("run_config")
+    if (not isinstance(meta.get("step"), int) or not isinstance(meta.get("optimizer"), dict)
+            or not isinstance(rc, dict) or not all(isinstance(rc.get(k), dict) for k in ("data", "train"))):
+        raise CheckpointError(f"{path / TRAINER_FILE}: expected an integer step, optimizer state and run_config")
+    saved = {
+        "meta": meta,
+        "rank_meta": read(f"rank{rank}.json", lambda p: json.loads(p.read_text(encoding="utf-8"))),
+        "rank_tensors": read(f"rank{rank}.safetensors", lambda p: load_file(str(p))),
+        "optimizer_tensors": read(OPTIMIZER_FILE, lambda p: load_file(str(p))),
+        "model_tensors": read(WEIGHTS_NAME, lambda p: load_file(str(p))),
+    }
+    checks = ((f"rank{rank}.json", lambda: _rng_states(saved["rank_meta"])),
+              (f"rank{rank}.safetensors", lambda: torch.Generator().set_state(saved["rank_tensors"]["rng.torch"])))
+    for name, check in checks:
+        try:  # hand-edited files: a clear error naming the file, not a traceback on restore
+            check()
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError, RuntimeError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CheckpointError(f"{path / name}: not a valid RNG state ({type(e).__name__}: {msg})") from None
     try:
-        meta = json.loads((path / TRAINER_FILE).read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise CheckpointError(f"{path}: not a {FORMAT} v{VERSION} checkpoint")
-        rank_file = path / f"rank{rank}.safetensors"
-        if not rank_file.is_file():
-            raise CheckpointError(
-                f"{path}: no state for process {rank} (the checkpoint was written by {meta.get('world_size')} "
-                "process(es); resume with the same number)"
-            )
-        return {
-            "meta": meta,
-            "rank_meta": json.loads((path / f"rank{rank}.json").read_text(encoding="utf-8")),
-            "rank_tensors": load_file(str(rank_file)),
-            "optimizer_tensors": load_file(str(path / OPTIMIZER_FILE)),
-            "model_tensors": load_file(str(path / "model.safetensors")),
-        }
-    except (OSError, ValueError, KeyError, SafetensorError) as e:
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointError(f"{path}: unreadable or incomplete checkpoint ({e})") from e
+        config = load_config(path / CONFIG_NAME)
+    except (OSError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path / CONFIG_NAME}: invalid config: {e}") from None
+    check_tensors(saved["model_tensors"], config, str(path / WEIGHTS_NAME))  # names and shapes
+    return saved

@@ -2,7 +2,8 @@
 
     bdh train                                   # the default config: Shakespeare, bytes, ~8 min on 2 CPU cores
     bdh train --config tiny --set train.steps=50 --out runs/tiny
-    bdh train --config my.toml --data corpus.txt --out runs/x --resume
+    bdh train --config my.toml --data corpus.txt --out runs/x --resume   # a finished run: "already finished"
+    bdh train --config tiny --out runs/m --overwrite --threads 1     # replace the model saved in runs/m
     torchrun --nproc_per_node=2 -m bdh.cli train --config tiny --out runs/ddp
     bdh eval --model runs/tiny [--data SPEC] [--device cuda] [--threads 2]
 """
@@ -21,12 +22,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .trainer import launch
 
     overrides = list(args.set or [])
+    if args.threads is not None:
+        from ..cli import THREADS_MAX
+
+        if not 1 <= args.threads <= THREADS_MAX:
+            raise ValueError(f"--threads {args.threads}: expected a positive integer (at most {THREADS_MAX})")
+        overrides.append(f"train.threads={args.threads}")
     if args.data is not None:
         overrides.append(f"data.corpus={json.dumps(args.data)}")
     run = load_run_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / run.name
     t0 = time.time()
-    s = launch(run, out, resume=args.resume, progress=None if not args.no_progress else False)
+    s = launch(run, out, resume=args.resume, progress=None if not args.no_progress else False,
+               overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: one report
         return 0
     print(f"val loss {s['val_loss']:.4f} nats/token | {s['val_bpb']:.4f} bits/byte | {s['step']} steps | "
@@ -106,6 +114,10 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="run directory (default runs/<config name>); ends holding the model")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                    help="continue from the latest checkpoint in --out, or from the given checkpoint/run directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="a new run may replace a model already saved in --out (refused otherwise)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per process, a positive integer (= --set train.threads=N)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (text lines instead)")
     p.set_defaults(func=cmd_train)
 

@@ -76,6 +76,10 @@ def evaluate(
     if world > 1:
         torch.distributed.all_reduce(sums)
     nats, count, nbytes = sums.tolist()
+    # (issue 13, item 2) a diverged or corrupt model: refuse to report a nan/inf loss as a result
+    if not math.isfinite(nats):
+        raise ValueError(f"validation loss is {nats / max(count, 1.0)} (non-finite logits): expected a finite loss "
+                         "(the model's weights have diverged or are corrupt)")
     return {
         "loss": nats / count,
         "bpb": nats / math.log(2) / max(nbytes, 1.0),

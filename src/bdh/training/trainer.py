@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._version import __version__
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, check_output_dir
 from ..interface import build_model, load_config
 from ..io import atomic_path, atomic_write_json, atomic_write_text
 from ..sparse import hoyer_activity
@@ -119,9 +119,11 @@ def pick_device(pref: str, dist: Dist) -> torch.device:
 
 
 # ----------------------------------------------------------------------------------------------- data
-def prepare_data(run: RunConfig, out: Path, dist: Dist, tokenizer=None):
-    """(tokenizer, train tokens, val tokens) for the run; tokens are memmaps of a cache in OUT/data."""
-    from ..data.cache import build_token_cache
+def prepare_data(run: RunConfig, out: Path, dist: Dist, tokenizer=None, expect_sha256: dict | None = None):
+    """(tokenizer, train tokens, val tokens, {split: source SHA-256}) for the run; tokens are memmaps of a cache
+    in OUT/data. `expect_sha256` (on resume: the hashes the run started with) are checked before anything is
+    written: a corpus that changed since is a ValueError."""
+    from ..data.cache import build_token_cache, cached_source_hash, source_hash
     from ..data.corpora import resolve_corpus
     from ..tokenization import BPETokenizer, get_tokenizer, load_tokenizer
 
@@ -132,6 +134,18 @@ def prepare_data(run: RunConfig, out: Path, dist: Dist, tokenizer=None):
     )
     if not splits.train.strip():
         raise ValueError(f"data.corpus = {d.corpus!r}: the training split is empty")
+    hashes = {"train": source_hash(splits.train), "val": source_hash(splits.val)}
+    cache = out / "data"
+    for split, want in (expect_sha256 or {}).items():
+        where = "the checkpoint"
+        if want is None and tokenizer is not None:  # a checkpoint from before data_sha256: the token cache's manifest
+            want, where = cached_source_hash(cache, split, tokenizer.name), f"the token cache in {cache}"
+        if want is not None and hashes.get(split) != want:
+            raise ValueError(
+                f"data.corpus = {d.corpus!r} changed since the run started: its {split} split has SHA-256 "
+                f"{hashes.get(split, '')[:12]}..., {where} records {want[:12]}...; resume with the original corpus "
+                "(and data.val_fraction, train.data_seed), or start a new run in another --out"
+            )
     if tokenizer is None:
         if d.tokenizer == "bpe":
             if dist.main:
@@ -140,7 +154,6 @@ def prepare_data(run: RunConfig, out: Path, dist: Dist, tokenizer=None):
             tokenizer = load_tokenizer(out / "tokenizer")
         else:
             tokenizer = get_tokenizer(d.tokenizer)
-    cache = out / "data"
     data = {}
     for rank_turn in (True, False):  # process 0 builds the cache, the others reuse it
         if dist.main == rank_turn:
@@ -155,7 +168,7 @@ def prepare_data(run: RunConfig, out: Path, dist: Dist, tokenizer=None):
         )
     if len(data["val"]) < 2:
         raise ValueError(f"data.corpus = {d.corpus!r}: the validation split has {len(data['val'])} token(s); need >= 2")
-    return tokenizer, data["train"], data["val"]
+    return tokenizer, data["train"], data["val"], hashes
 
 
 # ----------------------------------------------------------------------------------------------- the step
@@ -227,14 +240,21 @@ CSV_FIELDS = ("step", "split", "loss", "bpb", "lr", "grad_norm", "tokens", "tok_
 class Metrics:
     """metrics.jsonl (every record) and metrics.csv (losses), plus TensorBoard when it imports."""
 
-    def __init__(self, out: Path, resume_step: int | None):
+    def __init__(self, out: Path, resume_step: int | None, finish_step: int | None = None):
+        """`resume_step`: keep the records up to that step (None: a new run, no records); `finish_step`: also drop
+        the records `Trainer.finish` wrote at `resume_step` (its "final" and its sample at the run's last step),
+        because the resumed run finishes again."""
         self.jsonl, self.csv = out / "metrics.jsonl", out / "metrics.csv"
+        self.failed = False
         kept = []
         if resume_step is not None and self.jsonl.is_file():  # drop what a killed run logged after its checkpoint
             for line in self.jsonl.read_text(encoding="utf-8").splitlines():
                 with contextlib.suppress(ValueError):
                     r = json.loads(line)
-                    if r.get("step", 0) <= resume_step:
+                    step = r.get("step", 0)
+                    by_finish = finish_step is not None and step == resume_step and (
+                        r.get("split") == "final" or ("sample" in r and step == finish_step))
+                    if step <= resume_step and not by_finish:
                         kept.append(r)
         atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in kept))
         with atomic_path(self.csv) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
@@ -253,19 +273,29 @@ class Metrics:
             self.tb = None
 
     def write(self, record: dict) -> None:
-        self._j.write(json.dumps(record) + "\n")
-        self._j.flush()
-        if "loss" in record:
-            self._cw.writerow(record)
-            self._c.flush()
-            if self.tb is not None:
-                for k in ("loss", "bpb", "lr", "grad_norm", "tok_per_s"):
-                    if record.get(k) is not None:
-                        self.tb.add_scalar(f"{record['split']}/{k}", record[k], record["step"])
+        path = self.jsonl
+        try:
+            self._j.write(json.dumps(record) + "\n")
+            self._j.flush()
+            if "loss" in record:
+                path = self.csv
+                self._cw.writerow(record)
+                self._c.flush()
+        except OSError as e:  # a full disk: one line naming the file and the errno
+            self.failed = True
+            raise OSError(e.errno, f"could not write {path} ({e.strerror or e})") from e
+        if "loss" in record and self.tb is not None:
+            for k in ("loss", "bpb", "lr", "grad_norm", "tok_per_s"):
+                if record.get(k) is not None:
+                    self.tb.add_scalar(f"{record['split']}/{k}", record[k], record["step"])
 
     def close(self) -> None:
-        self._j.close()
-        self._c.close()
+        for f in (self._j, self._c):
+            try:
+                f.close()
+            except OSError:
+                if not self.failed:  # after a failed write the error is already on its way
+                    raise
         if self.tb is not None:
             self.tb.close()
 
@@ -333,13 +363,17 @@ class Trainer:
     """
 
     def __init__(self, run: RunConfig, out_dir: str | os.PathLike, *, resume=None, progress: bool | None = None,
-                 echo=None):
+                 echo=None, overwrite: bool = False):
         self.run_cfg, self.t, self.T = run, run.train, run.data.block_size
-        self.out, self.resume, self.progress = Path(out_dir), resume, progress
+        self.out, self.resume, self.progress, self.overwrite = Path(out_dir), resume, progress, overwrite
         self.root = self.out / "checkpoints"
         self.dist = Dist.from_env(run.train.device)
         self.echo = echo or (lambda s: print(s, file=sys.stderr, flush=True))
         self.metrics, self.bar, self._threads = None, None, torch.get_num_threads()
+        self.saved: dict | None = None  # the checkpoint resumed from (read once, in _resume_path)
+        self.finished: TrainResult | None = None  # resuming a run that is already finished: nothing to do
+        self.data_sha256: dict = {}
+        self._finished_at_ckpt = False  # OUT holds the finished run of the checkpoint resumed from
         self.step, self.best, self.elapsed, self.tokens_seen = 0, math.inf, 0.0, 0
         self.window_tokens, self.window_time = 0, 0.0
 
@@ -364,6 +398,8 @@ class Trainer:
         self.run_cfg.validate()
         self._setup_device()
         resume_path = self._resume_path()
+        if resume_path is not None and self._check_finished(resume_path):
+            return
         self._setup_data(resume_path)
         self._setup_model()
         if resume_path is not None:
@@ -386,15 +422,66 @@ class Trainer:
     def _resume_path(self) -> Path | None:
         """The checkpoint to resume from (None: a new run); init_from and --out checked before anything is written."""
         t, out = self.t, self.out
-        if t.init_from and self.resume is None:  # the vocabulary is checked again once the tokenizer is known
-            saved_cfg = _init_from_config(t.init_from)
-            _init_from_config(t.init_from, self.run_cfg.model_config(saved_cfg.vocab_size))
         if self.resume is not None:
-            return ckpt.find_checkpoint(out if str(self.resume) == "latest" else self.resume)
+            path = self._read_resume_checkpoint(out if str(self.resume) == "latest" else self.resume)
+            if not path.resolve().is_relative_to(out.resolve()):  # another run's checkpoint: OUT's model is not ours
+                check_output_dir(out, overwrite=self.overwrite)
+            return path
         if ckpt.list_checkpoints(self.root):
             raise ValueError(f"--out {str(out)!r} already holds checkpoints of a run: pass --resume to continue it, "
                              "or choose another --out")
+        # a saved model in OUT is replaced only with --overwrite, and never when it is the run's own init_from
+        check_output_dir(out, overwrite=self.overwrite, inputs=[t.init_from] if t.init_from else [])
+        if t.init_from:  # the vocabulary is checked again once the tokenizer is known
+            saved_cfg = _init_from_config(t.init_from)
+            _init_from_config(t.init_from, self.run_cfg.model_config(saved_cfg.vocab_size))
         return None
+
+    def _read_resume_checkpoint(self, spec) -> Path:
+        """Read the checkpoint to resume from into `self.saved`: `spec` itself, or the newest readable checkpoint of
+        the run directory `spec`, falling back past damaged ones (saying so). Processes agree on one checkpoint."""
+        candidates, error, read_at = ckpt.resume_candidates(spec), None, None
+        i, agreed = 0, None
+        while True:
+            while i < len(candidates) and read_at != i:  # the first checkpoint from i on that this process reads
+                try:
+                    self.saved, read_at = ckpt.read_checkpoint(candidates[i], self.dist.rank), i
+                except CheckpointError as e:
+                    error, i = e, i + 1
+                    if i < len(candidates):
+                        self.echo(f"warning: checkpoint {candidates[i - 1]} is damaged ({str(e).splitlines()[0]}); "
+                                  f"falling back to the previous one, {candidates[i]}")
+            if self.dist.world == 1:
+                prev, agreed = i, i
+            else:  # one all_reduce per round on every process: the oldest checkpoint any process needs
+                t = torch.tensor([i], dtype=torch.int64, device=self.device)
+                torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+                prev, agreed = agreed, int(t)
+            if agreed == len(candidates):
+                raise error or CheckpointError(f"--resume {spec}: no checkpoint that every process can read")
+            if prev == agreed:
+                return candidates[agreed]
+            i = agreed
+
+    def _check_finished(self, path: Path) -> bool:
+        """True (with `self.finished` set) when checkpoint `path` is the last step of a run that finished in OUT
+        (its summary.json is of that step and its model is saved): resuming it changes nothing."""
+        from ..checkpoint import load_model
+
+        step = self.saved["meta"]["step"]
+        try:
+            summary = json.loads((self.out / "summary.json").read_text(encoding="utf-8"))
+            self._finished_at_ckpt = (path.resolve().is_relative_to(self.out.resolve()) and summary["step"] == step
+                                      and (self.out / "model.safetensors").is_file())
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if not self._finished_at_ckpt or step < self.t.steps:
+            return False
+        self.say(f"the run in {self.out} is already finished (step {step}, train.steps = {self.t.steps}): nothing "
+                 "to do; raise train.steps to train further")
+        model = load_model(self.out)
+        self.finished = TrainResult(model, model.tokenizer, summary)
+        return True
 
     def _setup_data(self, resume_path: Path | None) -> None:
         """The tokenizer (the checkpoint's on resume, the saved model's for a trained one with init_from)."""
@@ -406,7 +493,12 @@ class Trainer:
             tokenizer = load_tokenizer(resume_path)
         elif self.t.init_from and self.run_cfg.data.tokenizer == "bpe":  # fine-tuning keeps the trained BPE
             tokenizer = load_tokenizer(self.t.init_from)
-        self.tokenizer, self.train_tokens, self.val_tokens = prepare_data(self.run_cfg, self.out, self.dist, tokenizer)
+        expect = None
+        if resume_path is not None:  # checked against the corpus the run started with (None: ask the token cache)
+            recorded = self.saved["meta"].get("data_sha256")
+            expect = recorded if isinstance(recorded, dict) else {"train": None, "val": None}
+        self.tokenizer, self.train_tokens, self.val_tokens, self.data_sha256 = prepare_data(
+            self.run_cfg, self.out, self.dist, tokenizer, expect)
         if self.dist.main:
             self.tokenizer.save(self.out)
         self.byte_lengths = token_byte_lengths(self.tokenizer)
@@ -439,21 +531,35 @@ class Trainer:
     def _restore(self, path: Path) -> None:
         """Weights, optimizer, schedule, sampler, RNG states and carried states of checkpoint `path`."""
         dist = self.dist
-        saved = ckpt.read_checkpoint(path, dist.rank)
+        saved = self.saved
         meta = saved["meta"]
         _check_resume(self.run_cfg, meta, self.model_cfg, path)
         if meta["world_size"] != dist.world:
             raise CheckpointError(f"--resume {path}: written by {meta['world_size']} process(es), now {dist.world}; "
                                   "resume with the same number of processes")
-        self.model.load_state_dict(saved["model_tensors"], strict=True)
-        ckpt.load_optimizer_state(self.optimizer, meta["optimizer"], saved["optimizer_tensors"])
-        self.scheduler.load_state_dict(meta["scheduler"])
-        rt = saved["rank_tensors"]
-        self.sampler.load_state_dict(meta["sampler"], {k[8:]: v for k, v in rt.items() if k.startswith("sampler.")})
-        ckpt.set_rng_state(saved["rank_meta"], rt)
-        self.states = states_from_tensors(self.model, rt, self.t.grad_accum, self.device)
-        self.step, self.elapsed, self.tokens_seen = meta["step"], meta["elapsed_s"], meta["tokens"]
-        self.best = math.inf if meta["best_val"] is None else meta["best_val"]
+        what = f"{path / 'model.safetensors'}"
+        try:  # a hand-edited or foreign file: one line naming it, not a traceback
+            self.model.load_state_dict(saved["model_tensors"], strict=True)
+            what = f"{path / ckpt.OPTIMIZER_FILE} (with {ckpt.TRAINER_FILE})"
+            ckpt.load_optimizer_state(self.optimizer, meta["optimizer"], saved["optimizer_tensors"])
+            what = f"{path / ckpt.TRAINER_FILE} (scheduler, sampler)"
+            if not isinstance(meta["scheduler"], dict):
+                raise TypeError(f"scheduler state is {type(meta['scheduler']).__name__}, expected an object")
+            self.scheduler.load_state_dict(meta["scheduler"])
+            rt = saved["rank_tensors"]
+            self.sampler.load_state_dict(meta["sampler"], {k[8:]: v for k, v in rt.items() if k.startswith("sampler.")})
+            what = f"{path}/rank{dist.rank}.json, rank{dist.rank}.safetensors"
+            ckpt.set_rng_state(saved["rank_meta"], rt)
+            self.states = states_from_tensors(self.model, rt, self.t.grad_accum, self.device)
+            what = f"{path / ckpt.TRAINER_FILE}"
+            self.step, self.elapsed, self.tokens_seen = int(meta["step"]), float(meta["elapsed_s"]), int(meta["tokens"])
+            self.best = math.inf if meta["best_val"] is None else float(meta["best_val"])
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError, RuntimeError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CheckpointError(
+                f"--resume {path}: {what} does not fit this run ({type(e).__name__}: {msg})") from None
         now = self.run_cfg.to_dict()["train"]
         changed = sorted(k for k, v in now.items() if meta["run_config"]["train"].get(k) != v)
         self.say(f"resumed from {path} at step {self.step}"
@@ -479,7 +585,10 @@ class Trainer:
                     "torch": torch.__version__}
             atomic_write_json(self.out / "run.json", info)
             atomic_write_text(self.out / "run.toml", run.to_toml())
-            self.metrics = Metrics(self.out, self.step if resumed else None)
+            finish_step = None
+            if resumed and not self._finished_at_ckpt:  # a run killed while finishing: it finishes again
+                finish_step = self.saved["meta"]["run_config"].get("train", {}).get("steps")
+            self.metrics = Metrics(self.out, self.step if resumed else None, finish_step)
         self.say(f"{type(model).__name__} {model.extra_repr()} | {run.data.corpus}: {len(self.train_tokens):,} train / "
                  f"{len(self.val_tokens):,} val tokens ({self.tokenizer.name}) | {t.steps} steps x "
                  f"{self.tokens_per_step:,} tokens | {self.device}" + (f" x {dist.world} processes" if dist.world > 1 else ""))
@@ -648,7 +757,7 @@ class Trainer:
         rank_tensors.update(states_to_tensors(self.model, self.states))
         meta = {"run_config": self.run_cfg.to_dict(), "scheduler": self.scheduler.state_dict(),
                 "sampler": self.sampler.state_dict()[0], "best_val": None if math.isinf(self.best) else self.best,
-                "elapsed_s": self.elapsed, "tokens": self.tokens_seen}
+                "elapsed_s": self.elapsed, "tokens": self.tokens_seen, "data_sha256": self.data_sha256}
         ckpt.save_checkpoint(self.root, self.step, model=self.model, tokenizer=self.tokenizer,
                              optimizer=self.optimizer, rank_tensors=rank_tensors, trainer_meta=meta, rank=dist.rank,
                              world=dist.world, barrier=dist.barrier, keep_last=t.keep_last)
@@ -685,6 +794,8 @@ class Trainer:
     def run(self) -> TrainResult:
         try:
             self.setup()
+            if self.finished is not None:
+                return self.finished
             self.loop()
             return self.finish()
         finally:
@@ -698,17 +809,22 @@ def train(
     resume: str | os.PathLike | None = None,
     progress: bool | None = None,
     echo=None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train `run` into `out_dir`; `resume` = a checkpoint, a run directory, or "latest" (of `out_dir`).
 
     `progress`: a tqdm bar (None: only on a terminal; otherwise a text line every `log_every` steps).
+    `overwrite`: a new run may replace a model already saved in `out_dir` (otherwise ValueError, before any write).
+    Resuming a run that already finished (its last checkpoint is at `train.steps`, its model saved) changes nothing
+    and returns its model and summary; on resume the corpus must be the one the run started with.
     Raises ValueError for bad data or configs, TrainingDiverged on a NaN/Inf loss, OSError when a write fails.
     """
-    return Trainer(run, out_dir, resume=resume, progress=progress, echo=echo).run()
+    return Trainer(run, out_dir, resume=resume, progress=progress, echo=echo, overwrite=overwrite).run()
 
 
 # ----------------------------------------------------------------------------------------------- launching
-def launch(run: RunConfig, out_dir: str | os.PathLike, *, resume=None, progress: bool | None = None) -> dict:
+def launch(run: RunConfig, out_dir: str | os.PathLike, *, resume=None, progress: bool | None = None,
+           overwrite: bool = False) -> dict:
     """Run `train` in `run.train.processes` local processes (DDP), or in this one; return the summary.
 
     What torchrun does, without torchrun: for `bdh train` on a multi-core CPU, where P processes of one
@@ -717,7 +833,7 @@ def launch(run: RunConfig, out_dir: str | os.PathLike, *, resume=None, progress:
     """
     n = run.train.processes
     if n <= 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return train(run, out_dir, resume=resume, progress=progress).summary
+        return train(run, out_dir, resume=resume, progress=progress, overwrite=overwrite).summary
     import socket
     import tempfile
 
@@ -728,22 +844,32 @@ def launch(run: RunConfig, out_dir: str | os.PathLike, *, resume=None, progress:
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="bdh-launch-") as errors:
         try:
-            mp.start_processes(_spawned, args=(n, port, run, str(out_dir), resume, progress, errors), nprocs=n,
-                               start_method="spawn", join=True)
-        except (mp.ProcessExitedException, mp.ProcessRaisedException):
+            mp.start_processes(_spawned, args=(n, port, run, str(out_dir), resume, progress, errors, overwrite),
+                               nprocs=n, start_method="spawn", join=True)
+        except (mp.ProcessExitedException, mp.ProcessRaisedException) as exc:
             for f in sorted(Path(errors).glob("rank*.json")):  # the first process that failed with a message
-                e = json.loads(f.read_text(encoding="utf-8"))
+                try:
+                    e = json.loads(f.read_text(encoding="utf-8"))
+                except (OSError, ValueError):  # half-written on a full disk
+                    continue
                 raise (OSError if e["kind"] == "OSError" else ValueError)(e["message"]) from None
+            if isinstance(exc, mp.ProcessExitedException):  # its message could not be handed over: it printed it
+                raise OSError(f"training process {exc.error_index} exited with code {exc.exit_code} "
+                              "(its error is printed above)") from None
             raise
     return json.loads((Path(out_dir) / "summary.json").read_text(encoding="utf-8"))
 
 
-def _spawned(rank: int, world: int, port: int, run: RunConfig, out: str, resume, progress, errors: str) -> None:
+def _spawned(rank: int, world: int, port: int, run: RunConfig, out: str, resume, progress, errors: str,
+             overwrite: bool = False) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     try:
-        train(run, out, resume=resume, progress=progress)
-    except (ValueError, OSError) as e:  # bad input: hand the message to the launching process
-        with open(Path(errors) / f"rank{rank}.json", "w", encoding="utf-8") as f:
-            json.dump({"kind": "OSError" if isinstance(e, OSError) else "ValueError", "message": str(e)}, f)
+        train(run, out, resume=resume, progress=progress, overwrite=overwrite)
+    except (ValueError, OSError) as e:  # bad input or a failed write: hand the message to the launching process
+        try:
+            with open(Path(errors) / f"rank{rank}.json", "w", encoding="utf-8") as f:
+                json.dump({"kind": "OSError" if isinstance(e, OSError) else "ValueError", "message": str(e)}, f)
+        except OSError:  # a full disk may refuse even that: print it (one line)
+            print(f"bdh train: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -1,0 +1,399 @@
+"""bdh.tasks: the built-in reasoning tasks (exact answers, recomputed here independently), sizes 1x..8x, bad
+sizes, user tasks by file path and by module, and malformed user tasks (< 20 s)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from bdh.tasks import TASKS, Example, Task, TaskError, exact_match, load_task, masked_loss
+from bdh.tasks.builtin import count_solutions, eca_step, random_solved_grid
+
+BUILTINS = ["parity", "mqar", "copy", "reverse", "vartrack", "eca", "addition", "sudoku4", "sudoku9"]
+
+
+def sizes_of(task: Task) -> list[int]:
+    """1x, 2x, 4x, 8x the train size, clipped to the task's max_size (Sudoku: blanks are bounded by the grid)."""
+    hi = task.max_size if task.max_size is not None else 10**9
+    return sorted({min(m * task.train_size, hi) for m in (1, 2, 4, 8)})
+
+
+def examples(task: Task, size: int, n: int, seed: int = 0) -> list[Example]:
+    rng = random.Random(seed)
+    return [task.checked_example(rng, size) for _ in range(n)]
+
+
+def answers(task: Task, ex: Example) -> list[str]:
+    return [task.vocab[t] for t, m in zip(ex.targets, ex.mask) if m]
+
+
+# ----------------------------------------------------------------------------- every built-in
+def test_builtins_registered():
+    load_task("parity")
+    assert set(BUILTINS) <= set(TASKS)
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_deterministic_and_seeded(name):
+    task = load_task(name)
+    a = task.batch(random.Random(3), task.train_size, 8)
+    b = task.batch(random.Random(3), task.train_size, 8)
+    c = task.batch(random.Random(4), task.train_size, 8)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    assert not all(u.shape == v.shape and torch.equal(u, v) for u, v in zip(a, c))
+    # the global RNGs play no part
+    random.seed(0)
+    d = task.batch(random.Random(3), task.train_size, 8)
+    assert all(torch.equal(u, v) for u, v in zip(a, d))
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_sizes_1x_to_8x_share_the_vocabulary(name):
+    task = load_task(name)
+    vocab = tuple(task.vocab)
+    assert vocab[0] == "<pad>" and len(set(vocab)) == len(vocab)
+    lengths = []
+    for size in sizes_of(task):
+        x, y, m = task.batch(random.Random(size), size, 3)
+        assert tuple(load_task(name).vocab) == vocab  # the vocabulary is the task's, not the size's
+        assert x.max() < len(vocab) and y.max() < len(vocab) and x.min() >= 0
+        assert m.any(1).all() and (y[m] != 0).all()
+        lengths.append(x.shape[1])
+    if not name.startswith("sudoku"):  # a Sudoku's length is the grid's; everything else grows with the size
+        assert lengths == sorted(lengths) and lengths[-1] > lengths[0]
+    if task.max_size is not None:
+        assert task.max_size >= (8 * task.train_size if not name.startswith("sudoku") else task.train_size)
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_bad_sizes(name):
+    task = load_task(name)
+    bad = [0, -1, 2.5, "4", True] + ([task.max_size + 1] if task.max_size is not None else [])
+    for size in bad:
+        with pytest.raises(TaskError) as e:
+            task.batch(random.Random(0), size, 2)
+        msg = str(e.value)
+        assert "\n" not in msg and f"{task.size_name}=" in msg and repr(name) in msg
+        with pytest.raises(TaskError):
+            task.checked_example(random.Random(0), size)
+
+
+def test_bad_knobs():
+    from bdh.tasks.builtin import ECA, MQAR, Copy, VarTrack
+
+    for make, knob in [(lambda: ECA(rule=256), "rule=256"), (lambda: ECA(width=2), "width=2"),
+                       (lambda: MQAR(n_keys=0), "n_keys=0"), (lambda: MQAR(distance=-1), "distance=-1"),
+                       (lambda: Copy(alphabet=27), "alphabet=27"), (lambda: VarTrack(distractors=-1), "distractors")]:
+        with pytest.raises(TaskError, match=knob):
+            make()
+
+
+# ----------------------------------------------------------------------------- answers, recomputed here
+def test_parity_answers():
+    task = load_task("parity")
+    for size in sizes_of(task):
+        for ex in examples(task, size, 20):
+            bits = [int(t) for t in task.decode(ex.inputs)]
+            assert answers(task, ex) == [str(sum(bits[: i + 1]) % 2) for i in range(size)]
+
+
+@pytest.mark.parametrize("name", ["copy", "reverse"])
+def test_copy_reverse_answers(name):
+    task = load_task(name)
+    for size in sizes_of(task):
+        for ex in examples(task, size, 20):
+            toks = task.decode(ex.inputs)
+            assert toks[size] == "|" and toks[size + 1:] == ["_"] * size and len(toks) == 2 * size + 1
+            s = toks[:size]
+            assert all(c.isalpha() and len(c) == 1 for c in s)
+            assert answers(task, ex) == (s[::-1] if name == "reverse" else s)
+            assert [i for i, m in enumerate(ex.mask) if m] == list(range(size + 1, 2 * size + 1))
+
+
+def test_addition_answers():
+    task = load_task("addition")
+    carries = 0
+    for size in sizes_of(task):
+        for ex in examples(task, size, 30):
+            s = "".join(task.decode(ex.inputs))
+            a, rest = s.split("+")
+            b, blanks = rest.split("=")
+            assert len(a) == len(b) == size and blanks == "_" * (size + 1)
+            total = int(a[::-1]) + int(b[::-1])
+            assert "".join(answers(task, ex)) == str(total).zfill(size + 1)[::-1]
+            carries += total >= 10**size
+    assert carries > 0  # the final carry is exercised
+
+
+def test_mqar_answers():
+    task = load_task("mqar")
+    for size in sizes_of(task):
+        for ex in examples(task, size, 10):
+            toks = task.decode(ex.inputs)
+            q = toks.index("?")
+            pairs = toks[: 2 * size]
+            table = dict(zip(pairs[0::2], pairs[1::2]))
+            assert len(table) == size and all(k.startswith("k") and v.startswith("v") for k, v in table.items())
+            assert toks[2 * size: q] == ["."] * task.distance
+            queries = toks[q + 1:]
+            assert sorted(queries) == sorted(table)  # every key queried once
+            assert answers(task, ex) == [table[k] for k in queries]
+            assert [i for i, m in enumerate(ex.mask) if m] == list(range(q + 1, len(toks)))
+    far = type(task)(n_keys=16, n_values=4, distance=5)
+    ex = examples(far, 16, 1)[0]
+    assert far.decode(ex.inputs)[32:38] == ["."] * 5 + ["?"]
+
+
+def test_vartrack_answers():
+    task = load_task("vartrack")
+    assert task.max_size >= 8 * task.train_size
+    for size in sizes_of(task) + [task.max_size]:
+        for ex in examples(task, size, 10):
+            toks = task.decode(ex.inputs)
+            assert toks[-3] == "?" and toks[-1] == "_" and ex.mask == [False] * (len(toks) - 1) + [True]
+            body = toks[:-3]
+            assert len(body) == 4 * (task.distractors + 1) * (size + 1)
+            env = {}
+            for i in range(0, len(body), 4):
+                name, eq, val, semi = body[i: i + 4]
+                assert eq == "=" and semi == ";" and name not in env
+                env[name] = val if val.isdigit() else env[val]  # a copy refers to a name assigned earlier
+            # the queried name sits at the end of a chain of exactly `size` copies
+            name, hops = toks[-2], 0
+            defs = {body[i]: body[i + 2] for i in range(0, len(body), 4)}
+            while not defs[name].isdigit():
+                name, hops = defs[name], hops + 1
+            assert hops == size
+            assert answers(task, ex) == [env[toks[-2]]]
+
+
+RULE30 = {"111": 0, "110": 0, "101": 0, "100": 1, "011": 1, "010": 1, "001": 1, "000": 0}
+RULE110 = {"111": 0, "110": 1, "101": 1, "100": 0, "011": 1, "010": 1, "001": 1, "000": 0}
+
+
+def table_step(row, table):
+    n = len(row)
+    return [table[f"{row[i - 1]}{row[i]}{row[(i + 1) % n]}"] for i in range(n)]
+
+
+def test_eca_rule_by_hand():
+    one = [0, 0, 0, 1, 0, 0, 0, 0]
+    assert eca_step(one, 30) == [0, 0, 1, 1, 1, 0, 0, 0]
+    assert eca_step(one, 110) == [0, 0, 1, 1, 0, 0, 0, 0]
+    wrap = [1, 0, 0, 0, 0, 0, 0, 1]  # the ring: cell 0's left neighbour is cell 7
+    assert eca_step(wrap, 30) == [0, 1, 0, 0, 0, 0, 1, 1]
+    assert eca_step(wrap, 110) == [1, 0, 0, 0, 0, 0, 1, 1]
+    assert eca_step([1, 0, 0, 1], 30) == [0, 1, 1, 1] and eca_step([0, 1, 1, 1], 30) == [0, 1, 0, 0]
+    rng = random.Random(0)
+    for _ in range(50):
+        row = [rng.randrange(2) for _ in range(rng.randrange(3, 20))]
+        assert eca_step(row, 30) == table_step(row, RULE30)
+        assert eca_step(row, 110) == table_step(row, RULE110)
+
+
+@pytest.mark.parametrize("rule,table", [(30, RULE30), (110, RULE110)])
+def test_eca_rollout_answers(rule, table):
+    task = type(load_task("eca"))(rule=rule, width=12)
+    for size in sizes_of(task):
+        for ex in examples(task, size, 10):
+            assert ex.inputs[1:] == ex.targets[:-1]  # next-token form
+            seq = task.decode(ex.inputs + ex.targets[-1:])
+            rows = "".join(seq).split("|")
+            assert len(rows) == size + 1 and all(len(r) == 12 for r in rows)
+            rows = [[int(c) for c in r] for r in rows]
+            for a, b in zip(rows, rows[1:]):
+                assert b == table_step(a, table)
+            # answers: every cell of rows 1..steps, in order; separators and row 0 unscored
+            assert "".join(answers(task, ex)) == "".join(str(c) for r in rows[1:] for c in r)
+            assert sum(ex.mask) == 12 * size
+
+
+ALL_4X4 = None
+
+
+def all_4x4_grids() -> list[tuple[int, ...]]:
+    global ALL_4X4
+    if ALL_4X4 is None:
+        rows = list(itertools.permutations(range(1, 5)))
+        grids = [()]
+        for _ in range(4):  # add rows whose columns stay distinct, then keep the valid grids
+            grids = [g + r for g in grids for r in rows if all(r[c] not in g[c::4] for c in range(4))]
+        ALL_4X4 = [g for g in grids if valid_grid(g, 2)]
+    return ALL_4X4
+
+
+def valid_grid(g, box) -> bool:
+    n = box * box
+    digits = set(range(1, n + 1))
+    rows = [g[r * n:(r + 1) * n] for r in range(n)]
+    cols = [g[c::n] for c in range(n)]
+    boxes = [[g[(br + a) * n + bc + b] for a in range(box) for b in range(box)]
+             for br in range(0, n, box) for bc in range(0, n, box)]
+    return all(set(u) == digits for u in rows + cols + boxes)
+
+
+def check_sudoku(task, ex, box, size, independent_count):
+    n = box * box
+    cells = n * n
+    toks = task.decode(ex.inputs)
+    assert len(toks) == 2 * cells and toks[cells:] == ["_"] * cells
+    puzzle = [int(t) for t in toks[:cells]]
+    solution = [int(task.vocab[t]) for t in ex.targets[cells:]]
+    assert puzzle.count(0) == size
+    assert valid_grid(solution, box)
+    assert all(p in (0, s) for p, s in zip(puzzle, solution))  # agrees with the givens
+    assert ex.mask == [False] * cells + [p == 0 for p in puzzle]  # scored: the blanks' outputs
+    assert independent_count(puzzle) == 1  # the solution is unique
+
+
+def test_sudoku4_unique_and_valid():
+    task = load_task("sudoku4")
+    grids = all_4x4_grids()
+    assert len(grids) == 288 and count_solutions([0] * 16, 2, 1000) == 288
+
+    def count(puzzle):  # brute force over all 288 grids: independent of the task's solver
+        return sum(all(p in (0, v) for p, v in zip(puzzle, g)) for g in grids)
+
+    for size in range(1, 13):
+        for ex in examples(task, size, 10 if size < 12 else 4, seed=size):
+            check_sudoku(task, ex, 2, size, count)
+    seen = {tuple(random_solved_grid(random.Random(i), 2)) for i in range(3000)}
+    assert len(seen) == 288  # every 4x4 grid is reachable
+
+
+def test_sudoku9_unique_and_valid():
+    task = load_task("sudoku9")
+    assert "GPU" in type(task).__doc__
+    for size in (5, task.train_size, task.max_size):
+        for ex in examples(task, size, 2, seed=size):
+            check_sudoku(task, ex, 3, size, lambda p: count_solutions(p, 3, 2))
+    # the solver counts: a full grid has one completion, a deadly rectangle two, a clash none
+    g = random_solved_grid(random.Random(1), 3)
+    assert valid_grid(g, 3) and count_solutions(g, 3) == 1
+    bad = list(g)
+    bad[1] = bad[0]
+    assert count_solutions(bad, 3) == 0
+    assert count_solutions([0] * 81, 3, 2) == 2
+
+
+# ----------------------------------------------------------------------------- load_task and user tasks
+class Majority(Task):
+    """A user task defined in this test file: the majority bit of an odd-length stream, at a final blank."""
+
+    name = "majority"
+    vocab = ("<pad>", "0", "1", "_")
+    size_name, train_size = "length", 5
+
+    def example(self, rng, size):
+        bits = [rng.randrange(2) for _ in range(size)]
+        maj = int(2 * sum(bits) > size)
+        return Example([1 + b for b in bits] + [3], [0] * size + [1 + maj], [False] * size + [True])
+
+
+def test_load_task_unknown():
+    for ref in ("nosuch", "", "nosuch.module.here:X"):
+        with pytest.raises(TaskError) as e:
+            load_task(ref)
+        assert "\n" not in str(e.value)
+    with pytest.raises(TaskError, match="'nosuch'.*parity"):
+        load_task("nosuch")
+    with pytest.raises(TaskError, match="does not exist"):
+        load_task("/no/such/file.py:X")
+    with pytest.raises(TaskError, match="no attribute 'Nope'"):
+        load_task(f"{__file__}:Nope")
+    with pytest.raises(TaskError, match="expected a bdh.tasks.Task"):
+        load_task(f"{__file__}:BUILTINS")
+
+
+def test_user_task_from_this_file():
+    task = load_task(f"{__file__}:Majority")
+    assert task.name == "majority" and type(task).__name__ == "Majority"
+    x, y, m = task.batch(random.Random(0), 7, 16)
+    assert x.shape == (16, 8) and m.sum() == 16
+    for xi, yi in zip(x.tolist(), y.tolist()):
+        bits = [t - 1 for t in xi[:7]]
+        assert yi[-1] == 1 + int(sum(bits) >= 4)
+
+
+def test_user_task_from_file_and_module(tmp_path, monkeypatch):
+    src = textwrap.dedent('''
+        from bdh.tasks import Example, Task
+
+        class Count(Task):
+            name = "count"
+            vocab = ("<pad>", "a", "_", *(str(i) for i in range(10)))
+            size_name, train_size, max_size = "n", 4, 9
+
+            def example(self, rng, size):
+                k = rng.randint(1, size)
+                return Example([1] * k + [2], [0] * k + [3 + k], [False] * k + [True])
+
+        INSTANCE = Count()
+    ''')
+    (tmp_path / "count_task.py").write_text(src)
+    by_file = load_task(f"{tmp_path / 'count_task.py'}:Count")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    by_module = load_task("count_task:INSTANCE")
+    for task in (by_file, by_module):
+        x, y, m = task.batch(random.Random(0), 9, 8)
+        counts = (x == 1).sum(1)
+        assert torch.equal(y[m], 3 + counts)
+        with pytest.raises(TaskError, match="n=10"):
+            task.batch(random.Random(0), 10, 1)
+    (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(TaskError, match="RuntimeError: boom"):
+        load_task(f"{tmp_path / 'broken.py'}:X")
+    needs_args = src.replace("INSTANCE = Count()", "").replace(
+        "def example", "def __init__(self, k):\n        pass\n\n    def example")
+    (tmp_path / "needs_args.py").write_text(needs_args)
+    with pytest.raises(TaskError, match="without arguments"):
+        load_task(f"{tmp_path / 'needs_args.py'}:Count")
+    sys.modules.pop("count_task", None)
+
+
+MALFORMED = {
+    "wrong lengths": (lambda s: Example([1] * s, [1] * (s - 1), [True] * s), "lengths"),
+    "id outside vocab": (lambda s: Example([1] * s, [7] * s, [True] * s), "id 7, outside the vocabulary"),
+    "negative id": (lambda s: Example([-1] * s, [1] * s, [True] * s), "outside the vocabulary"),
+    "empty mask": (lambda s: Example([1] * s, [1] * s, [False] * s), "no answer position"),
+    "pad answer": (lambda s: Example([1] * s, [0] * s, [True] * s), "padding"),
+    "empty": (lambda s: Example([], [], []), "lengths"),
+    "not an Example": (lambda s: ([1] * s, [1] * s, [True] * s), "expected a bdh.tasks.Example"),
+}
+
+
+@pytest.mark.parametrize("what", MALFORMED)
+def test_malformed_user_task(what, tmp_path):
+    make, message = MALFORMED[what]
+
+    class Bad(Task):
+        name = "bad"
+        vocab = ("<pad>", "a", "b")
+
+        def example(self, rng, size):
+            return make(size)
+
+    with pytest.raises(TaskError, match=message) as e:
+        Bad().batch(random.Random(0), 4, 2)
+    assert "'bad'" in str(e.value) and "size=4" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_exact_match_and_masked_loss_on_a_batch():
+    task = load_task("addition")
+    x, y, m = task.batch(random.Random(0), 4, 8)
+    logits = torch.nn.functional.one_hot(y, task.vocab_size).float() * 20
+    assert exact_match(logits, y, m).tolist() == [1.0] * 8
+    assert masked_loss(logits, y, m) < 1e-6
+    wrong = logits.clone()
+    i = m[0].nonzero()[0, 0]
+    wrong[0, i] = torch.roll(wrong[0, i], 1)
+    assert exact_match(wrong, y, m).tolist() == [0.0] + [1.0] * 7
+    wrong_unscored = logits.clone()
+    wrong_unscored[:, 0] = torch.roll(wrong_unscored[:, 0], 1, dims=-1)  # position 0 is not an answer
+    assert exact_match(wrong_unscored, y, m).tolist() == [1.0] * 8
