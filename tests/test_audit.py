@@ -69,6 +69,7 @@ _GK = ["graph", "kl", "--model", "{W}/model"]
 ARG_CASES = [
     (["generate", "--model", "{W}/model", "--prompt", "x", "--threads", "0"], ("--threads", "0")),
     (["generate", "--model", "{W}/model", "--prompt", "x", "--device", "nope"], ("nope",)),
+    (["compare", "--threads", "0", "--out", "{W}/cmp"], ("--threads", "0")),  # every command that runs a model
     # issue 13, item 7: each numeric option checked where it enters, the flag and the value in the error line
     (_AN + ["--block", "0"], ("--block", "0")),  # before: ZeroDivisionError traceback, report/plots written
     (_AN + ["--threads", "-1"], ("--threads", "-1")),

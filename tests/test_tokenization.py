@@ -249,3 +249,20 @@ def test_get_tokenizer(pydoc_text):
         get_tokenizer("gpt2", lowercase=True)
     with pytest.raises(ValueError, match="too small"):
         BPETokenizer.train(["abc"], vocab_size=100)
+
+
+def test_word_tokenizer_round_trip_and_errors(tmp_path):
+    from bdh.tokenization import WordTokenizer, load_tokenizer
+
+    tok = WordTokenizer(["<pad>", "x7", "=", "5", ";"])
+    ids = tok.encode("x7 = 5 ;")
+    assert ids == [1, 2, 3, 4] and tok.decode(ids) == "x7 = 5 ; "
+    tok.save(tmp_path)
+    back = load_tokenizer(tmp_path)
+    assert isinstance(back, WordTokenizer) and back.vocab == tok.vocab and back.fingerprint() == tok.fingerprint()
+    with pytest.raises(ValueError, match="word 'y' is not in the vocabulary"):
+        tok.encode("x7 = y")
+    with pytest.raises(ValueError, match="appears twice"):
+        WordTokenizer(["a", "a"])
+    with pytest.raises(ValueError, match="without whitespace"):
+        WordTokenizer(["a b"])

@@ -13,7 +13,8 @@ import json
 import math
 import sys
 
-COMMAND_MODULES = ("bdh.cli", "bdh.training.cli", "bdh.analysis.cli", "bdh.graph.cli", "bdh.baselines.compare")
+COMMAND_MODULES = ("bdh.cli", "bdh.training.cli", "bdh.analysis.cli", "bdh.graph.cli", "bdh.baselines.compare",
+                   "bdh.tasks.cli")
 
 
 # ----------------------------------------------------------------------------- --device / --threads

@@ -44,7 +44,11 @@ class PretrainedMixin:
 
     @staticmethod
     def _loss(logits: torch.Tensor, idx: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
-        """Mean cross-entropy of logits (B, T, V) against targets (B, T), or None without targets."""
+        """Mean cross-entropy of logits (B, T, V) against targets (B, T), or None without targets.
+
+        A target of -100 (PyTorch's and Hugging Face's ignore_index) is ignored: the mean is over the other
+        positions (task runs put it at every non-answer and padding position). Any other id outside [0, V) is a
+        ValueError."""
         if targets is None:
             return None
         if not isinstance(targets, torch.Tensor):

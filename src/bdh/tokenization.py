@@ -169,7 +169,6 @@ class ByteTokenizer(Tokenizer):
         atomic_write_json(d / CONFIG_FILE, self.config(), sort_keys=True)
 
 
-@lru_cache(maxsize=1)
 class WordTokenizer(Tokenizer):
     """A fixed list of whitespace-separated words, one id each (the small vocabularies of `bdh.tasks`).
 
@@ -210,6 +209,7 @@ class WordTokenizer(Tokenizer):
         atomic_write_json(d / CONFIG_FILE, self.config(), sort_keys=True)
 
 
+@lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
     """Inverse of GPT-2's ``bytes_to_unicode`` (the printable stand-ins byte-level BPE uses for bytes)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))

@@ -241,8 +241,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         print(param_table(PRESETS[args.preset]["ladder"] if args.preset in PRESETS else args.preset))
         return 0
+    from ..cli import apply_run_options
+
+    apply_run_options(args)  # --threads range check
+    overrides = ([f"train.threads={args.threads}"] if args.threads is not None else []) + (args.set or [])
     rows = compare(args.preset, args.out or f"runs/compare-{args.preset}", rungs=args.rungs,
-                   overrides=args.set or [], data=args.data, overwrite=args.overwrite)
+                   overrides=overrides, data=args.data, overwrite=args.overwrite)
     print()
     print(markdown_table(rows))
     print(f"\nreports in {args.out or f'runs/compare-{args.preset}'} (compare.md, compare.csv, compare_*.png)")
@@ -250,7 +254,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from ..cli import positive_int
+    from ..cli import add_run_options, positive_int
 
     c = sub.add_parser("compare", help="train the BDH and GPT ladders on equal tokens; CSV, markdown and plots",
                        description="Train parameter-matched BDH and GPT models (same data, order, schedule, seeds).")
@@ -262,4 +266,6 @@ def register(sub) -> None:
     c.add_argument("--overwrite", action="store_true",
                    help="retrain a run directory that holds a model from other settings (refused otherwise)")
     c.add_argument("--list", action="store_true", help="print the ladder's parameter counts and exit")
+    add_run_options(c, device=False, threads_help="torch CPU threads of every training run (= train.threads; "
+                                                  "default: the preset's)")
     c.set_defaults(func=cmd_compare)

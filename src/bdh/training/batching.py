@@ -1,4 +1,5 @@
-"""Minibatches from a flat token array: random crops (the reference train.py) or TBPTT streams (paper B.1).
+"""Minibatches from a flat token array: random crops (the reference train.py) or TBPTT streams (paper B.1);
+or, for a task run (data.corpus = "task:REF"), freshly generated task examples (`TaskSampler`).
 
 Both samplers draw the *global* batch (`batch_size` rows per micro-step, all processes together) and hand
 each process its slice of rows, so a run on P processes sees exactly the rows of a one-process run with the
@@ -8,8 +9,12 @@ chunk index of `Streams` (the carried attention states live in the trainer).
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import torch
+
+IGNORE_INDEX = -100  # targets at non-answer and padding positions (PyTorch's and Hugging Face's ignore_index)
 
 
 def windows(tokens: np.ndarray, starts, T: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,13 +116,52 @@ class Streams:
         self.chunk, self.epoch = int(meta["chunk"]), int(meta["epoch"])
 
 
+class TaskSampler:
+    """Task runs: each micro-step draws one size uniformly in [min_size, max_size] and `batch_size` examples of it
+    (right-padded) from a `random.Random(seed)`; targets are the task's targets with IGNORE_INDEX (-100) at every
+    non-answer and padding position, so the models' own cross-entropy is the masked loss. Every process draws the
+    global batch and takes its rows. `step_tokens`: the global batch's tokens (padded) in the last step."""
+
+    kind = "task"
+
+    def __init__(self, task, min_size: int, max_size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.task, self.min_size, self.max_size, self.batch_size = task, min_size, max_size, batch_size
+        self.rows = _rank_rows(batch_size, rank, world)
+        self.rng = random.Random(seed)
+        self.step_tokens = self._tokens = 0
+
+    def next(self, micro: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(x, y, reset) for this process; `reset` is always True (examples are independent)."""
+        size = self.rng.randint(self.min_size, self.max_size)
+        x, y, mask = self.task.batch(self.rng, size, self.batch_size)
+        self._tokens += x.numel()
+        y = y.masked_fill(~mask, IGNORE_INDEX)
+        return x[self.rows], y[self.rows], True
+
+    def end_step(self) -> None:
+        self.step_tokens, self._tokens = self._tokens, 0
+
+    def state_dict(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        version, internal, gauss = self.rng.getstate()
+        return {"kind": self.kind, "rng": [version, list(internal), gauss]}, {}
+
+    def load_state_dict(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        _check_kind(self.kind, meta)
+        version, internal, gauss = meta["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
+
 def _check_kind(kind: str, meta: dict) -> None:
     if meta.get("kind") != kind:
         raise ValueError(f"checkpoint was written with data.batching = {meta.get('kind')!r}, this run uses {kind!r}")
 
 
-def make_sampler(tokens: np.ndarray, data_cfg, train_cfg, rank: int = 0, world: int = 1):
+def make_sampler(tokens: np.ndarray, data_cfg, train_cfg, rank: int = 0, world: int = 1, task=None):
+    """The run's sampler: `TaskSampler` when `task` is given (a task run; `tokens` unused), else by data.batching."""
     T, B = data_cfg.block_size, train_cfg.batch_size
+    if task is not None:
+        lo, hi = data_cfg.task_sizes(task)
+        return TaskSampler(task, lo, hi, B, train_cfg.data_seed, rank, world)
     if data_cfg.batching == "tbptt":
         return Streams(tokens, T, B, train_cfg.grad_accum, rank, world)
     return RandomCrops(tokens, T, B, train_cfg.data_seed, rank, world)

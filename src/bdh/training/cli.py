@@ -37,6 +37,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: one report
         return 0
+    if s.get("val_bpb") is None:  # a task run (data.corpus = "task:REF"): accuracy, no bits/byte
+        print(f"val loss {s['val_loss']:.4f} nats/answer | accuracy {s.get('val_accuracy', float('nan')):.3f} | "
+              f"{s['step']} steps | wall {time.time() - t0:.0f}s | model in {out} (bdh tasks eval --model {out})")
+        return 0
     print(f"val loss {s['val_loss']:.4f} nats/token | {s['val_bpb']:.4f} bits/byte | {s['step']} steps | "
           f"{s['tok_per_s']:,.0f} tok/s | wall {time.time() - t0:.0f}s | model in {out}")
     return 0
@@ -79,6 +83,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.threads is None and settings.get("train", {}).get("threads", 0):
         torch.set_num_threads(settings["train"]["threads"])  # the training run's train.threads
     corpus = args.data or data.get("corpus", "shakespeare")
+    if corpus.startswith("task:"):
+        raise ValueError(f"--model {str(model_dir)!r} was trained on {corpus!r}: evaluate it with bdh tasks eval "
+                         f"--model {model_dir}")
     block = args.block_size or data.get("block_size", 256)
     carry = args.carry if args.carry is not None else data.get("batching") == "tbptt"
     train = settings.get("train", {})  # defaults that reproduce the run's own final evaluation
@@ -100,6 +107,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_run_dir_options(p: argparse.ArgumentParser, default_out: str) -> None:
+    """--out, --resume, --overwrite, --threads, --no-progress: the options of every command that runs `train`."""
+    p.add_argument("--out", default=None, help=f"run directory (default {default_out}); ends holding the model")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                   help="continue from the latest checkpoint in --out, or from the given checkpoint/run directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="a new run may replace a model already saved in --out (refused otherwise)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per process, 1 to 1024 (= --set train.threads=N)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (text lines instead)")
+
+
 def register(sub) -> None:
     from ..cli import add_run_options
 
@@ -111,14 +130,7 @@ def register(sub) -> None:
                    help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--data", default=None, metavar="SPEC",
                    help="corpus: shakespeare, pydoc, gettext:fr, a file, directory, glob or .jsonl (= data.corpus)")
-    p.add_argument("--out", default=None, help="run directory (default runs/<config name>); ends holding the model")
-    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                   help="continue from the latest checkpoint in --out, or from the given checkpoint/run directory")
-    p.add_argument("--overwrite", action="store_true",
-                   help="a new run may replace a model already saved in --out (refused otherwise)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads per process, a positive integer (= --set train.threads=N)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (text lines instead)")
+    add_run_dir_options(p, "runs/<config name>")
     p.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="validation loss (nats/token) and bits/byte of a saved model")

@@ -26,7 +26,8 @@ from typing import Any
 
 from ..interface import get_model_type, model_types
 
-SHIPPED_CONFIGS = ("tiny", "default", "reference-25m", "gpt-default")
+SHIPPED_CONFIGS = ("tiny", "default", "reference-25m", "gpt-default", "task-tiny")
+TASK_PREFIX = "task:"  # data.corpus = "task:REF": train on a bdh.tasks task (REF as bdh.tasks.load_task takes it)
 BATCHING = ("random", "tbptt")
 DECAYS = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -35,6 +36,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 @dataclasses.dataclass
 class DataConfig:
     corpus: str = "shakespeare"  # bdh.data.corpora.resolve_corpus spec: shakespeare, pydoc, gettext:fr, a path, ...
+    # or "task:REF": a bdh.tasks task (a built-in name, FILE.py:NAME, module:NAME); then the tokenizer is the task's
+    # vocabulary (WordTokenizer; data.tokenizer is ignored), sequence lengths come from the sizes (data.block_size
+    # is ignored) and only data.batching = "random" applies
     tokenizer: str = "bytes"  # bytes | gpt2 | bpe (trained on the training split)
     bpe_vocab_size: int = 4096
     block_size: int = 256  # T: tokens per sequence (random crops) or per TBPTT chunk
@@ -42,9 +46,34 @@ class DataConfig:
     jsonl_field: str = "text"
     encoding_errors: str = "strict"  # strict | replace (invalid UTF-8 in user files)
     val_fraction: float = 0.1  # for corpora split by characters (user files, pydoc)
+    task_size: int = 0  # task runs: the largest training size (0 = the task's train_size)
+    task_min_size: int = 0  # task runs: the smallest training size (0 = the task's min_size); each micro-step draws
+    # one size uniformly in [task_min_size, task_size]
+
+    @property
+    def task_ref(self) -> str | None:
+        """REF of data.corpus = "task:REF", None for a text corpus."""
+        return self.corpus[len(TASK_PREFIX):] if self.corpus.startswith(TASK_PREFIX) else None
+
+    def task_sizes(self, task) -> tuple[int, int]:
+        """(smallest, largest) training size of `task` for this config: ValueError (TaskError) naming a bad one."""
+        hi = self.task_size or task.train_size
+        lo = self.task_min_size or task.min_size
+        task.check_size(lo)
+        task.check_size(hi)
+        if lo > hi:
+            raise ValueError(f"data.task_min_size = {lo} > data.task_size = {hi}: expected min <= max")
+        return lo, hi
 
     def validate(self) -> None:
         _positive(self, "block_size", "bpe_vocab_size")
+        _non_negative(self, "task_size", "task_min_size")
+        if self.task_ref is not None:
+            if not self.task_ref:
+                raise _bad(self, "corpus", "task:NAME, task:FILE.py:NAME or task:module:NAME")
+            if self.batching != "random":
+                raise _bad(self, "batching", "'random' for a task (data.corpus = 'task:...'): task examples are "
+                           "independent sequences, TBPTT streams do not apply")
         _choice(self, "batching", BATCHING)
         _choice(self, "tokenizer", ("bytes", "gpt2", "bpe"))
         _choice(self, "encoding_errors", ("strict", "replace"))
@@ -165,6 +194,10 @@ class RunConfig:
         """Every section, the model config, and the train options against the model type's capabilities."""
         self.data.validate()
         self.train.validate()
+        if self.data.task_ref is not None:  # the task loads, its sizes exist, its examples are well-formed
+            from ..tasks.loading import task_for_run
+
+            task_for_run(self.data)
         cfg = self.model_config(self.model.get("vocab_size", 256))  # raises ValueError naming the bad field
         cfg.check_training(batching=self.data.batching)  # type-specific data constraints (e.g. the GPT's positions)
         self._check_capabilities(get_model_type(self.model_type).model_class)

@@ -376,6 +376,7 @@ class Trainer:
         self._finished_at_ckpt = False  # OUT holds the finished run of the checkpoint resumed from
         self.step, self.best, self.elapsed, self.tokens_seen = 0, math.inf, 0.0, 0
         self.window_tokens, self.window_time = 0, 0.0
+        self.task = None  # a task run (data.corpus = "task:REF"): the bdh.tasks.Task
 
     def say(self, msg: str) -> None:
         if self.dist.main:
@@ -487,6 +488,8 @@ class Trainer:
         """The tokenizer (the checkpoint's on resume, the saved model's for a trained one with init_from)."""
         from ..tokenization import load_tokenizer
 
+        if self.run_cfg.data.task_ref is not None:
+            return self._setup_task_data(resume_path)
         self.out.mkdir(parents=True, exist_ok=True)
         tokenizer = None
         if resume_path is not None:
@@ -503,6 +506,30 @@ class Trainer:
             self.tokenizer.save(self.out)
         self.byte_lengths = token_byte_lengths(self.tokenizer)
 
+    def _setup_task_data(self, resume_path: Path | None) -> None:
+        """A task run: the task (checked), its vocabulary as the tokenizer, the fixed validation set."""
+        from ..tasks.loading import task_for_run
+        from ..tasks.run import validation_set
+        from ..tokenization import WordTokenizer
+
+        self.task, lo, hi = task_for_run(self.run_cfg.data)  # before anything is written
+        self.tokenizer = WordTokenizer(self.task.vocab)
+        if resume_path is not None:
+            from ..tokenization import load_tokenizer
+
+            saved = getattr(load_tokenizer(resume_path), "vocab", None)
+            if saved is not None and list(saved) != list(self.task.vocab):
+                raise CheckpointError(f"--resume {resume_path}: task {self.task.name!r} has another vocabulary now "
+                                      f"({len(self.task.vocab)} tokens) than when the run started ({len(saved)})")
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.dist.main:
+            self.tokenizer.save(self.out)
+        self.train_tokens = self.val_tokens = None
+        self.byte_lengths = None
+        self.data_sha256 = {}
+        self.val_batches = validation_set(self.task, lo, hi, self.t.eval_batch_size)
+        self.task_sizes = (lo, hi)
+
     def _setup_model(self) -> None:
         t, dist = self.t, self.dist
         random.seed(t.seed)
@@ -513,10 +540,12 @@ class Trainer:
         torch.manual_seed(t.seed + dist.rank)  # dropout differs between processes
         self.optimizer = make_optimizer(self.model, t)
         self.scheduler = make_scheduler(self.optimizer, t)
-        self.sampler = make_sampler(self.train_tokens, self.run_cfg.data, t, dist.rank, dist.world)
+        self.sampler = make_sampler(self.train_tokens, self.run_cfg.data, t, dist.rank, dist.world, task=self.task)
         self.carry = self.run_cfg.data.batching == "tbptt"
         self.states: list = [None] * t.grad_accum  # the carried TBPTT state of each micro-step's streams
         self.tokens_per_step = t.batch_size * t.grad_accum * self.T
+        if self.task is not None:  # updated every step from the sampler (lengths vary with the sizes)
+            self.tokens_per_step = t.batch_size * t.grad_accum * int(self.val_batches[-1][0].shape[1])
         self._bad = torch.zeros(3, dtype=torch.float64, device=self.device)  # first non-finite (step, loss, norm)
         self._lrs: dict[int, float] = {}  # lr of every step since the last check_finite
 
@@ -589,9 +618,15 @@ class Trainer:
             if resumed and not self._finished_at_ckpt:  # a run killed while finishing: it finishes again
                 finish_step = self.saved["meta"]["run_config"].get("train", {}).get("steps")
             self.metrics = Metrics(self.out, self.step if resumed else None, finish_step)
-        self.say(f"{type(model).__name__} {model.extra_repr()} | {run.data.corpus}: {len(self.train_tokens):,} train / "
-                 f"{len(self.val_tokens):,} val tokens ({self.tokenizer.name}) | {t.steps} steps x "
-                 f"{self.tokens_per_step:,} tokens | {self.device}" + (f" x {dist.world} processes" if dist.world > 1 else ""))
+        if self.task is not None:
+            lo, hi = self.task_sizes
+            data = (f"task {self.task.name!r}: {self.task.size_name} {lo}..{hi}, {self.task.vocab_size} tokens | "
+                    f"{t.steps} steps x {t.batch_size * t.grad_accum} examples")
+        else:
+            data = (f"{run.data.corpus}: {len(self.train_tokens):,} train / {len(self.val_tokens):,} val tokens "
+                    f"({self.tokenizer.name}) | {t.steps} steps x {self.tokens_per_step:,} tokens")
+        self.say(f"{type(model).__name__} {model.extra_repr()} | {data} | {self.device}"
+                 + (f" x {dist.world} processes" if dist.world > 1 else ""))
         if self.carry and getattr(self.model_cfg, "damping", 0) is None:
             self.say("note: data.batching = 'tbptt' with model.damping = none: the carried state sums every past token "
                      "of a stream (tens of thousands); long contexts need damping (--set model.damping=alibi)")
@@ -669,6 +704,8 @@ class Trainer:
             t0 = time.perf_counter()
             loss, hoyer, grad_norm, lr = self.train_step()
             self.step += 1
+            if self.task is not None:
+                self.tokens_per_step = self.sampler.step_tokens
             if self._sync_point():
                 self.check_finite()  # waits for the device: the step's time includes its work
             dt = time.perf_counter() - t0
@@ -717,6 +754,12 @@ class Trainer:
     def evaluate(self, max_tokens: int) -> dict:
         """Validation loss and bits/byte (`bdh.training.evaluate`), leaving the training RNG untouched."""
         t, dist = self.t, self.dist
+        if self.task is not None:  # masked loss and exact-match accuracy on the fixed validation examples
+            from ..tasks.run import evaluate_validation
+
+            with torch.random.fork_rng(devices=[]):
+                return evaluate_validation(self.model, self.val_batches, batch_size=t.eval_batch_size, form=t.form,
+                                           autocast=self.autocast)
         with torch.random.fork_rng(devices=[]):
             return evaluate(self.model, self.val_tokens, self.byte_lengths, self.T, batch_size=t.eval_batch_size,
                             max_tokens=max_tokens, carry=self.carry, form=t.form, rank=dist.rank, world=dist.world,
@@ -728,16 +771,21 @@ class Trainer:
             return
         res = self.evaluate(self.t.eval_tokens)
         self.log({"step": self.step, "split": "val", **res, "elapsed_s": self.elapsed})
-        self.note(f"step {self.step}: val loss {res['loss']:.4f} nats/token, {res['bpb']:.4f} bits/byte")
+        self.note(f"step {self.step}: val {self._val_text(res)}")
         if res["loss"] < self.best:
             self.best = res["loss"]
             if self.dist.main:
                 ckpt.save_best(self.root, self.step, res, self.model, self.tokenizer)
 
+    def _val_text(self, res: dict) -> str:
+        if "accuracy" in res:
+            return f"loss {res['loss']:.4f} nats/answer, accuracy {res['accuracy']:.3f} ({res['examples']} examples)"
+        return f"loss {res['loss']:.4f} nats/token, {res['bpb']:.4f} bits/byte"
+
     def sample(self) -> None:
-        """A text sample from `train.sample_prompt` (process 0), printed and logged."""
+        """A text sample from `train.sample_prompt` (process 0), printed and logged (none for a task run)."""
         t = self.t
-        if not self.dist.main or not t.sample_tokens:
+        if not self.dist.main or not t.sample_tokens or self.task is not None:
             return
         text = self.model.generate(t.sample_prompt, t.sample_tokens, tokenizer=self.tokenizer,
                                    temperature=t.sample_temperature, top_k=t.sample_top_k or None, seed=t.seed)
@@ -766,17 +814,22 @@ class Trainer:
     def finish(self) -> TrainResult:
         """Full validation, a sample, the final model and summary.json in OUT."""
         final = self.evaluate(self.t.final_eval_tokens)
-        self.say(f"final val loss {final['loss']:.4f} nats/token, {final['bpb']:.4f} bits/byte "
-                 f"({final['tokens']:,} tokens, {final['bytes']:,} bytes)")
+        if self.task is not None:
+            self.say(f"final val {self._val_text(final)}")
+        else:
+            self.say(f"final val loss {final['loss']:.4f} nats/token, {final['bpb']:.4f} bits/byte "
+                     f"({final['tokens']:,} tokens, {final['bytes']:,} bytes)")
         self.log({"step": self.step, "split": "final", **final, "elapsed_s": self.elapsed})
         self.sample()
         cuda = self.device.type == "cuda"
-        summary = {"step": self.step, "val_loss": final["loss"], "val_bpb": final["bpb"],
-                   "val_tokens": final["tokens"], "val_bytes": final["bytes"], "train_time_s": self.elapsed,
+        summary = {"step": self.step, "val_loss": final["loss"], "val_bpb": final.get("bpb"),
+                   "val_tokens": final["tokens"], "val_bytes": final.get("bytes"), "train_time_s": self.elapsed,
                    "tokens": self.tokens_seen, "tok_per_s": self.tokens_seen / max(self.elapsed, 1e-9),
                    "best_periodic_val_loss": None if math.isinf(self.best) else self.best,
                    "params": self.model.num_params(), "peak_rss_mib": _peak_rss_mib(),
                    "peak_cuda_mib": torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else None}
+        if self.task is not None:
+            summary.update(val_accuracy=final["accuracy"], task=self.task.name, task_sizes=list(self.task_sizes))
         if self.dist.main:
             self.model.save_pretrained(self.out, tokenizer=self.tokenizer)
             atomic_write_json(self.out / "summary.json", summary)

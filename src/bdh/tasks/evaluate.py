@@ -1,0 +1,130 @@
+"""Scoring a model on a task: exact-match accuracy and masked loss per size, with the state each example leaves.
+
+    from bdh import load_model
+    from bdh.tasks import evaluate_task
+    rows = evaluate_task(load_model("runs/parity"), "parity", [16, 32, 64, 128])
+    # [{"size": 16, "accuracy": 0.98, "loss": 0.03, "tokens": 16, "state_bytes": 262144, ...}, ...]
+
+The examples of a size come from `random.Random(seed * 1_000_003 + size)`: the same for every model and run.
+`n_layer=k` evaluates a BDH with k layer passes: BDH shares its weights across layers, so the same parameters
+run at any depth (depth as a test-time-compute knob); a model type with per-layer weights (GPT) refuses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .base import Task, TaskError, exact_match
+
+
+def size_rng(seed: int, size: int) -> random.Random:
+    """The generator of the examples of `size` (independent of training seeds)."""
+    return random.Random(seed * 1_000_003 + size)
+
+
+@torch.no_grad()
+def score_batch(model, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, *, batch_size: int = 64,
+                form: str = "auto", autocast=contextlib.nullcontext) -> tuple[float, float, int, int]:
+    """(exact matches, summed masked cross-entropy, answer positions, examples) of (n, T) inputs, targets and mask,
+    evaluated `batch_size` rows at a time from an empty state (the model in eval mode)."""
+    device = next(model.parameters()).device
+    kw = {} if form == "auto" else {"form": form}
+    was = model.training
+    model.eval()
+    correct = nll = 0.0
+    answers = 0
+    try:
+        for i in range(0, x.shape[0], batch_size):
+            xb, yb, mb = (t[i:i + batch_size].to(device) for t in (x, y, mask))
+            with autocast():
+                logits, _ = model(xb, **kw)
+            logits = logits.float()
+            correct += float(exact_match(logits, yb, mb).sum())
+            ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
+            nll += float((ce * mb.flatten()).sum())
+            answers += int(mb.sum())
+    finally:
+        model.train(was)
+    return correct, nll, answers, int(x.shape[0])
+
+
+def _state_bytes(model, x: torch.Tensor, form: str) -> int:
+    """Bytes of the state/cache one sequence leaves after reading `x` (1, T) (`state_to_tensors` after prefill)."""
+    kw = {} if form == "auto" else {"form": form}
+    with torch.no_grad():
+        _, state = model.prefill(x.to(next(model.parameters()).device), None, **kw)
+    return sum(t.numel() * t.element_size() for t in model.state_to_tensors(state).values())
+
+
+def with_layers(model, n_layer: int):
+    """The same model run with `n_layer` layer passes: a model of config n_layer=k sharing the parameters (copied).
+    TaskError for a model type whose layers have their own weights (e.g. GPT) or a bad count."""
+    from ..interface import build_model
+
+    if isinstance(n_layer, bool) or not isinstance(n_layer, int) or n_layer < 1:
+        raise TaskError(f"n_layer={n_layer!r}: expected a positive integer (layer passes)")
+    cfg = model.config
+    mt = getattr(type(cfg), "MODEL_TYPE", type(cfg).__name__)
+    if "n_layer" not in {f.name for f in dataclasses.fields(cfg)}:
+        raise TaskError(f"n_layer={n_layer}: model_type {mt!r} has no n_layer setting")
+    sd = model.state_dict()
+    probe = build_model(dataclasses.replace(cfg, n_layer=cfg.n_layer + 1)).state_dict()
+    if {k: tuple(v.shape) for k, v in probe.items()} != {k: tuple(v.shape) for k, v in sd.items()}:
+        raise TaskError(f"n_layer={n_layer}: model_type {mt!r} has per-layer weights, so it cannot run at another "
+                        "number of layer passes (only models that share weights across layers, e.g. BDH)")
+    if n_layer == cfg.n_layer:
+        return model
+    p = next(model.parameters())
+    other = build_model(dataclasses.replace(cfg, n_layer=n_layer)).to(device=p.device, dtype=p.dtype)
+    other.load_state_dict(sd, strict=True)
+    other.tokenizer = getattr(model, "tokenizer", None)
+    return other.eval()
+
+
+def evaluate_task(model, task, sizes: Sequence[int], *, n_examples: int = 256, seed: int = 1234, batch_size: int = 64,
+                  form: str = "auto", n_layer: int | None = None) -> list[dict]:
+    """Per size: {"size", "accuracy" (exact match), "loss" (masked cross-entropy, nats per answer), "tokens" (per
+    example, padded), "state_bytes" (the state/cache one sequence leaves after an example: constant for BDH,
+    growing with the length for GPT's KV cache), "examples", "n_layer"}.
+
+    `model`: a model (any registered type) or a model directory; `task`: a Task or a reference (`load_task`).
+    Every size is checked (`task.check_size`, TaskError naming it) before anything runs. `n_layer`: evaluate with
+    that many layer passes (`with_layers`; BDH only). Batches of `batch_size` examples: memory is the caller's.
+    """
+    from .loading import load_task
+
+    if isinstance(model, (str, os.PathLike)):
+        from ..checkpoint import load_model
+
+        model = load_model(model)
+    if not isinstance(task, Task):
+        task = load_task(task)
+    for name, v in (("n_examples", n_examples), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise TaskError(f"{name}={v!r}: expected a positive integer")
+    sizes = list(sizes)
+    if not sizes:
+        raise TaskError(f"task {task.name!r}: no sizes to evaluate: expected at least one {task.size_name}")
+    for s in sizes:
+        task.check_size(s)
+    V = model.config.vocab_size
+    if V != task.vocab_size:
+        raise TaskError(f"task {task.name!r} has {task.vocab_size} tokens, the model a vocabulary of {V}: expected a "
+                        "model trained on this task")
+    if n_layer is not None:
+        model = with_layers(model, n_layer)
+    rows = []
+    for s in sizes:
+        x, y, m = task.batch(size_rng(seed, s), s, n_examples)
+        correct, nll, answers, n = score_batch(model, x, y, m, batch_size=batch_size, form=form)
+        rows.append({"size": s, "accuracy": correct / n, "loss": nll / max(answers, 1), "tokens": int(x.shape[1]),
+                     "state_bytes": _state_bytes(model, x[:1], form), "examples": n,
+                     "n_layer": model.config.n_layer if hasattr(model.config, "n_layer") else None})
+    return rows
