@@ -185,3 +185,27 @@ def test_bad_task_input_is_one_line_and_writes_nothing(tmp_path):
         r = _cli("train", "--task", task, "--out", str(out), "--steps", "2", cwd=tmp_path)
         assert r.returncode == 1 and want in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not out.exists()
+
+
+def test_two_processes_train_a_task_like_one(tmp_path):
+    """DDP for task runs: 2 local gloo processes (the trainer's own launcher) log the losses of a one-process run
+    with the same global batch, and end with the same weights."""
+    from safetensors.torch import load_file
+
+    from bdh.training.trainer import launch
+
+    extra = ["train.batch_size=4", "train.eval_every=0", "train.checkpoint_every=0", "train.threads=1"]
+    launch(tiny_run(steps=4, extra=extra + ["train.processes=2"]), tmp_path / "ddp", progress=False)
+    n = torch.get_num_threads()
+    try:
+        train(tiny_run(steps=4, extra=extra + ["train.processes=1"]), tmp_path / "one", progress=False,
+              echo=lambda s: None)
+    finally:
+        torch.set_num_threads(n)
+    loss = lambda out: {r["step"]: r["loss"] for r in records(out) if r.get("split") == "train"}  # noqa: E731
+    ld, l1 = loss(tmp_path / "ddp"), loss(tmp_path / "one")
+    assert sorted(ld) == sorted(l1) and ld
+    assert all(ld[s] == pytest.approx(l1[s], abs=1e-5) for s in l1)
+    wd, w1 = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("ddp", "one"))
+    for k, v in w1.items():
+        torch.testing.assert_close(wd[k], v, atol=1e-5, rtol=1e-4)
