@@ -9,7 +9,7 @@ to a temporary folder; every measurement is a fresh `python -m bdh.cli generate 
 subprocess whose peak RSS is read with `os.wait4` (the child's own `ru_maxrss`). The prompt is ASCII English
 text repeated to the length (one byte token per character). Column "pieces" is `bdh generate` as shipped
 (`bdh.generation.PREFILL_PIECE` tokens per prefill call, the state carried); column "one-shot" sets the piece
-to the whole prompt (the behaviour before issue 13), and the two outputs are compared (they must be identical).
+to the whole prompt (the behaviour before pieces), and the two outputs are compared (they must be identical).
 A 1-character prompt gives the fixed cost (Python, torch, the model). Saves JSON with machine info.
 """
 

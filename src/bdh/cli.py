@@ -13,6 +13,8 @@ import json
 import math
 import sys
 
+from .generation import SEED_MAX  # seeds in [0, 2^63): torch.Generator.manual_seed's range
+
 COMMAND_MODULES = ("bdh.cli", "bdh.training.cli", "bdh.analysis.cli", "bdh.graph.cli", "bdh.baselines.compare",
                    "bdh.tasks.cli")
 
@@ -59,7 +61,6 @@ def resolve_device(spec: str):
 
 
 THREADS_MAX = 1024  # far more OpenMP threads crash (libgomp: thread creation fails, or a segfault at 100000)
-SEED_MAX = 2**63 - 1  # torch.manual_seed and numpy take seeds in [0, 2^63)
 
 
 def seed_value(text: str) -> int:

@@ -74,9 +74,9 @@ class StepForm(AttentionForm):
                  detach_kv: bool = False):
         super().__init__()
         self.state, self.log_gamma, self.fold_every = state, log_gamma, fold_every
-        self.gamma = None if log_gamma is None else log_gamma.exp()
         self.inplace, self.detach_kv = inplace, detach_kv
         self.lazy = log_gamma is not None and inplace and not torch.is_grad_enabled()
+        self.gamma = None if log_gamma is None or self.lazy else log_gamma.exp()  # the lazy path decays the scale
 
     def attend(self, l, qr, v, x_sparse):
         q, u = qr[:, :, 0], v[:, 0, 0]  # (B, h, N), (B, d)

@@ -62,7 +62,6 @@ class PretrainedMixin:
         except IndexError as e:  # CPU: "Target 300 is out of bounds."
             raise ValueError(f"targets: {e} (expected token ids in [0, {logits.size(-1)}))") from None
 
-
     def generate(self, *args, **kwargs):
         """See `bdh.generation.generate`."""
         return generate(self, *args, **kwargs)

@@ -162,7 +162,9 @@ class BDHState:
         return sum(r.numel() * r.element_size() for r in self._rho) + self.pos.numel() * 8
 
     def clone(self) -> "BDHState":
-        return BDHState([r.clone() for r in self.rho], self.pos.clone())
+        """A copy holding the true rho (a layer with a pending lazy scale is copied once, by the scaling)."""
+        return BDHState([self._rho[l].clone() if k == 0 else self.layer_rho(l) for l, k in enumerate(self._k)],
+                        self.pos.clone())
 
     def to(self, device=None, dtype=None) -> "BDHState":
         return BDHState([r.to(device=device, dtype=dtype) for r in self.rho], self.pos.to(device=device))

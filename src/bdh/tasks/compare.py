@@ -5,7 +5,7 @@
     bdh tasks compare --preset gpu --out runs/tasks-gpu          # larger models and steps, sudoku9 included
     bdh tasks compare --preset cpu --list                        # the plan: runs, parameters, estimated time
 
-Protocol (issue 14, item 4), per task of the preset:
+Protocol, per task of the preset:
 
 * three models at matched parameters: BDH (the preset's shape) and two GPTs of the preset's depth and heads,
   one with ALiBi and one with RoPE positions. The GPT's width is chosen so its MLP is closest to 4x, and its MLP

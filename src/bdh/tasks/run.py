@@ -49,10 +49,10 @@ def evaluate_validation(model, batches, *, batch_size: int = 64, form: str = "au
         c, l, a, k = score_batch(model, x, y, m, batch_size=batch_size, form=form,
                                  autocast=autocast or contextlib.nullcontext)
         correct, nll, answers, n = correct + c, nll + l, answers + a, n + k
+    from ..training.evaluation import check_finite_loss
+
     loss = nll / max(answers, 1)
-    if loss != loss or loss in (float("inf"), float("-inf")):
-        raise ValueError(f"validation loss is {loss} (non-finite logits): expected a finite loss (the model's weights "
-                         "have diverged or are corrupt)")
+    check_finite_loss(loss)
     return {"loss": loss, "accuracy": correct / max(n, 1), "tokens": answers, "examples": n}
 
 

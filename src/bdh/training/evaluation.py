@@ -26,6 +26,13 @@ def token_byte_lengths(tokenizer, device=None) -> torch.Tensor:
 
 
 @torch.no_grad()
+def check_finite_loss(loss: float) -> None:
+    """ValueError for a nan/inf validation loss (a diverged or corrupt model): never reported as a result."""
+    if not math.isfinite(loss):
+        raise ValueError(f"validation loss is {loss} (non-finite logits): expected a finite loss (the model's "
+                         "weights have diverged or are corrupt)")
+
+
 def evaluate(
     model,
     tokens: np.ndarray,
@@ -76,10 +83,7 @@ def evaluate(
     if world > 1:
         torch.distributed.all_reduce(sums)
     nats, count, nbytes = sums.tolist()
-    # (issue 13, item 2) a diverged or corrupt model: refuse to report a nan/inf loss as a result
-    if not math.isfinite(nats):
-        raise ValueError(f"validation loss is {nats / max(count, 1.0)} (non-finite logits): expected a finite loss "
-                         "(the model's weights have diverged or are corrupt)")
+    check_finite_loss(nats / max(count, 1.0))
     return {
         "loss": nats / count,
         "bpb": nats / math.log(2) / max(nbytes, 1.0),
