@@ -25,7 +25,6 @@ def token_byte_lengths(tokenizer, device=None) -> torch.Tensor:
     return torch.tensor(lengths, dtype=torch.long, device=device)
 
 
-@torch.no_grad()
 def check_finite_loss(loss: float) -> None:
     """ValueError for a nan/inf validation loss (a diverged or corrupt model): never reported as a result."""
     if not math.isfinite(loss):
@@ -33,6 +32,7 @@ def check_finite_loss(loss: float) -> None:
                          "weights have diverged or are corrupt)")
 
 
+@torch.no_grad()
 def evaluate(
     model,
     tokens: np.ndarray,
