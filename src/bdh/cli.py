@@ -16,7 +16,7 @@ import sys
 from .generation import SEED_MAX  # seeds in [0, 2^63): torch.Generator.manual_seed's range
 
 COMMAND_MODULES = ("bdh.cli", "bdh.training.cli", "bdh.analysis.cli", "bdh.graph.cli", "bdh.baselines.compare",
-                   "bdh.tasks.cli")
+                   "bdh.tasks.cli", "bdh.view.cli", "bdh.serve.cli", "bdh.hf.cli")
 
 
 # ----------------------------------------------------------------------------- --device / --threads
