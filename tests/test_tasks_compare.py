@@ -93,6 +93,22 @@ def test_finished_runs_reused(smoke: Path):
     assert (smoke / "results.csv").read_text() == csv_before  # the same models, the same evaluation
 
 
+def test_jobs_give_the_same_results(smoke: Path, tmp_path: Path):
+    """Two runs at once, each in its own process: the same trained models and the same rows as one at a time."""
+    out = tmp_path / "jobs2"
+    r = bdh_cli("--preset", "smoke", "--out", str(out), "--threads", "1", "--jobs", "2", "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    drop = ("train_time_s",)
+    rows = [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(open(out / "results.csv"))]
+    ref = [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(open(smoke / "results.csv"))]
+    assert rows == ref and all(row["token_accuracy"] != "" for row in rows)
+    for m in ("bdh", "gpt-rope"):
+        a = (smoke / "runs" / "parity" / m / "seed1" / "model.safetensors").read_bytes()
+        assert (out / "runs" / "parity" / m / "seed1" / "model.safetensors").read_bytes() == a
+    bad = bdh_cli("--preset", "smoke", "--out", str(tmp_path / "never"), "--jobs", "0")
+    assert bad.returncode == 1 and "--jobs 0" in bad.stderr and not (tmp_path / "never").exists()
+
+
 def test_changed_settings_refused_without_overwrite(smoke: Path, tmp_path: Path):
     import shutil
 

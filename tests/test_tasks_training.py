@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bdh.checkpoint import CheckpointError
 from bdh.interface import build_model
 from bdh.tasks import Example, Task, TaskError, evaluate_task, exact_match, load_task, masked_loss, task_run_config
 from bdh.tasks.evaluate import size_rng, with_layers
@@ -119,6 +120,11 @@ def test_a_task_run_resumes_exactly(tmp_path):
            [r["loss"] for r in records(a) if r.get("split") == "train" and r["step"] > 3]
     for p, q in zip(full.model.parameters(), resumed.model.parameters()):
         assert torch.equal(p, q)
+    # another size range is another data distribution: refused, like another corpus, and nothing written
+    before = sorted(p.name for p in (b / "checkpoints").iterdir())
+    with pytest.raises(CheckpointError, match="data.task_size = 0 in the checkpoint, 12 now"):
+        train(tiny_run("parity", steps=9, extra=over + ["data.task_size=12"]), b, resume="latest", **QUIET)
+    assert sorted(p.name for p in (b / "checkpoints").iterdir()) == before
 
 
 def _tiny(model_type, task):
@@ -135,6 +141,8 @@ def test_evaluate_task_scores_by_exact_match_and_measures_the_state():
         logits, _ = bdh(x)
     assert rows[1]["accuracy"] == pytest.approx(float(exact_match(logits, y, m).mean()))
     assert rows[1]["loss"] == pytest.approx(float(masked_loss(logits, y, m)), rel=1e-5)
+    hits = (logits.argmax(-1) == y)[m]  # answer positions right: partial credit below exact match
+    assert rows[1]["token_accuracy"] == pytest.approx(float(hits.float().mean()))
     assert [r["tokens"] for r in rows] == [4, 8]
     assert rows[0]["state_bytes"] == rows[1]["state_bytes"] > 0  # BDH: constant state
     g = evaluate_task(gpt, task, [4, 8], n_examples=4)

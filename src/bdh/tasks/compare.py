@@ -84,7 +84,8 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-FIELDS = ["task", "model", "seed", "size", "mult", "passes", "trained_passes", "accuracy", "loss", "tokens",
+FIELDS = ["task", "model", "seed", "size", "mult", "passes", "trained_passes", "accuracy", "token_accuracy", "loss",
+          "tokens",
           "state_bytes", "params", "train_tokens", "train_time_s", "eval_examples"]
 
 # effective training/eval speed used for the time estimate of `--list` and the progress bar's weights
@@ -204,10 +205,11 @@ def plan(preset_name: str, tasks: list[str] | None = None, seeds: int | None = N
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
         raise ValueError(f"--seeds {n_seeds!r}: expected a positive integer")
     runs: list[Run] = []
-    steps, batch = preset["train"]["steps"], preset["train"]["batch_size"]
     for ref in refs:
         task = load_task(ref)  # TaskError (a ValueError) names an unknown task
         task.check_size(task.train_size)
+        t = train_settings(preset, task.name)
+        steps, batch = t["steps"], t["batch_size"]
         cfgs = model_configs(preset, task.vocab_size)
         sizes = scaled_sizes(task, preset["mults"])
         far = [s for s in scaled_sizes(task, preset["bdh_mults"]) if s not in sizes]
@@ -259,9 +261,14 @@ def _task_api():
         raise ValueError(f"bdh.tasks has no {e.name!r}: the task training/evaluation API is missing") from None
 
 
+def train_settings(preset: dict, task_name: str) -> dict:
+    """The preset's training settings for one task: `train`, updated by `task_train[task_name]` where given."""
+    return {**preset["train"], **preset.get("task_train", {}).get(task_name, {})}
+
+
 def run_config(r: Run, preset: dict, device: str | None = None, threads: int | None = None):
     task_run_config, _ = _task_api()
-    t = preset["train"]
+    t = train_settings(preset, r.task_name)
     over = [f"train.{k}={json.dumps(v)}" for k, v in t.items() if k != "steps"]
     over += ["train.sample_tokens=0", "train.checkpoint_every=0"]  # seed: train.seed = train.data_seed
     if device is not None:
@@ -284,10 +291,10 @@ def _finished(run_toml: str, where: Path) -> bool:
 
 def _eval_key(r: Run, preset: dict) -> dict:
     return {"sizes": r.eval_sizes, "passes": [list(p) for p in r.pass_evals], "n_examples": preset["n_examples"],
-            "batch_size": preset["eval_batch_size"], "seed": 1234}
+            "batch_size": preset["eval_batch_size"], "seed": 1234, "fields": "token_accuracy"}
 
 
-def execute(r: Run, preset: dict, where: Path, *, overwrite: bool, device=None, threads=None, echo=print) -> list[dict]:
+def execute(r: Run, preset: dict, where: Path, *, overwrite: bool, device=None, threads=None) -> list[dict]:
     """Train (or reuse) one run and evaluate it (or reuse its evaluation); its result rows."""
     import torch
 
@@ -343,20 +350,36 @@ def execute(r: Run, preset: dict, where: Path, *, overwrite: bool, device=None, 
             res = evaluate_task(model, task, sizes, n_layer=passes, **kw)
         for e in res:
             rows.append({**base, "size": e["size"], "mult": round(e["size"] / r.train_size, 4),
-                         "passes": passes or L, "accuracy": e["accuracy"], "loss": e["loss"], "tokens": e["tokens"],
+                         "passes": passes or L, "accuracy": e["accuracy"], "token_accuracy": e["token_accuracy"],
+                         "loss": e["loss"], "tokens": e["tokens"],
                          "state_bytes": e["state_bytes"]})
     atomic_write_text(ev_path, json.dumps({"key": key, "rows": rows}, indent=1))
     return rows
 
 
+def _job_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _execute_job(r: Run, preset: dict, where: Path, overwrite: bool, device, threads) -> list[dict]:
+    return execute(r, preset, where, overwrite=overwrite, device=device, threads=threads)
+
+
 def compare(preset_name: str = "cpu", out: str | os.PathLike = "runs/tasks-compare", *, tasks=None, seeds=None,
-            overwrite: bool = False, device: str | None = None, threads: int | None = None, progress: bool = True,
-            echo=print, command: str | None = None) -> list[dict]:
+            overwrite: bool = False, device: str | None = None, threads: int | None = None, jobs: int = 1,
+            progress: bool = True, command: str | None = None) -> list[dict]:
     """Run the comparison of `preset_name` into `out` and write the reports; the result rows.
+
+    `jobs` > 1 runs that many training runs at once, each in its own process (e.g. 2 on 2 cores with threads=1);
+    the results are the same as one at a time (each run is seeded on its own).
 
     Checked before anything runs or is written: the preset, the tasks, the seeds, the parameter matching, and
     every run directory (one holding a model from other settings is replaced only with `overwrite`)."""
     preset, runs = plan(preset_name, tasks, seeds)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"--jobs {jobs!r}: expected a positive integer (runs at once)")
     out = Path(out)
     from ..checkpoint import check_output_dir
 
@@ -372,19 +395,37 @@ def compare(preset_name: str = "cpu", out: str | os.PathLike = "runs/tasks-compa
     out.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
 
-    rows: list[dict] = []
     t0 = time.time()
     total = sum(r.est_s for r in runs)
     bar = tqdm(total=total, unit="est-s", desc="tasks compare", disable=not progress, dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} est-s [{elapsed}<{remaining}] {postfix}")
+    results: dict[int, list[dict]] = {}
+    jobs_args = [(r, preset, out / "runs" / r.task_name / r.model / f"seed{r.seed}", overwrite, device, threads)
+                 for r in runs]
     try:
-        for r in runs:
-            bar.set_postfix_str(r.key)
-            where = out / "runs" / r.task_name / r.model / f"seed{r.seed}"
-            rows += execute(r, preset, where, overwrite=overwrite, device=device, threads=threads, echo=echo)
-            bar.update(r.est_s)
+        if jobs == 1:
+            for i, a in enumerate(jobs_args):
+                bar.set_postfix_str(a[0].key)
+                results[i] = _execute_job(*a)
+                bar.update(a[0].est_s)
+        else:  # independent runs in `jobs` processes, the longest first; rows kept in plan order
+            import multiprocessing
+            from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+            order = sorted(range(len(runs)), key=lambda i: -runs[i].est_s)
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_job_init, initargs=(threads or max(1, (os.cpu_count() or 1) // jobs),)) as ex:
+                pending = {ex.submit(_execute_job, *jobs_args[i]): i for i in order}
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        i = pending.pop(f)
+                        results[i] = f.result()  # a failed run raises here, the others are cancelled
+                        bar.set_postfix_str(runs[i].key)
+                        bar.update(runs[i].est_s)
     finally:
         bar.close()
+    rows = [row for i in range(len(runs)) for row in results[i]]
     wall = time.time() - t0
     write_reports(rows, runs, out, preset_name=preset_name, preset=preset, wall_s=wall,
                   command=command or f"compare(preset={preset_name!r})")
@@ -410,6 +451,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         out.append({"task": task, "model": model, "size": size, "mult": rs[0]["mult"], "passes": passes,
                     "trained_passes": rs[0]["trained_passes"], "params": rs[0]["params"],
                     "seeds": sorted(r["seed"] for r in rs), "accuracy": _stats([r["accuracy"] for r in rs]),
+                    "token_accuracy": _stats([r.get("token_accuracy") for r in rs]),
                     "loss": _stats([r["loss"] for r in rs]), "tokens": rs[0]["tokens"],
                     "state_bytes": rs[0]["state_bytes"]})
     return out
@@ -420,6 +462,11 @@ def _acc(s: dict) -> str:
     if a["mean"] is None:
         return "n/a"
     return f"{a['mean']:.3f} ± {a['std']:.3f} [{a['min']:.3f}–{a['max']:.3f}]"
+
+
+def _tok(s: dict) -> str:
+    a = s.get("token_accuracy") or {}
+    return "n/a" if a.get("mean") is None else f"{a['mean']:.3f}"
 
 
 def _bytes(b) -> str:
@@ -437,12 +484,14 @@ def task_tables(summary: list[dict], task: str) -> tuple[list[str], list[list[st
     models = [m for m in MODELS if any(s["model"] == m for s in at_trained)]
     by = {(s["model"], s["size"]): s for s in at_trained}
     sizes = sorted({s["size"] for s in at_trained})
-    head = ["size", "x train", "tokens"] + [f"{m} accuracy" for m in models] + [f"{m} state" for m in models]
+    head = (["size", "x train", "tokens"] + [f"{m} accuracy" for m in models] + [f"{m} tok-acc" for m in models]
+            + [f"{m} state" for m in models])
     body = []
     for size in sizes:
         any_s = next(by[(m, size)] for m in models if (m, size) in by)
         body.append([str(size), f"{any_s['mult']:g}", str(any_s["tokens"])]
                     + [_acc(by[(m, size)]) if (m, size) in by else "–" for m in models]
+                    + [_tok(by[(m, size)]) if (m, size) in by else "–" for m in models]
                     + [_bytes(by[(m, size)]["state_bytes"]) if (m, size) in by else "–" for m in models])
     bdh = [s for s in summary if s["task"] == task and s["model"] == "bdh"]
     psizes = sorted({s["size"] for s in bdh if s["passes"] != s["trained_passes"]})
@@ -527,11 +576,14 @@ def write_reports(rows: list[dict], runs: list[Run], out: Path, *, preset_name: 
     atomic_write_text(out / "summary.json", json.dumps(jsonable({
         "preset": preset_name, "command": command, "tasks": tasks, "seeds": n_seeds, "settings": settings,
         "params": params, "summary": summary, "wall_s": wall_s}), indent=2))
-    t = preset["train"]
-    intro = (f"Preset `{preset_name}`: {n_seeds} seeds per model, {t['steps']} steps x batch {t['batch_size']} "
+    steps = {t: train_settings(preset, t)["steps"] for t in tasks}
+    steps_txt = (f"{next(iter(steps.values()))} steps" if len(set(steps.values())) == 1
+                 else "steps " + ", ".join(f"{t} {v}" for t, v in steps.items()))
+    intro = (f"Preset `{preset_name}`: {n_seeds} seeds per model, {steps_txt}, batch {preset['train']['batch_size']} "
              f"(the same examples in the same order for every model of a seed), sizes <= the training size. "
              f"Accuracy: exact match on {preset['n_examples']} fresh examples per size, mean ± std [min–max] over "
-             f"seeds. State: BDH's ρ (constant) vs the GPT's KV cache at the sequence's length. "
+             f"seeds; tok-acc: the fraction of answer tokens right (partial credit), mean over seeds. "
+             f"State: BDH's ρ (constant) vs the GPT's KV cache at the sequence's length. "
              f"Wall time of this invocation {wall_s / 60:.1f} min (finished runs are reused).")
     md = [f"# BDH vs GPT on reasoning tasks ({preset_name} preset)", "", f"`{command}`", "", intro, ""]
     body_html = [f"<h1>BDH vs GPT on reasoning tasks ({html.escape(preset_name)} preset)</h1>",
@@ -590,7 +642,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         else f"bdh tasks compare --preset {args.preset}"
     progress = not args.no_progress
     rows = compare(args.preset, out, tasks=tasks, seeds=seeds, overwrite=args.overwrite, device=args.device,
-                   threads=args.threads, progress=progress, command=command)
+                   threads=args.threads, jobs=args.jobs, progress=progress, command=command)
     md = (Path(out) / "summary.md").read_text(encoding="utf-8")
     print("\n".join(line for line in md.splitlines() if not line.startswith("![")))
     print(f"\nreports in {out} (results.csv, summary.json, summary.md, *.png, report.html)")
@@ -613,11 +665,17 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.add_argument("--device", default=None, help="training device (default: the trainer's auto)")
     c.add_argument("--threads", type=str, default=None, help="torch CPU threads per run (1 on a shared CPU)")
+    c.add_argument("--jobs", type=str, default="1",
+                   help="training runs at once, each in its own process (default 1; 2 on 2 cores with --threads 1)")
     c.set_defaults(func=_cmd_compare_checked)
     return c
 
 
 def _cmd_compare_checked(args: argparse.Namespace) -> int:
+    try:
+        args.jobs = int(args.jobs)
+    except ValueError:
+        raise ValueError(f"--jobs {args.jobs!r}: expected a positive integer (runs at once)") from None
     if args.threads is not None:
         try:
             args.threads = int(args.threads)

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import os
 import random
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,17 +29,26 @@ def size_rng(seed: int, size: int) -> random.Random:
     return random.Random(seed * 1_000_003 + size)
 
 
+class Score(NamedTuple):
+    """Sums over a set of examples (`score_batch`)."""
+    correct: float  # examples exactly right (every answer position)
+    nll: float  # summed cross-entropy over answer positions, nats
+    answers: int  # answer positions
+    examples: int
+    answers_right: int  # answer positions whose argmax is the target
+
+
 @torch.no_grad()
 def score_batch(model, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, *, batch_size: int = 64,
-                form: str = "auto", autocast=contextlib.nullcontext) -> tuple[float, float, int, int]:
-    """(exact matches, summed masked cross-entropy, answer positions, examples) of (n, T) inputs, targets and mask,
-    evaluated `batch_size` rows at a time from an empty state (the model in eval mode)."""
+                form: str = "auto", autocast=contextlib.nullcontext) -> Score:
+    """The `Score` of (n, T) inputs, targets and mask, evaluated `batch_size` rows at a time from an empty state
+    (the model in eval mode)."""
     device = next(model.parameters()).device
     kw = {} if form == "auto" else {"form": form}
     was = model.training
     model.eval()
     correct = nll = 0.0
-    answers = 0
+    answers = right = 0
     try:
         for i in range(0, x.shape[0], batch_size):
             xb, yb, mb = (t[i:i + batch_size].to(device) for t in (x, y, mask))
@@ -50,9 +59,10 @@ def score_batch(model, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, *, 
             ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
             nll += float((ce * mb.flatten()).sum())
             answers += int(mb.sum())
+            right += int(((logits.argmax(-1) == yb) & mb).sum())
     finally:
         model.train(was)
-    return correct, nll, answers, int(x.shape[0])
+    return Score(correct, nll, answers, int(x.shape[0]), right)
 
 
 def _state_bytes(model, x: torch.Tensor, form: str) -> int:
@@ -90,7 +100,8 @@ def with_layers(model, n_layer: int):
 
 def evaluate_task(model, task, sizes: Sequence[int], *, n_examples: int = 256, seed: int = 1234, batch_size: int = 64,
                   form: str = "auto", n_layer: int | None = None) -> list[dict]:
-    """Per size: {"size", "accuracy" (exact match), "loss" (masked cross-entropy, nats per answer), "tokens" (per
+    """Per size: {"size", "accuracy" (exact match), "loss" (masked cross-entropy, nats per answer),
+    "token_accuracy" (the fraction of answer positions right: partial credit below exact match), "tokens" (per
     example, padded), "state_bytes" (the state/cache one sequence leaves after an example: constant for BDH,
     growing with the length for GPT's KV cache), "examples", "n_layer"}.
 
@@ -123,8 +134,9 @@ def evaluate_task(model, task, sizes: Sequence[int], *, n_examples: int = 256, s
     rows = []
     for s in sizes:
         x, y, m = task.batch(size_rng(seed, s), s, n_examples)
-        correct, nll, answers, n = score_batch(model, x, y, m, batch_size=batch_size, form=form)
-        rows.append({"size": s, "accuracy": correct / n, "loss": nll / max(answers, 1), "tokens": int(x.shape[1]),
-                     "state_bytes": _state_bytes(model, x[:1], form), "examples": n,
+        sc = score_batch(model, x, y, m, batch_size=batch_size, form=form)
+        rows.append({"size": s, "accuracy": sc.correct / sc.examples, "loss": sc.nll / max(sc.answers, 1),
+                     "token_accuracy": sc.answers_right / max(sc.answers, 1), "tokens": int(x.shape[1]),
+                     "state_bytes": _state_bytes(model, x[:1], form), "examples": sc.examples,
                      "n_layer": model.config.n_layer if hasattr(model.config, "n_layer") else None})
     return rows

@@ -46,8 +46,8 @@ def evaluate_validation(model, batches, *, batch_size: int = 64, form: str = "au
     correct = nll = 0.0
     answers = n = 0
     for x, y, m in batches:
-        c, l, a, k = score_batch(model, x, y, m, batch_size=batch_size, form=form,
-                                 autocast=autocast or contextlib.nullcontext)
+        c, l, a, k, _ = score_batch(model, x, y, m, batch_size=batch_size, form=form,
+                                    autocast=autocast or contextlib.nullcontext)
         correct, nll, answers, n = correct + c, nll + l, answers + a, n + k
     from ..training.evaluation import check_finite_loss
 

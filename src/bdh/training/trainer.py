@@ -345,8 +345,8 @@ def _check_resume(run: RunConfig, saved: dict, model_cfg, path: Path) -> None:
     if diff:
         raise CheckpointError(f"--resume {path}: the checkpoint is for another model config: " + "; ".join(diff))
     sd = saved["run_config"]["data"]
-    for key in ("corpus", "tokenizer", "block_size", "batching"):
-        if sd.get(key) != getattr(run.data, key):
+    for key in ("corpus", "tokenizer", "block_size", "batching", "task_size", "task_min_size"):
+        if sd.get(key, 0 if key.startswith("task_") else None) != getattr(run.data, key):
             raise CheckpointError(
                 f"--resume {path}: data.{key} = {sd.get(key)!r} in the checkpoint, {getattr(run.data, key)!r} now"
             )
