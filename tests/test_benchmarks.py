@@ -1,4 +1,5 @@
-"""The analytic FLOP counts of benchmarks/train_speed.py against torch's FLOP counter, on tiny shapes (< 10 s)."""
+"""The analytic FLOP counts of benchmarks/train_speed.py against torch's FLOP counter, on tiny shapes (< 10 s);
+the training-step profile's accounting."""
 
 import sys
 from pathlib import Path
@@ -7,7 +8,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
 
 import train_speed as ts  # noqa: E402
 
@@ -99,3 +101,24 @@ def test_activity_penalty_sweep_trains_measures_and_reuses_runs(tmp_path, capsys
     assert ap.main(argv) == 0  # finished runs are reused, not retrained
     assert Path(res[0]["run"], "summary.json").stat().st_mtime == mtime
     assert "| 1 |" in capsys.readouterr().out
+
+
+def test_train_profile_accounts_for_the_step(tmp_path):
+    """benchmarks/train_profile.py --quick on the default config: the operators' times add up to most of the
+    metered step, matmuls carry the counted FLOPs, views move no bytes, and the files are written."""
+    import json
+    import os
+    import subprocess
+
+    out = tmp_path / "p.json"
+    r = subprocess.run([sys.executable, str(BENCH / "train_profile.py"), "--quick", "--configs", "default",
+                        "--steps", "1", "--out", str(out)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())["results"][0]
+    ops = {o["op"]: o for o in res["ops"]}
+    assert res["config"] == "default" and res["carry"] and 0.3 < res["ops_s"] / res["metered_step_s"] <= 1.0
+    assert abs(sum(o["share"] for o in res["ops"]) - 1.0) < 1e-9
+    assert ops["bmm"]["flops"] > 0 and ops["mm"]["flops"] > 0 and ops["add"]["flops"] == 0
+    assert ops["view"]["bytes"] == 0 and ops["bmm"]["bytes"] > 0
+    assert out.with_suffix(".md").read_text().count("| bmm |") == 1
