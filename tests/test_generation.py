@@ -64,14 +64,14 @@ def test_stop_strings(trained_tiny):
 def test_invalid_utf8_does_not_crash():
     """Bytes that are not valid UTF-8 become replacement characters, never an exception."""
     # direct check on the text machinery: feed token ids that are not valid UTF-8
-    from bdh.generation import _RowText
+    from bdh.generation import RowText
     from bdh.tokenization import ByteTokenizer
 
-    row = _RowText(ByteTokenizer(), stop=[])
+    row = RowText(ByteTokenizer(), stop=[])
     text = "".join(row.add(t) for t in [0xFF, 0x80, ord("a"), 0xE2, 0x82]) + row.flush()
     assert text == "\ufffd\ufffda\ufffd"
     # a split multi-byte character is emitted once complete
-    row = _RowText(ByteTokenizer(), stop=[])
+    row = RowText(ByteTokenizer(), stop=[])
     assert [row.add(t) for t in "€".encode()] == ["", "", "€"]
     # and end-to-end sampling at a high temperature (random bytes, mostly invalid UTF-8) never raises
     torch.manual_seed(0)
@@ -142,7 +142,7 @@ def test_decode_loop_checks_prompt_ids_once_and_steps_without_id_checks(trained_
 
 
 def test_row_text_uses_the_tokenizer_stream_decoder():
-    from bdh.generation import _RowText
+    from bdh.generation import RowText
     from bdh.tokenization import ByteTokenizer, IncrementalDecoder
 
     made = []
@@ -152,7 +152,7 @@ def test_row_text_uses_the_tokenizer_stream_decoder():
             made.append(IncrementalDecoder(self))
             return made[-1]
 
-    row = _RowText(Tok(), stop=["!"])
+    row = RowText(Tok(), stop=["!"])
     assert len(made) == 1 and row.dec is made[0]
     assert [row.add(t) for t in "é!".encode()] == ["", "é", ""] and row.stopped
 
@@ -160,7 +160,7 @@ def test_row_text_uses_the_tokenizer_stream_decoder():
         def token_bytes(self, i):
             return bytes([i])
 
-    row = _RowText(Bare(), stop=[])
+    row = RowText(Bare(), stop=[])
     assert "".join(row.add(t) for t in "€\xff".encode() + b"\xff") + row.flush() == "€ÿ\ufffd"
 
 

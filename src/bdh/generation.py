@@ -117,8 +117,11 @@ def _default_tokenizer(model, tokenizer):
     return ByteTokenizer()
 
 
-class _RowText:
-    """Incremental text of one row: UTF-8 decoding with replacement, stop strings with held-back tails."""
+class RowText:
+    """Incremental text of one row: UTF-8 decoding with replacement, stop strings with held-back tails.
+
+    `add(token_id, final=False)` returns the text that became safe to emit; `stopped` turns True at the first
+    stop string (the text ends where it begins); `flush()` returns the held-back rest. Also used by `bdh serve`."""
 
     def __init__(self, tokenizer, stop: Sequence[str]):
         self.tok = tokenizer
@@ -240,7 +243,7 @@ def stream(
     if sparse is True and not getattr(model, "has_sparse_decode", False):  # before anything is generated
         raise ValueError(f"sparse=True: sparse decode is a BDH option; {type(model).__name__} has none")
     step_kw = {} if sparse == "auto" else {"sparse": sparse}
-    rows = [_RowText(tokenizer, stops) for _ in ids]
+    rows = [RowText(tokenizer, stops) for _ in ids]
     # every argument is checked above, when `stream` is called; the generator below runs on iteration
     return _deltas(model, ids, max_new_tokens, params, seed, eos_token_id, form, rows, step_kw, single, with_tokens)
 
@@ -259,10 +262,11 @@ def prefill_piece(model) -> int:
     return PREFILL_PIECE
 
 
-def prefill_in_pieces(model, idx: torch.Tensor, form: str = "auto"):
+def prefill_in_pieces(model, idx: torch.Tensor, form: str = "auto", state=None):
     """Last logits (B, V) and the state after the prompt idx (B, T), prefilled `prefill_piece(model)` tokens at
-    a time with the state carried: the same state as one `model.prefill(idx)`, with peak memory flat in T."""
-    n, state = prefill_piece(model), None
+    a time with the state carried: the same state as one `model.prefill(idx)`, with peak memory flat in T.
+    `state`: continue from this state (a session's), which is left unchanged (prefill is functional)."""
+    n = prefill_piece(model)
     for a in range(0, idx.shape[1], n):
         logits, state = model.prefill(idx[:, a : a + n], state, form=form)
     return logits[:, -1], state

@@ -152,11 +152,17 @@ class GPTState:
         return GPTState([t.clone() for t in self.k], [t.clone() for t in self.v], self.length, self.pos.clone())
 
     def select(self, rows: Sequence[int] | torch.Tensor) -> "GPTState":
-        """The cache of the given batch rows (in that order)."""
+        """The cache of the given batch rows (in that order).
+
+        Leading slots that are padding in every selected row are dropped (a row holds at most `pos` slots), so a
+        batch whose longest rows leave (continuous batching) or a single row taken out of a batch keeps no
+        padding: a one-row selection is exactly that row's cache."""
         rows = check_rows(rows, self.batch_size, "GPTState")
         idx = torch.as_tensor(rows, dtype=torch.long, device=self.pos.device)
-        return GPTState([t.index_select(0, idx) for t in self.k], [t.index_select(0, idx) for t in self.v],
-                        self.length, self.pos.index_select(0, idx))
+        pos = self.pos.index_select(0, idx)
+        start = max(0, self.length - int(pos.max())) if len(rows) else 0  # slots [0, start) are padding in all rows
+        return GPTState([t[:, :, start:].index_select(0, idx) for t in self.k],
+                        [t[:, :, start:].index_select(0, idx) for t in self.v], self.length - start, pos)
 
     @staticmethod
     def cat(states: Sequence["GPTState"]) -> "GPTState":
@@ -264,6 +270,12 @@ class GPT(PretrainedMixin, nn.Module):
     @property
     def device(self) -> torch.device:
         return self.wte.weight.device
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest context (positions 0 .. max_positions - 1): block_size for learned position embeddings,
+        None (no limit) for ALiBi and RoPE. Servers check a request against it before it joins a batch."""
+        return self.config.block_size if self.config.positions == "learned" else None
 
     @property
     def dtype(self) -> torch.dtype:

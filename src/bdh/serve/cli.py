@@ -1,0 +1,92 @@
+"""`bdh serve --model DIR`: serve one or more saved models over the OpenAI API (see `bdh.serve.app`).
+
+Imports nothing heavy at module level (`bdh --help` works without fastapi / uvicorn / torch loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..cli import add_run_options, apply_run_options, int_at_least, positive_int
+
+
+def _model_spec(text: str) -> tuple[str, str]:
+    """`DIR` or `NAME=DIR` -> (name, dir); the name defaults to the directory's base name."""
+    if "=" in text and not os.path.isdir(text):
+        name, path = text.split("=", 1)
+    else:
+        path = text
+        name = os.path.basename(os.path.normpath(os.path.abspath(text)))
+    if not name or not all(c.isalnum() or c in "-_.:" for c in name):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected DIR or NAME=DIR with a NAME of letters, digits, - _ . :")
+    return name, path
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    device = apply_run_options(args)
+    names = [n for n, _ in args.model]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--model: two models are named the same ({names}); name them with NAME=DIR")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("BDH_API_KEY") or None
+    if api_key is not None and (len(api_key) < 1 or any(c.isspace() for c in api_key)):
+        raise ValueError("--api-key: expected a non-empty key without spaces")
+    try:
+        import uvicorn
+
+        from .app import Limits, Served, create_app
+    except ModuleNotFoundError as e:
+        raise ValueError(f"bdh serve needs {e.name}: pip install 'bdh[serve]'") from None
+    import time
+
+    from ..checkpoint import load_model
+    from .engine import Engine
+    from .sessions import SessionStore, fingerprint
+
+    served, fps = {}, {}
+    for name, path in args.model:
+        model = load_model(path, device=device)
+        engine = Engine(model, model.tokenizer, max_batch=args.max_batch, max_queue=args.max_queue, name=name)
+        served[name] = Served(name, model, model.tokenizer, engine, int(time.time()))
+        fps[name] = fingerprint(path)
+    store = SessionStore(args.sessions_dir, {k: s.model for k, s in served.items()}, fps,
+                         memory_cap=args.session_memory_mb << 20, max_sessions=args.max_sessions)
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
+                    max_tokens=args.max_tokens)
+    app = create_app(served, store, api_key=api_key, limits=limits)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        print(f"bdh serve: warning: listening on {args.host} without an API key: anyone who can reach this port "
+              "can use the models and read every session (pass --api-key)", file=sys.stderr)
+    for name, s in served.items():
+        print(f"bdh serve: model {name!r} ({type(s.model.config).MODEL_TYPE}, {s.model.num_params():,} params)",
+              file=sys.stderr)
+    print(f"bdh serve: http://{args.host}:{args.port}/v1  sessions in {args.sessions_dir} "
+          f"({store.stats()['sessions']} found)  max batch {args.max_batch}  "
+          f"API key {'required' if api_key else 'off'}", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=5,
+                limit_concurrency=args.max_connections)
+    return 0
+
+
+def register(sub) -> None:
+    s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with persistent sessions and batched decode")
+    s.add_argument("--model", action="append", required=True, type=_model_spec, metavar="[NAME=]DIR",
+                   help="model directory to serve (repeatable: several models side by side); its id is NAME or "
+                        "the directory's name")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int_at_least(0, 65535), default=8000)
+    s.add_argument("--max-batch", type=positive_int, default=32, help="rows decoded together per model (default 32)")
+    s.add_argument("--max-queue", type=positive_int, default=256, help="requests waiting per model (default 256)")
+    s.add_argument("--sessions-dir", default="bdh-sessions", help="where session states are saved (default ./bdh-sessions)")
+    s.add_argument("--session-memory-mb", type=positive_int, default=256,
+                   help="session states kept in memory, MiB (least recently used go back to disk; default 256)")
+    s.add_argument("--max-sessions", type=positive_int, default=10000)
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $BDH_API_KEY, else off)")
+    s.add_argument("--max-prompt-tokens", type=positive_int, default=4096)
+    s.add_argument("--max-tokens", type=positive_int, default=1024, help="the largest max_tokens a request may ask")
+    s.add_argument("--max-body-bytes", type=positive_int, default=1 << 20)
+    s.add_argument("--max-connections", type=positive_int, default=512, help="concurrent connections (then 503)")
+    s.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="warning")
+    add_run_options(s)
+    s.set_defaults(func=cmd_serve)
