@@ -20,7 +20,7 @@ def saved(tmp_path, trained_tiny):
 
 def test_save_load_gives_identical_logits(saved):
     d, model = saved
-    assert sorted(os.listdir(d)) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(d)) == ["config.json", "model.safetensors", "modeling_bdh.py"]  # + bdh.hf remote code
     assert json.loads((d / "config.json").read_text())["model_type"] == "bdh"
     loaded = BDH.from_pretrained(d)
     idx = torch.randint(0, 256, (2, 30), generator=torch.Generator().manual_seed(0))

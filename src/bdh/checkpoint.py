@@ -18,10 +18,20 @@ from typing import Any
 import torch
 
 from .interface import build_model, load_config
-from .io import atomic_path
+from .io import atomic_path, atomic_write_text
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+HF_CODE_NAME = "modeling_bdh.py"  # what transformers imports for `trust_remote_code=True` (config.json's auto_map)
+# model_type -> (config class, model class) in `bdh.hf`: the Hugging Face fields written into config.json
+HF_CLASSES = {"bdh": ("BDHConfigHF", "BDHForCausalLM"), "gpt": ("GPTConfigHF", "GPTForCausalLM")}
+HF_CODE = '''"""Hugging Face classes of this model directory, for transformers' `trust_remote_code=True`.
+
+The model's code is not in this file: it comes from the installed `bdh` package (pip install "bdh[hf]"), whose
+`bdh.hf` classes (config, causal LM with a state cache, tokenizer) this file re-exports.
+"""
+from bdh.hf.modeling import BDHConfigHF, BDHForCausalLM, BDHTokenizerFast, GPTConfigHF, GPTForCausalLM  # noqa: F401
+'''
 MAX_SHAPE_ERRORS = 8  # shape disagreements listed in one CheckpointError
 
 
@@ -124,13 +134,28 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
 
 
 # ----------------------------------------------------------------------------- native format
+def hf_fields(model_type: str) -> dict[str, Any]:
+    """`architectures` and `auto_map` for config.json, so that transformers loads the directory (`bdh.hf`; with
+    `trust_remote_code=True` through the `modeling_bdh.py` written beside it); {} for a type without HF classes."""
+    if model_type not in HF_CLASSES:
+        return {}
+    config_class, model_class = HF_CLASSES[model_type]
+    module = HF_CODE_NAME.removesuffix(".py")
+    return {"architectures": [model_class],
+            "auto_map": {"AutoConfig": f"{module}.{config_class}", "AutoModelForCausalLM": f"{module}.{model_class}"}}
+
+
 def save_pretrained(model, directory: str | os.PathLike, tokenizer: Any = None) -> None:
-    """Write `config.json` (with its model_type) and `model.safetensors`, each atomically (+ the tokenizer)."""
+    """Write `config.json` (with its model_type) and `model.safetensors`, each atomically (+ the tokenizer); for
+    the types `bdh.hf` knows, also the Hugging Face fields and `modeling_bdh.py` (`hf_fields`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_tensors(directory / WEIGHTS_NAME, tensors, {"format": "pt"})  # one key: byte-identical files
-    model.config.save(directory / CONFIG_NAME)  # atomic (bdh.io)
+    hf = hf_fields(type(model.config).MODEL_TYPE)
+    model.config.save(directory / CONFIG_NAME, extra=hf)  # atomic (bdh.io)
+    if hf:
+        atomic_write_text(directory / HF_CODE_NAME, HF_CODE)
     if tokenizer is not None:
         tokenizer.save(directory)
 

@@ -15,8 +15,10 @@ import sys
 
 from .generation import SEED_MAX  # seeds in [0, 2^63): torch.Generator.manual_seed's range
 
+# (no "bdh.hf.cli": importing it would run bdh/hf/__init__.py, which imports transformers and registers the Auto
+# classes, seconds on every command; the lm-eval entry point is `python -m bdh.hf.lm_eval`)
 COMMAND_MODULES = ("bdh.cli", "bdh.training.cli", "bdh.analysis.cli", "bdh.graph.cli", "bdh.baselines.compare",
-                   "bdh.tasks.cli", "bdh.view.cli", "bdh.serve.cli", "bdh.hf.cli")
+                   "bdh.tasks.cli", "bdh.view.cli", "bdh.serve.cli")
 
 
 # ----------------------------------------------------------------------------- --device / --threads

@@ -18,6 +18,9 @@ from ._version import __version__
 from .io import atomic_write_json
 
 FORMS = ("parallel", "chunked", "recurrent", "auto")
+# Hugging Face fields a config.json may carry beside the model's own (written by `bdh.checkpoint.save_pretrained`
+# so that transformers can load the directory; ignored when the config is read)
+HF_KEYS = ("architectures", "auto_map", "transformers_version")
 
 
 class JSONConfig:
@@ -36,15 +39,17 @@ class JSONConfig:
         if d.get("model_type", cls.MODEL_TYPE) != cls.MODEL_TYPE:
             raise ValueError(f"config has model_type {d['model_type']!r}, not {cls.MODEL_TYPE!r} (load it with bdh.load_model)")
         names = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k not in ("model_type", "bdh_version")}
+        d = {k: v for k, v in d.items() if k not in ("model_type", "bdh_version", *HF_KEYS)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"{name}: unknown field(s) {unknown}; expected some of {sorted(names)}")
         return cls(**d)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """`config.json`: the fields tagged with `model_type` and `bdh_version`, written atomically."""
-        atomic_write_json(path, {"model_type": self.MODEL_TYPE, "bdh_version": __version__, **self.to_dict()})
+    def save(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
+        """`config.json`: the fields tagged with `model_type` and `bdh_version` (and `extra`, e.g. the Hugging Face
+        fields of `bdh.checkpoint.hf_fields`), written atomically."""
+        atomic_write_json(path, {"model_type": self.MODEL_TYPE, "bdh_version": __version__, **self.to_dict(),
+                                 **(extra or {})})
 
     def check_training(self, *, batching: str) -> None:
         """Raise ValueError naming the setting when this model cannot be trained with these data options.

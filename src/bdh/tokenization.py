@@ -96,6 +96,11 @@ class Tokenizer:
         """An :class:`IncrementalDecoder` for printing generated tokens as they arrive."""
         return IncrementalDecoder(self)
 
+    def to_hf(self):
+        """This tokenizer as an HF ``tokenizers.Tokenizer`` with the same ids (what ``tokenizer.json`` holds);
+        ``bdh.hf`` wraps it as a ``PreTrainedTokenizerFast``. ValueError for a kind that has no such form."""
+        raise ValueError(f"tokenizer {self.name!r} has no Hugging Face form: expected 'bytes', 'bpe' or 'gpt2'")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size})"
 
@@ -167,6 +172,16 @@ class ByteTokenizer(Tokenizer):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         atomic_write_json(d / CONFIG_FILE, self.config(), sort_keys=True)
+
+    def to_hf(self):
+        """Byte-level BPE with the 256 byte tokens and no merges: token id = byte value."""
+        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+
+        to_char = {b: c for c, b in _byte_decoder().items()}
+        hf = HFTokenizer(models.BPE(vocab={to_char[b]: b for b in range(256)}, merges=[]))
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        hf.decoder = decoders.ByteLevel()
+        return hf
 
 
 class WordTokenizer(Tokenizer):
@@ -308,6 +323,12 @@ class BPETokenizer(Tokenizer):
 
     def to_json(self) -> str:
         return self._hf.to_str()
+
+    def to_hf(self):
+        """A copy of the HF ``tokenizers.Tokenizer`` behind this tokenizer."""
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return HFTokenizer.from_str(self._hf.to_str())
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode())
