@@ -235,3 +235,25 @@ def test_python_m_command(setup, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "bdh_mc" in r.stdout and "acc" in r.stdout
+
+
+def test_bare_lm_eval_command_with_remote_code(setup, tmp_path):
+    """The plain `lm_eval` command, which cannot see the "bdh" model, still evaluates a model directory through
+    transformers: `--model hf` with trust_remote_code (config.json's auto_map, the directory's modeling_bdh.py).
+    Its multiple-choice accuracy and bits per byte equal the "bdh" model's (the documents fit one window)."""
+    import shutil
+
+    exe = shutil.which("lm_eval", path=os.path.dirname(sys.executable)) or shutil.which("lm_eval")
+    assert exe, "the lm_eval console script is not installed"
+    nl = ByteTokenizer().encode("\n")[0]
+    cmd = [exe, "--model", "hf", "--model_args", f"pretrained={setup / 'bdh'},trust_remote_code=True,"
+           f"prefix_token_id={nl}", "--tasks", "bdh_mc,bdh_ppl", "--include_path", str(setup / "tasks"),
+           "--output_path", str(tmp_path / "o"), "--device", "cpu"]
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    [f] = glob.glob(str(tmp_path / "o" / "**" / "results_*.json"), recursive=True)
+    bare = json.load(open(f))["results"]
+    ours = run_simple_evaluate(setup, setup / "bdh")["results"]
+    assert bare["bdh_mc"]["acc,none"] == ours["bdh_mc"]["acc,none"]
+    assert bare["bdh_ppl"]["bits_per_byte,none"] == pytest.approx(ours["bdh_ppl"]["bits_per_byte,none"], rel=1e-5)
