@@ -45,7 +45,8 @@ from common import format_machine, human_bytes, machine_info, write_json  # noqa
 from bdh.generation import prefill_in_pieces  # noqa: E402
 from bdh.interface import build_model  # noqa: E402
 from bdh.serve.loadtest import httpx_module, load_test  # noqa: E402
-from bdh.serve.sessions import SessionStore, fingerprint  # noqa: E402
+from bdh.checkpoint import model_fingerprint  # noqa: E402
+from bdh.serve.sessions import SessionStore  # noqa: E402
 from bdh.tokenization import ByteTokenizer  # noqa: E402
 from bdh.training.config import load_run_config  # noqa: E402
 
@@ -104,7 +105,7 @@ def make_models(root: Path) -> tuple[dict[str, Path], dict[str, torch.nn.Module]
 
 
 def memory_per_session(dirs, models, contexts, tmp: Path) -> list[dict]:
-    store = SessionStore(tmp / "mem-sessions", models, {k: fingerprint(d) for k, d in dirs.items()})
+    store = SessionStore(tmp / "mem-sessions", models, {k: model_fingerprint(d) for k, d in dirs.items()})
     rows = []
     g = torch.Generator().manual_seed(0)
     for ctx in contexts:

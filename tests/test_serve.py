@@ -27,7 +27,8 @@ pytest.importorskip("uvicorn")
 
 from bdh.serve.engine import Done, Engine, Failed, Job, Token  # noqa: E402
 from bdh.serve.loadtest import httpx_module, load_test  # noqa: E402
-from bdh.serve.sessions import SessionStore, fingerprint  # noqa: E402
+from bdh.checkpoint import model_fingerprint  # noqa: E402
+from bdh.serve.sessions import SessionStore  # noqa: E402
 
 httpx = httpx_module()
 
@@ -185,7 +186,7 @@ def test_engine_refuses_positions_beyond_learned_embeddings():
 def test_session_store_lru_eviction_and_reload(model_dirs, tmp_path):
     model = load_model(model_dirs["bdh"])
     one = sum(t.numel() * t.element_size() for t in model.state_to_tensors(model.init_state(1)).values())
-    store = SessionStore(tmp_path, {"m": model}, {"m": fingerprint(model_dirs["bdh"])}, memory_cap=2 * one + 100)
+    store = SessionStore(tmp_path, {"m": model}, {"m": model_fingerprint(model_dirs["bdh"])}, memory_cap=2 * one + 100)
     ids = [store.create("m")["id"] for _ in range(4)]
     assert store.stats()["memory_bytes"] <= 2 * one + 100 and store.stats()["evictions"] == 2
     # give the first (evicted) session a real state, then read it back from disk after eviction
@@ -207,7 +208,7 @@ def test_session_store_lru_eviction_and_reload(model_dirs, tmp_path):
     store.delete(ids[0])
     assert not (tmp_path / f"{ids[0]}.safetensors").exists()
     # a fresh store (a restarted server) finds the sessions on disk
-    again = SessionStore(tmp_path, {"m": model}, {"m": fingerprint(model_dirs["bdh"])})
+    again = SessionStore(tmp_path, {"m": model}, {"m": model_fingerprint(model_dirs["bdh"])})
     assert {s["id"] for s in again.list()} == set(ids[1:]) | {fork["id"]}
     other = SessionStore(tmp_path, {"m": model}, {"m": "other weights"})
     with pytest.raises(Exception, match="other weights"):

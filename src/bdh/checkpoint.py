@@ -145,6 +145,19 @@ def hf_fields(model_type: str) -> dict[str, Any]:
             "auto_map": {"AutoConfig": f"{module}.{config_class}", "AutoModelForCausalLM": f"{module}.{model_class}"}}
 
 
+def model_fingerprint(directory: str | os.PathLike) -> str:
+    """SHA-256 of a model directory's config.json and weights: what caches and sessions made from a model are
+    keyed to (`bdh view`'s neuron index, `bdh serve`'s sessions), so that other weights are told apart."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        with open(Path(directory) / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
 def save_pretrained(model, directory: str | os.PathLike, tokenizer: Any = None) -> None:
     """Write `config.json` (with its model_type) and `model.safetensors`, each atomically (+ the tokenizer); for
     the types `bdh.hf` knows, also the Hugging Face fields and `modeling_bdh.py` (`hf_fields`)."""

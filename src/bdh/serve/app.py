@@ -352,6 +352,46 @@ def _sse(obj) -> bytes:
     return f"data: {json.dumps(obj)}\n\n".encode()
 
 
+def _usage(d: Done) -> dict:
+    return {"prompt_tokens": d.prompt_tokens, "completion_tokens": d.completion_tokens,
+            "total_tokens": d.prompt_tokens + d.completion_tokens}
+
+
+def _stream(run: "_Run", first, on_token, on_done, usage_chunk: dict | None, head=()) -> StreamingResponse:
+    """The server-sent events of one streamed request: the `head` chunks, a chunk per Token (`on_token(ev)`: a
+    dict, or None for nothing), the last chunk (`on_done(ev)`, with the session when the request has one), the
+    usage chunk when asked for (`usage_chunk` + "usage"), then `[DONE]`; a failure mid-stream is an error event."""
+
+    async def events():
+        try:
+            for c in head:
+                yield _sse(c)
+            ev = first
+            while True:
+                if isinstance(ev, Token):
+                    c = on_token(ev)
+                    if c is not None:
+                        yield _sse(c)
+                elif isinstance(ev, Done):
+                    await run.finish(ev)
+                    last = on_done(ev)
+                    if run.session is not None:
+                        last["session"] = run.session
+                    yield _sse(last)
+                    if usage_chunk is not None:
+                        yield _sse({**usage_chunk, "usage": _usage(ev)})
+                    break
+                else:
+                    yield _sse(error_body(ev.status, ev.message, ev.code))
+                    break
+                ev = await run.next()
+            yield b"data: [DONE]\n\n"
+        finally:
+            run.close()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
 def create_app(served: dict[str, Served], store: SessionStore, *, api_key: str | None = None,
                limits: Limits | None = None):
     """The ASGI app serving `served` (model id -> Served, engines not yet started: the app starts and stops them)."""
@@ -445,10 +485,6 @@ def create_app(served: dict[str, Served], store: SessionStore, *, api_key: str |
                 offset += len(ts)
             return out
 
-        def usage(d: Done) -> dict:
-            return {"prompt_tokens": d.prompt_tokens, "completion_tokens": d.completion_tokens,
-                    "total_tokens": d.prompt_tokens + d.completion_tokens}
-
         if not body.stream:
             try:
                 text, toks, done = await _collect(run)
@@ -456,47 +492,28 @@ def create_app(served: dict[str, Served], store: SessionStore, *, api_key: str |
                 run.close()
             out = {"id": rid, "object": "text_completion", "created": created, "model": s.id,
                    "choices": [{"index": 0, "text": text, "logprobs": logprobs_obj(toks, 0),
-                                "finish_reason": done.finish_reason}], "usage": usage(done)}
+                                "finish_reason": done.finish_reason}], "usage": _usage(done)}
             if run.session is not None:
                 out["session"] = run.session
             return out
 
         first = await _first(run)
         include_usage = bool((body.stream_options or {}).get("include_usage"))
+        head = {"id": rid, "object": "text_completion", "created": created, "model": s.id}
+        offset = [0]
 
-        async def events():
-            offset = 0
-            try:
-                ev = first
-                while True:
-                    if isinstance(ev, Token):
-                        lp = logprobs_obj([ev], offset)
-                        offset += len(s.token_str(ev.token_id))
-                        if ev.text or lp is not None:
-                            yield _sse({"id": rid, "object": "text_completion", "created": created, "model": s.id,
-                                        "choices": [{"index": 0, "text": ev.text, "logprobs": lp,
-                                                     "finish_reason": None}]})
-                    elif isinstance(ev, Done):
-                        await run.finish(ev)
-                        last = {"id": rid, "object": "text_completion", "created": created, "model": s.id,
-                                "choices": [{"index": 0, "text": ev.text, "logprobs": None,
-                                             "finish_reason": ev.finish_reason}]}
-                        if run.session is not None:
-                            last["session"] = run.session
-                        yield _sse(last)
-                        if include_usage:
-                            yield _sse({"id": rid, "object": "text_completion", "created": created, "model": s.id,
-                                        "choices": [], "usage": usage(ev)})
-                        break
-                    else:
-                        yield _sse(error_body(ev.status, ev.message, ev.code))
-                        break
-                    ev = await run.next()
-                yield b"data: [DONE]\n\n"
-            finally:
-                run.close()
+        def on_token(ev: Token):
+            lp = logprobs_obj([ev], offset[0])
+            offset[0] += len(s.token_str(ev.token_id))
+            if ev.text or lp is not None:
+                return {**head, "choices": [{"index": 0, "text": ev.text, "logprobs": lp, "finish_reason": None}]}
+            return None
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        def on_done(ev: Done) -> dict:
+            return {**head, "choices": [{"index": 0, "text": ev.text, "logprobs": None,
+                                         "finish_reason": ev.finish_reason}]}
+
+        return _stream(run, first, on_token, on_done, {**head, "choices": []} if include_usage else None)
 
     # ------------------------------------------------------------------ chat
     @app.post("/v1/chat/completions")
@@ -522,10 +539,6 @@ def create_app(served: dict[str, Served], store: SessionStore, *, api_key: str |
                                                    "bytes": list(s.tokenizer.token_bytes(i))} for i, lp in t.top or []]}
                                 for t in toks]}
 
-        def usage(d: Done) -> dict:
-            return {"prompt_tokens": d.prompt_tokens, "completion_tokens": d.completion_tokens,
-                    "total_tokens": d.prompt_tokens + d.completion_tokens}
-
         if not body.stream:
             try:
                 text, toks, done = await _collect(run)
@@ -534,7 +547,7 @@ def create_app(served: dict[str, Served], store: SessionStore, *, api_key: str |
             out = {"id": rid, "object": "chat.completion", "created": created, "model": s.id,
                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text.lstrip()},
                                 "logprobs": lp_content(toks), "finish_reason": done.finish_reason}],
-                   "usage": usage(done)}
+                   "usage": _usage(done)}
             if run.session is not None:
                 out["session"] = run.session
             return out
@@ -546,37 +559,20 @@ def create_app(served: dict[str, Served], store: SessionStore, *, api_key: str |
             return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": s.id,
                     "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
 
-        async def events():
-            started = False  # leading whitespace of the reply is dropped, as in the non-streaming answer
-            try:
-                yield _sse(chunk({"role": "assistant", "content": ""}))
-                ev = first
-                while True:
-                    if isinstance(ev, Token):
-                        text = ev.text if started else ev.text.lstrip()
-                        started = started or bool(text)
-                        if text or k is not None:
-                            yield _sse(chunk({"content": text}, None, lp_content([ev])))
-                    elif isinstance(ev, Done):
-                        await run.finish(ev)
-                        tail = ev.text if started else ev.text.lstrip()
-                        last = chunk({"content": tail} if tail else {}, ev.finish_reason)
-                        if run.session is not None:
-                            last["session"] = run.session
-                        yield _sse(last)
-                        if include_usage:
-                            yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created,
-                                        "model": s.id, "choices": [], "usage": usage(ev)})
-                        break
-                    else:
-                        yield _sse(error_body(ev.status, ev.message, ev.code))
-                        break
-                    ev = await run.next()
-                yield b"data: [DONE]\n\n"
-            finally:
-                run.close()
+        started = [False]  # leading whitespace of the reply is dropped, as in the non-streaming answer
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        def on_token(ev: Token):
+            text = ev.text if started[0] else ev.text.lstrip()
+            started[0] = started[0] or bool(text)
+            return chunk({"content": text}, None, lp_content([ev])) if text or k is not None else None
+
+        def on_done(ev: Done) -> dict:
+            tail = ev.text if started[0] else ev.text.lstrip()
+            return chunk({"content": tail} if tail else {}, ev.finish_reason)
+
+        usage_chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": s.id, "choices": []}
+        return _stream(run, first, on_token, on_done, usage_chunk if include_usage else None,
+                       head=[chunk({"role": "assistant", "content": ""})])
 
     # ------------------------------------------------------------------ sessions
     @app.post("/v1/sessions")

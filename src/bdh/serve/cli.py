@@ -42,14 +42,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ..checkpoint import load_model
     from .engine import Engine
-    from .sessions import SessionStore, fingerprint
+    from ..checkpoint import model_fingerprint
+    from .sessions import SessionStore
 
     served, fps = {}, {}
     for name, path in args.model:
         model = load_model(path, device=device)
         engine = Engine(model, model.tokenizer, max_batch=args.max_batch, max_queue=args.max_queue, name=name)
         served[name] = Served(name, model, model.tokenizer, engine, int(time.time()))
-        fps[name] = fingerprint(path)
+        fps[name] = model_fingerprint(path)
     store = SessionStore(args.sessions_dir, {k: s.model for k, s in served.items()}, fps,
                          memory_cap=args.session_memory_mb << 20, max_sessions=args.max_sessions)
     limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,

@@ -11,7 +11,7 @@ In memory, states are cached up to `memory_cap` bytes; the least recently used a
 and read back on their next use. One request at a time may hold a session (`acquire` ... `commit`/`release`);
 a second gets 409.
 
-    store = SessionStore("sessions", {"m": model}, {"m": fingerprint}, memory_cap=256 << 20)
+    store = SessionStore("sessions", {"m": model}, {"m": model_fingerprint(DIR)}, memory_cap=256 << 20)
     info = store.create("m")
     held = store.acquire(info["id"], "m")              # state, logits, n_tokens
     store.commit(held, new_state, new_logits, added_tokens=12)
@@ -298,15 +298,3 @@ class SessionStore:
         with self._lock:
             return {"sessions": len(self._entries), "in_memory": len(self._lru), "memory_bytes": self.memory_bytes,
                     "memory_cap": self.memory_cap, "evictions": self.evictions}
-
-
-def fingerprint(model_dir: str | os.PathLike) -> str:
-    """SHA-256 of a model directory's config.json and weights: sessions are refused by other weights."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        with open(Path(model_dir) / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()

@@ -18,7 +18,6 @@ the model's hook points (`analysis.record.run_with_hooks`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -28,22 +27,13 @@ import numpy as np
 import torch
 
 from ..analysis.record import hook_name, run_with_hooks
+from ..checkpoint import model_fingerprint
 
 INDEX_NAME = "view-index.safetensors"
 INDEX_VERSION = "1"
 INDEX_KINDS = ("x_sparse", "xy")
 HIST_EDGES = np.arange(-16, 9)  # log2 of the activation: 24 octaves [2^-16, 2^8), clamped at both ends
 CONTEXT_BEFORE, CONTEXT_AFTER = 24, 6
-
-
-def weights_sha256(model_dir: str | os.PathLike) -> str:
-    """SHA-256 of config.json + model.safetensors (the index's key)."""
-    h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        with open(Path(model_dir) / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 class NeuronIndex:
@@ -148,7 +138,7 @@ def load_or_build_index(model, model_dir: str | os.PathLike, corpus: str, *, max
     from ..io import atomic_path
 
     path = Path(model_dir) / INDEX_NAME
-    key = {"version": INDEX_VERSION, "weights_sha256": weights_sha256(model_dir), "corpus": corpus,
+    key = {"version": INDEX_VERSION, "weights_sha256": model_fingerprint(model_dir), "corpus": corpus,
            "max_tokens": str(max_tokens), "block": str(block)}
     if path.is_file():
         try:
