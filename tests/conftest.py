@@ -16,6 +16,14 @@ def english_bytes(n: int = 20000) -> torch.Tensor:
     return torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
 
 
+def trained_tiny_gpt():
+    """A GPT baseline of about the tiny BDH's size, briefly trained (20 steps of 8 x 32 bytes), in eval mode."""
+    from bdh.baselines.gpt import GPT, GPTConfig
+
+    torch.manual_seed(1)
+    return train_briefly(GPT(GPTConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=256, block_size=64)), steps=20, T=32)
+
+
 def train_briefly(model: BDH, steps: int = 40, T: int = 48, B: int = 8, seed: int = 0) -> BDH:
     """A few AdamW steps on English bytes, so the weights are not random (sparser, structured activations)."""
     g = torch.Generator().manual_seed(seed)

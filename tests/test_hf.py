@@ -22,23 +22,9 @@ from bdh.hf import BDHCache, BDHForCausalLM, BDHTokenizerFast, GPTForCausalLM  #
 from bdh.tokenization import BPETokenizer, ByteTokenizer, gpt2_tokenizer  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, pipeline  # noqa: E402
 
-from conftest import english_bytes, tiny_config, train_briefly  # noqa: E402
+from conftest import english_bytes, tiny_config, train_briefly, trained_tiny_gpt  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def trained_gpt() -> GPT:
-    torch.manual_seed(1)
-    gpt = GPT(GPTConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=256, block_size=64))
-    g = torch.Generator().manual_seed(0)
-    data, opt = english_bytes(), torch.optim.AdamW(gpt.parameters(), lr=3e-3)
-    for _ in range(20):
-        i = torch.randint(0, len(data) - 33, (8,), generator=g).tolist()
-        _, loss = gpt(torch.stack([data[j : j + 32] for j in i]), torch.stack([data[j + 1 : j + 33] for j in i]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return gpt.eval()
 
 
 def random_model(kind: str):
@@ -60,7 +46,7 @@ def dirs(tmp_path_factory, trained_tiny):
     damped = train_briefly(BDH(tiny_config(damping="alibi")), steps=15)
     trained_tiny.save_pretrained(root / "bdh", tokenizer=ByteTokenizer())
     damped.save_pretrained(root / "bdh_damped", tokenizer=ByteTokenizer())
-    trained_gpt().save_pretrained(root / "gpt", tokenizer=ByteTokenizer())
+    trained_tiny_gpt().save_pretrained(root / "gpt", tokenizer=ByteTokenizer())
     random_model("bdh").save_pretrained(root / "bdh_random")
     return {k: root / k for k in ("bdh", "bdh_damped", "gpt", "bdh_random")}
 

@@ -22,7 +22,7 @@ from bdh.cli import main as bdh_main  # noqa: E402
 from bdh.hf import lm_eval as bdh_lm_eval  # noqa: E402  (registers "bdh")
 from bdh.tokenization import ByteTokenizer  # noqa: E402
 
-from conftest import english_bytes, tiny_config  # noqa: E402
+from conftest import english_bytes, tiny_config, trained_tiny_gpt  # noqa: E402
 
 MC = [
     {"question": "The capital of France is", "choices": [" Paris", " London", " Rome"], "answer": 0},
@@ -56,27 +56,13 @@ def task_files(root) -> None:
         "metric_list:\n  - metric: exact_match\n")
 
 
-def trained_gpt() -> GPT:
-    torch.manual_seed(1)
-    gpt = GPT(GPTConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=256, block_size=64))
-    g, data = torch.Generator().manual_seed(0), english_bytes()
-    opt = torch.optim.AdamW(gpt.parameters(), lr=3e-3)
-    for _ in range(20):
-        i = torch.randint(0, len(data) - 33, (8,), generator=g).tolist()
-        _, loss = gpt(torch.stack([data[j : j + 32] for j in i]), torch.stack([data[j + 1 : j + 33] for j in i]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return gpt.eval()
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, trained_tiny):
     root = tmp_path_factory.mktemp("lm_eval")
     (root / "tasks").mkdir()
     task_files(root / "tasks")
     trained_tiny.save_pretrained(root / "bdh", tokenizer=ByteTokenizer())
-    trained_gpt().save_pretrained(root / "gpt", tokenizer=ByteTokenizer())
+    trained_tiny_gpt().save_pretrained(root / "gpt", tokenizer=ByteTokenizer())
     # a corpus whose validation split (bdh.data.split_text: the last 10% of characters, from a line start) is
     # "\n" + DOC: `bdh eval` then scores DOC after a newline, as lm_eval scores a document after the prefix token
     n = 10 * (len(DOC) + 1)

@@ -12,8 +12,6 @@ is `bdh.training.batching.TaskSampler` (targets -100 outside the answers); valid
 
 from __future__ import annotations
 
-import random
-
 import torch
 
 from .base import Task
