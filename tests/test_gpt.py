@@ -315,7 +315,7 @@ def test_cli_info_and_generate_load_a_gpt(gpt, tmp_path, capsys):
     assert main(["info", "--model", str(tmp_path / "g"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     c = gpt.config
-    assert info["model_type"] == "gpt" and info["capabilities"] == [] and info["config"]["positions"] == c.positions
+    assert info["model_type"] == "gpt" and info["capabilities"] == ["hooks"] and info["config"]["positions"] == c.positions
     assert info["params_actual"] == info["params_formula"] == gpt.num_params()
     assert info["state_bytes_after_1_token"] == 2 * c.n_layer * c.n_embd * 4 + 8  # keys + values of one token, pos
     assert main(["generate", "--model", str(tmp_path / "g"), "--prompt", "The ", "--max-new-tokens", "10",
@@ -437,3 +437,44 @@ def test_gpt_prompts_prefilled_in_pieces_give_the_same_tokens(gpt, monkeypatch):
     monkeypatch.setattr(G, "PREFILL_PIECE", 7)
     assert G.prefill_piece(gpt) == 7  # no chunk_size: the piece as set
     assert gpt.generate([prompt, prompt[:23]], 10, temperature=0) == whole
+
+
+@pytest.mark.parametrize("positions", ["alibi", "rope", "learned"])
+def test_hook_points(positions):
+    """Every hook point fires in forward, prefill and step; no-op hooks leave the logits as they are (the explicit
+    attention that an `attn_probs` hook switches on equals the fused kernel); the weights are causal softmax rows;
+    a replacement changes the output; a step's weights are the last row of the full sequence's."""
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=64, block_size=32, positions=positions)).eval()
+    idx = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        ref = m(idx)[0]
+    seen: dict[str, torch.Tensor] = {}
+    names = ["logits"] + [f"blocks.{l}.{k}" for l in range(2) for k in GPT.HOOK_KINDS]
+    with torch.no_grad(), m.hooks({n: lambda name, t, pos: seen.__setitem__(name, t.clone()) for n in names}):
+        out = m(idx)[0]
+    assert set(seen) == set(names) and torch.allclose(out, ref, atol=1e-5) and torch.equal(seen["logits"], out)
+    p = seen["blocks.1.attn_probs"]  # (B, nh, T, T)
+    assert p.shape == (2, 4, 12, 12) and torch.allclose(p.sum(-1), torch.ones(2, 4, 12), atol=1e-6)
+    assert float(p.triu(1).abs().max()) == 0.0  # causal
+    assert torch.allclose(seen["blocks.1.x_out"], seen["blocks.1.x_in"] + seen["blocks.1.attn_out"]
+                          + seen["blocks.1.mlp_out"], atol=1e-5)
+    first_only = lambda name, t, pos: torch.zeros_like(t).index_fill_(-1, torch.tensor([0]), 1.0)  # noqa: E731
+    after = {}
+    with torch.no_grad(), m.hooks({"blocks.0.attn_probs": first_only,
+                                   "blocks.0.attn_out": lambda name, t, pos: after.__setitem__("a", t.clone())}):
+        m(idx)  # every token attends to the first one only: an intervention on the weights
+    a, a0 = after["a"], seen["blocks.0.attn_out"]
+    assert float((a - a0).norm() / a0.norm()) > 0.1
+    assert torch.allclose(a[:, 0], a0[:, 0], atol=1e-6) and torch.allclose(a[:, 5], a[:, 0], atol=1e-6)
+    # a step reads the cache: its weights over the 12 slots are the full sequence's last row
+    with torch.no_grad():
+        _, state = m.prefill(idx[:, :11])
+        got = {}
+        with m.hooks({"blocks.1.attn_probs": lambda name, t, pos: got.__setitem__("p", (t.clone(), pos.clone()))}):
+            m.step(idx[:, 11], state)
+    step_p, pos = got["p"]
+    assert step_p.shape == (2, 4, 1, 12) and pos.tolist() == [11, 11]
+    assert torch.allclose(step_p[:, :, 0], p[:, :, 11], atol=1e-5)
+    with pytest.raises(ValueError, match="kind in"):
+        m.add_hook("blocks.0.x_sparse", lambda *a: None)

@@ -234,9 +234,14 @@ def test_gpt_text_view_and_attention(gpt_dir):
     a = data.attention_row(gpt, TEXT, 9)
     assert len(a["weights"]) == 2 and len(a["weights"][0]) == 2 and len(a["weights"][0][0]) == 10
     assert all(sum(w) == pytest.approx(1.0, abs=1e-5) for layer in a["weights"] for w in layer)
-    # observation only: the logits are those of the model without the observer
-    with torch.no_grad(), data._observe_sdpa(3, []):
-        assert torch.equal(gpt(ids)[0], gpt(ids)[0])
+    # the model's own `attn_probs` hook point over the whole text, row 9 (causal: later tokens change nothing)
+    full = {}
+    keep = lambda name, p, pos: full.__setitem__(name, p[0, :, 9, :10])  # noqa: E731
+    with torch.no_grad(), gpt.hooks({f"blocks.{l}.attn_probs": keep for l in range(2)}):
+        gpt(ids)
+    for l in range(2):
+        assert np.allclose(a["weights"][l], full[f"blocks.{l}.attn_probs"].numpy(), atol=1e-6)
+    assert data.attention_row(gpt, TEXT, 0)["weights"][0] == [[1.0], [1.0]]  # the first token sees only itself
     with pytest.raises(ValueError, match="BDH-only"):
         data.neuron_view(gpt, 0, 0, 0)
 

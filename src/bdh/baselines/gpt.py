@@ -8,9 +8,24 @@ embeddings, positions by ALiBi (the paper's "GPTXL" baseline, default), RoPE, or
     logits, state = model.prefill(prompt_ids)      # KV cache
     logits, state = model.step(next_ids, state)    # one token per row, reads the cache
 
-The model implements `bdh.interface.LanguageModel` (no optional capabilities: one attention form, no BDH
-training options, dense decode, no hook points) and is registered as model type "gpt", so the trainer,
-evaluation, generation, checkpoints and the CLI run it unchanged.
+The model implements `bdh.interface.LanguageModel` (one attention form, no BDH training options, dense decode;
+the "hooks" capability) and is registered as model type "gpt", so the trainer, evaluation, generation,
+checkpoints and the CLI run it unchanged.
+
+Hook points (`bdh.hooks`: `model.hooks({...})`, `model.add_hook(name, fn)`), in forward, prefill and step:
+
+| name                    | shape                 | what                                                      |
+|-------------------------|-----------------------|-----------------------------------------------------------|
+| `blocks.{l}.x_in`       | (B, T, d)             | the residual stream entering block l                      |
+| `blocks.{l}.attn_probs` | (B, nh, T, S + T)     | softmax attention weights over the S cached + T new slots |
+| `blocks.{l}.attn_out`   | (B, T, d)             | the attention's output projection (added to the stream)   |
+| `blocks.{l}.mlp_out`    | (B, T, d)             | the MLP's output (added to the stream)                    |
+| `blocks.{l}.x_out`      | (B, T, d)             | the residual stream leaving block l                       |
+| `logits`                | (B, T, V)             |                                                           |
+
+With a hook on `attn_probs` that layer's attention is computed explicitly, softmax(q k^T / sqrt(hd) + mask) v
+(the definition `F.scaled_dot_product_attention` implements; equal to it to fp32 rounding), so a hook may read
+or replace the weights; otherwise the fused kernel runs.
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import JSONConfig
+from ..hooks import HookPoints
 from ..interface import register_model_type
 from ..pretrained import PretrainedMixin
 from ..state import check_rows, check_states
@@ -230,8 +246,9 @@ class Block(nn.Module):
         self.drop = nn.Dropout(c.dropout)
 
 
-class GPT(PretrainedMixin, nn.Module):
-    capabilities = frozenset()  # bdh.interface: one form, no BDH training options, dense decode, no hook points
+class GPT(HookPoints, PretrainedMixin, nn.Module):
+    capabilities = frozenset({"hooks"})  # bdh.interface: one form, no BDH training options, dense decode
+    HOOK_KINDS = ("x_in", "attn_probs", "attn_out", "mlp_out", "x_out")  # bdh.hooks: blocks.{l}.{kind}
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -376,7 +393,10 @@ class GPT(PretrainedMixin, nn.Module):
                 state.reserve(S + T)
             else:
                 state = state.extended(T)
+        emit = self._emitter(pos0)
         for l, blk in enumerate(self.blocks):
+            if emit:
+                x = emit(f"blocks.{l}.x_in", x)
             q, k, v = blk.c_attn(blk.ln_1(x)).view(B, T, 3, c.n_head, c.head_dim).permute(2, 0, 3, 1, 4)  # (B, nh, T, hd)
             if rope is not None:  # (cast: under autocast q and k are bf16)
                 cos, sin = rope[0].to(q.dtype), rope[1].to(q.dtype)
@@ -386,13 +406,26 @@ class GPT(PretrainedMixin, nn.Module):
                 state.v_buf[l][:, :, S : S + T] = v
                 k, v = state.k_buf[l][:, :, : S + T].to(q.dtype), state.v_buf[l][:, :, : S + T].to(q.dtype)
             p = c.dropout if self.training else 0.0
-            if bias is None:
+            if emit and self.hooked(f"blocks.{l}.attn_probs"):  # explicit weights, for the hook to read or replace
+                probs = emit(f"blocks.{l}.attn_probs", _attention_probs(q, k, bias))  # (B, nh, T, S + T)
+                y = F.dropout(probs, p, self.training) @ v  # (B, nh, T, hd)
+            elif bias is None:
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p)
-            x = x + blk.drop(blk.attn_proj(y.transpose(1, 2).reshape(B, T, c.n_embd)))
-            x = x + blk.drop(blk.mlp_proj(F.gelu(blk.c_fc(blk.ln_2(x)))))
+            a = blk.drop(blk.attn_proj(y.transpose(1, 2).reshape(B, T, c.n_embd)))  # (B, T, d)
+            if emit:
+                a = emit(f"blocks.{l}.attn_out", a)
+            x = x + a
+            m = blk.drop(blk.mlp_proj(F.gelu(blk.c_fc(blk.ln_2(x)))))  # (B, T, d)
+            if emit:
+                m = emit(f"blocks.{l}.mlp_out", m)
+            x = x + m
+            if emit:
+                x = emit(f"blocks.{l}.x_out", x)
         logits = F.linear(self.ln_f(x), self.wte.weight)  # (B, T, V), tied
+        if emit:
+            logits = emit("logits", logits)
         if state is None:
             return logits, None
         state.length = S + T
@@ -440,6 +473,18 @@ class GPT(PretrainedMixin, nn.Module):
         c = self.config
         return (f"L={c.n_layer}, d={c.n_embd}, h={c.n_head}, mlp={c.hidden}, positions={c.positions}, "
                 f"V={c.vocab_size}, params={self.num_params():,}")
+
+
+def _attention_probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd) + bias), the weights `F.scaled_dot_product_attention` applies; causal when bias is
+    None. q (B, nh, T, hd), k (B, nh, S + T, hd) -> (B, nh, T, S + T), in q's dtype (softmax in fp32)."""
+    s = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if bias is None:
+        T, ST = s.shape[-2:]
+        s = s.masked_fill(torch.ones(T, ST, dtype=torch.bool, device=s.device).triu(ST - T + 1), float("-inf"))
+    else:
+        s = s + bias.float()
+    return torch.softmax(s, -1).to(q.dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

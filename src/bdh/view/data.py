@@ -18,7 +18,6 @@ orientation: `analysis.graph.graph_block`); nothing here re-implements the model
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from typing import Sequence
@@ -55,8 +54,9 @@ def is_bdh(model) -> bool:
     return isinstance(model, BDH)
 
 
-def has_hooks(model) -> bool:
-    return "hooks" in getattr(model, "capabilities", ())
+def has_neurons(model) -> bool:
+    """Whether the model emits BDH's neuron-activity hook points (x_sparse, y_sparse, x*y)."""
+    return "hooks" in getattr(model, "capabilities", ()) and is_bdh(model)
 
 
 def encode(model, text: str, max_tokens: int = MAX_TOKENS) -> torch.Tensor:
@@ -80,9 +80,9 @@ def model_summary(model) -> dict:
     c = model.config
     bdh = is_bdh(model)
     out = {"model_type": model_type_of(model).name, "n_layer": c.n_layer, "n_head": c.n_head,
-           "vocab_size": c.vocab_size, "params": model.num_params(), "bdh": bdh, "hooks": has_hooks(model),
+           "vocab_size": c.vocab_size, "params": model.num_params(), "bdh": bdh, "hooks": "hooks" in getattr(model, "capabilities", ()),
            "views": ["text", "neuron", "synapse", "state"] if bdh else ["text"],
-           "note": None if bdh else BDH_ONLY, "kinds": list(ACTIVITY_KINDS) if has_hooks(model) else [],
+           "note": None if bdh else BDH_ONLY, "kinds": list(ACTIVITY_KINDS) if has_neurons(model) else [],
            "limits": {"max_text_chars": MAX_TEXT_CHARS, "max_tokens": MAX_TOKENS,
                       "max_attention_tokens": MAX_ATTENTION_TOKENS}}
     if bdh:
@@ -124,7 +124,7 @@ def text_view(model, text: str, *, top_k: int = 5, neuron_kind: str = "xy", top_
     T = ids.shape[1]
     out = {"model_type": model_summary(model)["model_type"], "text": text, "n_tokens": T, "ids": ids[0].tolist(),
            "tokens": token_strings(model, ids[0].tolist())}
-    if not has_hooks(model):
+    if not has_neurons(model):
         with torch.no_grad():
             logits = model(ids.to(model.device))[0]
         out["activity"] = None
@@ -175,33 +175,6 @@ def text_view(model, text: str, *, top_k: int = 5, neuron_kind: str = "xy", top_
 
 
 # ----------------------------------------------------------------------------- attention of one token
-@contextlib.contextmanager
-def _observe_sdpa(query: int, rows: list):
-    """Record softmax attention weights of query position `query` at every `F.scaled_dot_product_attention`
-    call (the GPT baseline's attention, which emits no hook points), computed from the call's own q, k, mask
-    by SDPA's documented definition softmax(q k^T * scale + mask). Observation only: the call itself runs as is."""
-    import torch.nn.functional as F
-
-    orig = F.scaled_dot_product_attention
-
-    def wrapped(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
-        s = (q[..., query : query + 1, :].float() @ k.float().transpose(-2, -1)) * (scale or 1 / math.sqrt(q.shape[-1]))
-        if is_causal:
-            s[..., query + 1 :] = float("-inf")
-        if attn_mask is not None:
-            m = attn_mask[..., query : query + 1, :]
-            s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.float()
-        rows.append(torch.softmax(s, -1)[0, :, 0, : query + 1].cpu())  # (h, query + 1)
-        return orig(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                    **({} if scale is None else {"scale": scale}), **kw)
-
-    F.scaled_dot_product_attention = wrapped
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = orig
-
-
 def attention_row(model, text: str, t: int) -> dict:
     """What token t attends to, per layer and head: weights[l][h][s] for s <= t.
 
@@ -215,17 +188,18 @@ def attention_row(model, text: str, t: int) -> dict:
         raise ValueError(f"token {t}: attention is shown for the first {MAX_ATTENTION_TOKENS} tokens")
     ids = ids[:, : t + 1]
     c = model.config
-    if has_hooks(model):
+    if has_neurons(model):
         _, cache = run_with_cache(model, ids, [hook_name(l, "scores") for l in range(c.n_layer)])
         w = [cache[hook_name(l, "scores")][0, :, t, : t + 1] for l in range(c.n_layer)]  # (h, t+1)
         kind = "BDH linear-attention scores (unnormalised, s < t)"
-    else:
-        rows: list[torch.Tensor] = []
-        with torch.no_grad(), _observe_sdpa(t, rows):
+    else:  # a model with `blocks.{l}.attn_probs` hook points (the GPT baseline): its own softmax weights
+        if "attn_probs" not in getattr(model, "HOOK_KINDS", ()):
+            raise ValueError(f"attention: model type {model_summary(model)['model_type']!r} has no attention hook points")
+        probs: dict[str, torch.Tensor] = {}
+        keep = lambda name, p, pos: probs.__setitem__(name, p[0, :, t, : t + 1].float().cpu())  # noqa: E731
+        with torch.no_grad(), model.hooks({f"blocks.{l}.attn_probs": keep for l in range(c.n_layer)}):
             model(ids.to(model.device))
-        if len(rows) != c.n_layer:
-            raise ValueError(f"attention: observed {len(rows)} attention calls for {c.n_layer} layers")
-        w = rows
+        w = [probs[f"blocks.{l}.attn_probs"] for l in range(c.n_layer)]  # (h, t+1)
         kind = "softmax attention weights (s <= t)"
     return {"t": t, "kind": kind, "tokens": token_strings(model, ids[0].tolist()),
             "weights": [np.round(x.double().numpy(), 6).tolist() for x in w]}
