@@ -17,6 +17,9 @@ backward alike) it reports:
 - FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one step (matmuls; elementwise work counts 0 there);
 - GB/s and GFLOP/s achieved per operator, so memory-bound work (high bytes, low FLOPs) stands out.
 
+The process's allocator is tuned as `bdh train` tunes it (`bdh.allocator.keep_freed_memory`; `--malloc default`
+profiles glibc's own settings, under which every large activation is page-faulted in again each step).
+
 Writes benchmarks/results/train_profile.json and train_profile.md (a table per config, the top operators by
 time, and the share of the step in matmul-class operators vs everything else).
 """
@@ -186,7 +189,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--configs", default=None, help="comma-separated: default, ladder-0.8M, ladder-3.2M")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train_profile[_quick].json)")
+    p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                   help="tuned (default): glibc malloc keeps freed memory, as `bdh train` does (bdh.allocator)")
     args = p.parse_args(argv)
+    if args.malloc == "tuned":
+        from bdh.allocator import keep_freed_memory
+
+        keep_freed_memory()
     if args.steps < 1 or args.threads < 1:
         p.error("--steps and --threads: expected positive integers")
     torch.set_num_threads(args.threads)
@@ -203,9 +212,10 @@ def main(argv=None) -> int:
         results.append(res)
         print(table(res, top=12), "\n", flush=True)
     out = Path(args.out) if args.out else RESULTS / ("train_profile_quick.json" if args.quick else "train_profile.json")
-    write_json(out, {"machine": machine_info(), "threads": args.threads, "steps": args.steps, "results": results})
+    write_json(out, {"machine": machine_info(), "threads": args.threads, "steps": args.steps, "malloc": args.malloc,
+                     "results": results})
     md = ["# BDH training step profile", "", f"`python benchmarks/train_profile.py{' --quick' if args.quick else ''}`"
-          f" ({args.threads} thread(s), {args.steps} profiled steps)", ""] + [table(r) + "\n" for r in results]
+          f" ({args.threads} thread(s), {args.steps} profiled steps, malloc {args.malloc})", ""] + [table(r) + "\n" for r in results]
     out.with_suffix(".md").write_text("\n".join(md), encoding="utf-8")
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0

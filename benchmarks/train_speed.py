@@ -3,6 +3,16 @@
     python benchmarks/train_speed.py --threads 1            # full: T = 256, 1024, 2048 at 4096 tokens/step
     python benchmarks/train_speed.py --quick                # smoke test: T = 64, 256 at 512 tokens/step (~0.5-1 min)
     python benchmarks/train_speed.py --device cuda --dtype bf16 --compile   # on a GPU (skips cleanly without one)
+    python benchmarks/train_speed.py --threads 1 --ladder 0.8M,1.6M,3.2M --no-memory   # BDH vs GPT per CPU-ladder rung
+
+`--ladder`: instead of the default config, the parameter-matched CPU-ladder rungs (`bdh.baselines.ladders`) at
+the shape `bdh compare --preset cpu` trains (T = 128, 16 sequences per step; `--seq-lens` / `--tokens-per-step`
+override), BDH in its "auto" form (parallel at T <= chunk_size) and the rung's GPT, repeats interleaved. Per
+rung: tokens/s of each, the measured BDH/GPT time ratio, the analytic ratio of executed training FLOPs per
+token (formulas below), and the target: measured within 1.5x of analytic.
+
+`--malloc tuned` (the default) tunes glibc malloc as `bdh train` does (`bdh.allocator.keep_freed_memory`: freed
+activations are reused instead of page-faulted in again every step); `--malloc default` measures without it.
 
 For every sequence length T the batch is B = tokens_per_step / T, so every configuration trains on the same
 number of tokens per step. Three configurations run at every T:
@@ -43,7 +53,12 @@ actually attends to on average (BDH is strictly causal; GPT's (T+1)/2 includes t
 perfect causal kernel would do. The formulas are checked against torch.utils.flop_counter on small shapes by
 tests/test_benchmarks.py.
 
-MFU = achieved FLOP/s (executed training FLOPs per token x tokens/s) / a measured matmul peak: the median
+Training FLOPs per token = 3 x forward (the model FLOPs: what MFU counts, as usual). BDH's backward executes
+fewer: its scores' gradient is one product (G + G^T) QR instead of two, since keys = queries
+(`bdh.attention.gram`; `bdh_backward_saving_per_token`); "HFU" (hardware FLOPs utilization) divides those
+executed FLOPs instead, so it is the lower, stricter figure for BDH (for GPT the two are equal).
+
+MFU = achieved FLOP/s (training model FLOPs per token x tokens/s) / a measured matmul peak: the median
 FLOP/s of a large square fp32 GEMM (2048^3; bf16 with --dtype bf16) with the same thread count on the same
 machine, measured before and after the training runs (both samples pooled). On a shared CPU other processes
 take slices of the core during both measurements; "MFU (cpu)" divides by this process's CPU seconds instead of
@@ -141,6 +156,14 @@ def bdh_forward_flops_per_token(c: BDHConfig, T: int, form: str, causal: bool = 
     else:
         raise ValueError(form)
     return L * (dense + attn) + 2 * d * V
+
+
+def bdh_backward_saving_per_token(c: BDHConfig, T: int, form: str) -> float:
+    """Matmul FLOPs per token that BDH's backward does not execute: the scores' gradient is one product
+    (G + G^T) QR instead of two (keys = queries, `bdh.attention.gram`): 2*T*n (parallel) or 2*C*n (chunked)
+    per layer. Executed training FLOPs = 3 x forward - this."""
+    keys = T if form == "parallel" else min(c.chunk_size, T)
+    return c.n_layer * 2 * keys * c.n
 
 
 def gpt_forward_flops_per_token(c: GPTConfig, T: int, causal: bool = False) -> float:
@@ -270,9 +293,10 @@ def run_one(spec: dict) -> dict:
 
 
 def measure_memory(name, T, B, a, bcfg, gcfg) -> dict:
-    spec = {"name": name, "T": T, "B": B, "threads": a.threads, "device": a.device, "dtype": a.dtype,
+    spec = {"name": name, "T": T, "B": B, "threads": a.threads, "device": a.device, "dtype": a.dtype, "malloc": a.malloc,
             "compile": a.compile, "seed": a.seed, "bdh": bcfg.to_dict(), "gpt": gcfg.to_dict()}
-    r = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec), "--malloc", a.malloc], capture_output=True,
+                       text=True)
     if r.returncode != 0:
         return {"status": "failed", "stderr": r.stderr[-2000:]}
     return {"status": "ok", **json.loads(r.stdout.strip().splitlines()[-1])}
@@ -297,8 +321,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-memory", action="store_true", help="skip the per-configuration peak-memory subprocesses")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help=f"JSON output (default results/{DEFAULT_OUT.name}; quick {QUICK_OUT.name})")
+    p.add_argument("--ladder", default=None, help="comma-separated CPU-ladder rungs (e.g. 0.8M,1.6M,3.2M): BDH vs GPT "
+                   "per rung at T=128, 2048 tokens/step (the `bdh compare --preset cpu` shape)")
+    p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                   help="tuned (default): glibc malloc keeps freed memory, as `bdh train` sets it (bdh.allocator); "
+                   "default: glibc's own settings")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.ladder:
+        a.seq_lens = a.seq_lens or [128]
+        a.tokens_per_step = a.tokens_per_step or (512 if a.quick else 2048)
     a.seq_lens = a.seq_lens or ([64, 256] if a.quick else [256, 1024, 2048])
     a.tokens_per_step = a.tokens_per_step or (512 if a.quick else 4096)
     a.repeats = a.repeats or (2 if a.quick else 5)
@@ -311,11 +343,88 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
+def ladder(a) -> int:
+    """BDH vs GPT tokens/s per CPU-ladder rung, against the analytic FLOP ratio (`--ladder`)."""
+    from bdh.baselines.ladders import CPU_LADDER
+
+    t_start = time.perf_counter()
+    torch.set_num_threads(a.threads)
+    info = machine_info()
+    device, dtype = torch.device(a.device), DTYPES[a.dtype]
+    rungs = {r.name: r for r in CPU_LADDER}
+    want = [x.strip() for x in a.ladder.split(",")]
+    unknown = [x for x in want if x not in rungs]
+    if unknown:
+        raise SystemExit(f"--ladder {a.ladder!r}: unknown rung(s) {unknown}; expected some of {', '.join(rungs)}")
+    base = {"benchmark": "train_speed_ladder", "mode": "quick" if a.quick else "full", "machine": info,
+            "settings": {"device": a.device, "dtype": a.dtype, "compile": a.compile, "threads": a.threads,
+                         "seq_lens": a.seq_lens, "tokens_per_step": a.tokens_per_step, "repeats": a.repeats,
+                         "rungs": want, "malloc": a.malloc, "malloc_applied": a.malloc_applied, "seed": a.seed}}
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("train_speed: --device cuda but CUDA is not available: skipped")
+        write_json(a.out, {**base, "status": "skipped", "reason": "CUDA not available"})
+        return 0
+    print(f"train speed, CPU ladder ({base['mode']}, {a.device}, {a.dtype}{', compiled' if a.compile else ''}); "
+          f"machine: {format_machine(info)}; {a.tokens_per_step} tokens/step, {a.repeats} timed steps each "
+          f"(interleaved), {a.threads} thread(s), malloc {a.malloc}", flush=True)
+    rows = []
+    for T in a.seq_lens:
+        B = a.tokens_per_step // T
+        for name in want:
+            bcfg, gcfg = rungs[name].configs(256)
+            form = "parallel" if T <= bcfg.chunk_size else "chunked"
+            trs = {"bdh": Trainer("bdh-auto", build("bdh", bcfg, gcfg, a.seed), B, T, 256, device, dtype, a.compile, a.seed),
+                   "gpt": Trainer("gpt", build("gpt", bcfg, gcfg, a.seed), B, T, 256, device, dtype, a.compile, a.seed)}
+            for tr in trs.values():
+                tr.step()
+            for r in range(a.repeats):
+                for k in (("bdh", "gpt") if r % 2 == 0 else ("gpt", "bdh")):
+                    trs[k].timed_step()
+            fl = {"bdh": 3 * bdh_forward_flops_per_token(bcfg, T, form), "gpt": 3 * gpt_forward_flops_per_token(gcfg, T)}
+            fl_causal = {"bdh": 3 * bdh_forward_flops_per_token(bcfg, T, form, causal=True),
+                         "gpt": 3 * gpt_forward_flops_per_token(gcfg, T, causal=True)}
+            med = {k: statistics.median(tr.times) for k, tr in trs.items()}
+            paired = statistics.median(b / g for b, g in zip(trs["bdh"].times, trs["gpt"].times))
+            row = {"rung": name, "T": T, "B": B, "bdh_form": form,
+                   "bdh_params": trs["bdh"].model.num_params(), "gpt_params": trs["gpt"].model.num_params(),
+                   "tok_s": {k: B * T / m for k, m in med.items()},
+                   "timing": {k: summarize(tr.times, tr.cpu) for k, tr in trs.items()},
+                   "train_flops_per_token": fl, "train_flops_per_token_causal": fl_causal,
+                   "flop_ratio": fl["bdh"] / fl["gpt"], "flop_ratio_causal": fl_causal["bdh"] / fl_causal["gpt"],
+                   "flop_ratio_executed": (fl["bdh"] - bdh_backward_saving_per_token(bcfg, T, form)) / fl["gpt"],
+                   "time_ratio": med["bdh"] / med["gpt"], "time_ratio_paired_median": paired}
+            row["time_over_flop_ratio"] = row["time_ratio"] / row["flop_ratio"]
+            row["target_met"] = row["time_over_flop_ratio"] <= 1.5
+            rows.append(row)
+            print(f"{name:>5} T={T} B={B}: BDH ({form}) {row['tok_s']['bdh']:>8.0f} tok/s, GPT {row['tok_s']['gpt']:>8.0f} tok/s; "
+                  f"time ratio {row['time_ratio']:.2f}x (paired {paired:.2f}x), FLOP ratio {row['flop_ratio']:.2f}x "
+                  f"(causal {row['flop_ratio_causal']:.2f}x, executed {row['flop_ratio_executed']:.2f}x): "
+                  f"{row['time_over_flop_ratio']:.2f}x the FLOP ratio -> "
+                  + ("MET" if row["target_met"] else "NOT MET") + " (target <= 1.5x)", flush=True)
+            del trs
+    load_end = [round(x, 2) for x in os.getloadavg()]
+    print(f"load average at start {info['loadavg_1_5_15']}, at end {load_end}")
+    out = {**base, "status": "ok", "results": rows, "loadavg_at_end": load_end, "wall_s": time.perf_counter() - t_start}
+    path = write_json(a.out, out)
+    print(f"wrote {os.path.relpath(path)} ({out['wall_s']:.0f} s)")
+    return 0
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
+    if a.device == "cpu" and a.malloc == "tuned":
+        from bdh.allocator import keep_freed_memory
+
+        a.malloc_applied = keep_freed_memory()
+    else:
+        a.malloc_applied = False
     if a.one is not None:
         print(json.dumps(run_one(json.loads(a.one))))
         return 0
+    if a.ladder:
+        if a.out in (DEFAULT_OUT, QUICK_OUT):
+            a.out = HERE / "results" / ("train_speed_ladder_quick.json" if a.quick else "train_speed_ladder.json")
+        return ladder(a)
     t_start = time.perf_counter()
     torch.set_num_threads(a.threads)
     info = machine_info()
@@ -325,7 +434,7 @@ def main(argv=None) -> int:
     base = {"benchmark": "train_speed", "mode": "quick" if a.quick else "full", "machine": info,
             "settings": {"device": a.device, "dtype": a.dtype, "compile": a.compile, "threads": a.threads,
                          "seq_lens": a.seq_lens, "tokens_per_step": a.tokens_per_step, "repeats": a.repeats,
-                         "seed": a.seed, "optimizer": "AdamW(lr=1e-3, wd=0.1, betas=(0.9, 0.95))"}}
+                         "malloc": a.malloc, "malloc_applied": a.malloc_applied, "seed": a.seed, "optimizer": "AdamW(lr=1e-3, wd=0.1, betas=(0.9, 0.95))"}}
     if device.type == "cuda" and not torch.cuda.is_available():
         print("train_speed: --device cuda but CUDA is not available: skipped")
         write_json(a.out, {**base, "status": "skipped", "reason": "CUDA not available"})
@@ -397,6 +506,9 @@ def main(argv=None) -> int:
                 "train_flops_per_token": 3 * fwd, "train_flops_per_token_causal": 3 * fwd_causal,
                 "achieved_flop_s": 3 * fwd * tps,
             }
+            saved = 0.0 if name == "gpt" else bdh_backward_saving_per_token(bcfg, T, name.split("-")[1])
+            row["configs"][name]["executed_train_flops_per_token"] = 3 * fwd - saved
+            row["configs"][name]["executed_flop_s"] = (3 * fwd - saved) * tps
             print(f"   {name:<13} {tps:>9.0f} tok/s  ({1e3 * t['median_s']:.0f} ms/step, cpu/wall {t['cpu_per_wall']:.2f}, "
                   f"{3 * fwd / 1e6:.2f} MFLOP/token, {3 * fwd * tps / 1e9:.2f} GFLOP/s)", flush=True)
         if a.profile and device.type == "cpu" and T == max(a.seq_lens):
@@ -424,6 +536,7 @@ def main(argv=None) -> int:
     for row in rows:
         for name, cr in row["configs"].items():
             cr["mfu"] = cr["achieved_flop_s"] / peak_flop_s
+            cr["hfu"] = cr["executed_flop_s"] / peak_flop_s
             if peak_flop_cpu_s:
                 cpu_med = statistics.median(cr["timing"]["cpu_s"])
                 cr["achieved_flop_per_cpu_s"] = cr["train_flops_per_token"] * row["tokens_per_step"] / cpu_med
@@ -451,14 +564,15 @@ def main(argv=None) -> int:
     mem_key = "cuda_peak_bytes" if device.type == "cuda" else "peak_rss_bytes"
     step_key = "cuda_step_peak_bytes" if device.type == "cuda" else "step_peak_rss_bytes"
     hdr = (f"{'T':>5} {'B':>3} | {'config':<13} | {'tok/s':>8} {'(best)':>8} | {'MFLOP/tok':>9} | {'GFLOP/s':>7} | "
-           f"{'MFU':>6} {'(cpu)':>7} | {'peak mem':>9} | {'step peak':>9}")
+           f"{'MFU':>6} {'(cpu)':>7} {'HFU':>6} | {'peak mem':>9} | {'step peak':>9}")
     print("\n" + hdr + "\n" + "-" * len(hdr))
     for row in rows:
         for name, cr in row["configs"].items():
             m = cr["memory"]
             print(f"{row['T']:>5} {row['B']:>3} | {name:<13} | {cr['tok_s']:>8.0f} {'(' + format(cr['tok_s_best'], '.0f') + ')':>8} | "
                   f"{cr['train_flops_per_token'] / 1e6:>9.2f} | {cr['achieved_flop_s'] / 1e9:>7.2f} | {100 * cr['mfu']:>5.1f}% "
-                  f"{'(' + format(100 * cr['mfu_cpu'], '.1f') + '%)' if cr.get('mfu_cpu') else '':>7} | "
+                  f"{'(' + format(100 * cr['mfu_cpu'], '.1f') + '%)' if cr.get('mfu_cpu') else '':>7} "
+                  f"{100 * cr['hfu']:>5.1f}% | "
                   f"{human_bytes(m.get(mem_key)):>9} | {human_bytes(m.get(step_key)):>9}")
         mr = row.get(f"chunked_over_parallel_{mem_key}")
         ms = row.get(f"chunked_over_parallel_{step_key}")
@@ -479,13 +593,14 @@ def main(argv=None) -> int:
         "chunked_memory_met": None if mem is None else mem <= 0.5,
         "chunked_step_memory_ratio": last.get(f"chunked_over_parallel_{step_key}"),
         "mfu_bdh_chunked_max": mfu_default, "mfu_bdh_max": mfu_best, "mfu_target": 0.6,
+        "hfu_bdh_max": max(cr["hfu"] for r in rows for k, cr in r["configs"].items() if k.startswith("bdh")),
         "mfu_met": mfu_best >= 0.6,
         "mfu_cpu_bdh_max": max((cr.get("mfu_cpu") or 0.0) for r in rows for k, cr in r["configs"].items() if k.startswith("bdh")) or None,
     }
     print(f"\ntargets at T={last['T']}: chunked >= 3x parallel tok/s: {speed:.2f}x -> {'MET' if speed >= 3 else 'NOT MET'}; "
           + (f"chunked peak memory <= 0.5x parallel: {mem:.2f}x -> {'MET' if mem <= 0.5 else 'NOT MET'}; " if mem else "")
           + f"BDH training MFU >= 60%: best {100 * mfu_best:.1f}% (chunked {100 * mfu_default:.1f}%) -> "
-          + ("MET" if mfu_best >= 0.6 else "NOT MET")
+          + ("MET" if mfu_best >= 0.6 else "NOT MET") + f" (HFU, executed FLOPs: best {100 * targets['hfu_bdh_max']:.1f}%)"
           + (f" (per CPU second, discounting time other processes took: best {100 * targets['mfu_cpu_bdh_max']:.1f}%)"
              if targets["mfu_cpu_bdh_max"] else ""))
     load_end = [round(x, 2) for x in os.getloadavg()]

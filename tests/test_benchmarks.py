@@ -40,14 +40,16 @@ def test_bdh_flop_formula_matches_counter(form, damping):
     x = torch.randint(0, 64, (B, T))
     expected = B * T * ts.bdh_forward_flops_per_token(cfg, T, form)
     assert counted(model, x, x, form) == pytest.approx(expected, rel=1e-12)
-    # training = forward + backward = 3 x forward (every matmul operand needs its gradient), except in the
-    # chunked form the first chunk's read of the (zero, constant) initial state, whose gradient is not needed
+    # training = forward + backward = 3 x forward (every matmul operand needs its gradient), less the scores'
+    # second backward product (keys = queries: one (G + G^T) QR, `bdh.attention.gram`), and in the chunked form
+    # the first chunk's read of the (zero, constant) initial state, whose gradient is not needed
     fwd_bwd = counted(model, x, x, form, backward=True)
+    executed = 3 * expected - B * T * ts.bdh_backward_saving_per_token(cfg, T, form)
     if form == "parallel":
-        assert fwd_bwd == pytest.approx(3 * expected, rel=1e-12)
+        assert fwd_bwd == pytest.approx(executed, rel=1e-12)
     else:
         first_read = cfg.n_layer * 2 * B * cfg.chunk_size * cfg.n * cfg.D
-        assert fwd_bwd == pytest.approx(3 * expected - first_read, rel=1e-12)
+        assert fwd_bwd == pytest.approx(executed - first_read, rel=1e-12)
 
 
 def test_bdh_causal_count_is_about_half_of_the_attention():

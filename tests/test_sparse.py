@@ -289,7 +289,8 @@ def test_sparse_equals_dense_on_a_model_trained_sparse(tmp_path, monkeypatch):
             ld, s_dense = model.step(t.view(1), s_dense)
             ls, s_sparse = model.step(t.view(1), s_sparse, inplace=True, sparse=True)
             assert (ld - ls).abs().max().item() <= 1e-5
-    assert all((a - b).abs().max().item() <= 1e-5 for a, b in zip(s_dense.rho, s_sparse.rho))
+    # fp32 states of magnitude ~30 after 54 tokens: 1e-5 absolute, or 1e-6 of the state's scale (a few ulps)
+    assert all((a - b).abs().max().item() <= max(1e-5, 1e-6 * a.abs().max().item()) for a, b in zip(s_dense.rho, s_sparse.rho))
     assert sum(rows) / len(rows) < 0.3  # trained sparse: under 30% of the state rows touched on average
     assert scatters  # some tokens were sparse enough for the scatter write
 

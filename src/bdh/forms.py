@@ -58,7 +58,7 @@ class ParallelForm(AttentionForm):
         else:
             a, S = attention_chunked(qr, v, S0, self.log_gamma, self.chunk_size, self.need_state, self.detach_kv,
                                      cache=self.cache)
-        self.rho.append(S)
+        self.rho.append(S if S is None else S.contiguous())  # (a head-major S from head-major keys: see _bmm)
         return a  # (B, h, T, d)
 
 

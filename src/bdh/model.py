@@ -49,76 +49,61 @@ attached nothing is called or built (one dict check per layer). A step with hook
 
 from __future__ import annotations
 
-import contextlib
-import re
-from typing import Callable, Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import compute_dtype, rope, rope_cos_sin, rope_freqs, state_dtype
+from .attention import _head_major, compute_dtype, rope, rope_cos_sin, rope_freqs, state_dtype
 from .config import FORMS, BDHConfig
 from .forms import AttentionForm, ParallelForm, StepForm
+from .hooks import HookPoints, hook_name as _hook_name
 from .interface import register_model_type
 from .pretrained import PretrainedMixin
 from .sparse import SPARSE_MIN_STATE, SparseStepForm
 from .state import BDHState, fold_period
 
 HOOK_KINDS = ("v_in", "x_sparse", "qr", "attn", "y_sparse", "xy", "v_out", "rho")
-_HOOK_NAME = re.compile(r"blocks\.(\d+)\.([a-z_]+)")
-Hook = Callable[[str, torch.Tensor, torch.Tensor], "torch.Tensor | None"]  # (name, activation, pos (B,))
 
 
 def hook_name(layer: int, kind: str) -> str:
-    """`blocks.{layer}.{kind}` (TransformerLens style)."""
-    if kind not in HOOK_KINDS:
-        raise ValueError(f"hook kind {kind!r}: expected one of {HOOK_KINDS}")
-    return f"blocks.{layer}.{kind}"
-
-
-def parse_hook_name(name: str, n_layer: int, kinds: tuple[str, ...] = HOOK_KINDS) -> tuple[int | None, str]:
-    """(layer, kind) of a hook name; (None, 'logits') for `logits`. ValueError for unknown names."""
-    if name == "logits":
-        return None, "logits"
-    m = _HOOK_NAME.fullmatch(name) if isinstance(name, str) else None
-    if m is None or m.group(2) not in kinds:
-        raise ValueError(f"hook name {name!r}: expected 'logits' or 'blocks.<layer>.<kind>' with kind in {kinds}")
-    layer = int(m.group(1))
-    if layer >= n_layer:
-        raise ValueError(f"hook name {name!r}: layer {layer} does not exist (the model has n_layer={n_layer})")
-    return layer, m.group(2)
-
-
-class HookHandle:
-    """Returned by `BDH.add_hook`; `remove()` detaches the hook."""
-
-    def __init__(self, table: dict, name: str, fn: Hook):
-        self._table, self.name, self.fn = table, name, fn
-
-    def remove(self) -> None:
-        fns = self._table.get(self.name, [])
-        if self.fn in fns:
-            fns.remove(self.fn)
-        if not fns:
-            self._table.pop(self.name, None)
+    """`blocks.{layer}.{kind}` (TransformerLens style) for one of BDH's HOOK_KINDS."""
+    return _hook_name(layer, kind, HOOK_KINDS)
 
 
 def _per_head(u: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """u (B, 1 or h, T, d) times W (h, d, N), per head -> (B, h, T, N).
 
-    One token: an (h, B, d) x (h, d, N) bmm, so the weights are not broadcast-copied B times.
+    Never broadcasts the weights B times (what `u @ W` does: a copy of W per row, and a sum over rows in backward).
+    T > 1: one (h, B T, d) x (h, d, N) bmm whose result is stored head-major, (h, B, T, N) in memory, returned as
+    its (B, h, T, N) view: the later products (attention, `_decode`) then batch over (h, B) without copying
+    these activations (`bdh.attention._head_major`). One token: an (h, B, d) x (h, d, N) bmm.
+    Same values as `u @ W` to rounding (tests/test_fused.py).
     """
     B, k, T, D = u.shape
+    nh, _, N = W.shape
     if T != 1:
-        return u @ W
-    nh = W.shape[0]
+        u3 = u.reshape(1, B * T, D).expand(nh, B * T, D) if k == 1 else u.transpose(0, 1).reshape(nh, B * T, D)
+        return torch.bmm(u3, W).view(nh, B, T, N).transpose(0, 1)  # (B, h, T, N), head-major
     if k == 1:
         return torch.bmm(u.view(1, B, D).expand(nh, B, D), W).transpose(0, 1).unsqueeze(2).contiguous()
     return torch.bmm(u.view(B, nh, D).transpose(0, 1), W).transpose(0, 1).unsqueeze(2)
 
 
-class BDH(PretrainedMixin, nn.Module):
+def _decode(y: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
+    """E y: y (B, h, T, N) with the heads' neurons concatenated (n = h N) times E (h N, d) -> (B, 1, T, d).
+
+    The readable form is `y.transpose(1, 2).reshape(B, 1, T, h N) @ E`, which copies y into token-major order; a
+    head-major y (`_per_head`) is multiplied per head instead, (h, B T, N) x (h, N, d), and the h partial
+    products summed: no copy of y, the same sum in another order.
+    """
+    B, nh, T, N = y.shape
+    if T != 1 and _head_major(y):
+        return torch.bmm(y.transpose(0, 1).reshape(nh, B * T, N), E.view(nh, N, -1)).sum(0).view(B, 1, T, -1)
+    return y.transpose(1, 2).reshape(B, 1, T, -1) @ E
+
+
+class BDH(HookPoints, PretrainedMixin, nn.Module):
+    HOOK_KINDS, OBSERVE_ONLY = HOOK_KINDS, ("rho",)  # bdh.hooks: the points of the table above
     capabilities = frozenset({"forms", "no_bptt", "activity_penalty", "sparse_decode", "hooks"})  # bdh.interface
     has_sparse_decode = True  # step(..., sparse=True) skips inactive neurons (bdh.sparse)
 
@@ -142,7 +127,6 @@ class BDH(PretrainedMixin, nn.Module):
             "log_gamma", None if decay is None else torch.log(torch.tensor(decay, dtype=torch.float64)), persistent=False
         )
         self._fold_every = fold_period(decay)  # decode steps between folds of the lazy damping scale
-        self._hooks: dict[str, list[Hook]] = {}
 
     # Keep the RoPE frequencies (and the damping) in fp64 whatever `.to(dtype)` / `.half()` asks for.
     def _apply(self, fn, recurse=True):
@@ -173,48 +157,6 @@ class BDH(PretrainedMixin, nn.Module):
         c = self.config
         return 2 * (5 * c.n * c.D * c.n_layer + c.D * c.vocab_size)
 
-    # ------------------------------------------------------------------ hooks
-    def add_hook(self, name: str, fn: Hook) -> HookHandle:
-        """Call `fn(name, tensor, pos)` at hook point `name` in every later call (module docstring)."""
-        parse_hook_name(name, self.config.n_layer)
-        if not callable(fn):
-            raise TypeError(f"add_hook({name!r}): expected a callable (name, tensor, pos), got {type(fn).__name__}")
-        self._hooks.setdefault(name, []).append(fn)
-        return HookHandle(self._hooks, name, fn)
-
-    @contextlib.contextmanager
-    def hooks(self, hooks: dict[str, Hook | list[Hook]]) -> Iterator["BDH"]:
-        """Attach `{name: fn or [fn, ...]}` for the duration of a `with` block."""
-        handles = []
-        try:
-            for name, fns in hooks.items():
-                for fn in fns if isinstance(fns, (list, tuple)) else [fns]:
-                    handles.append(self.add_hook(name, fn))
-            yield self
-        finally:
-            for h in handles:
-                h.remove()
-
-    def _emitter(self, pos: torch.Tensor):
-        """emit(name, tensor) -> tensor, running the hooks attached to `name`; None when no hook is attached."""
-        if not self._hooks:
-            return None
-        table = self._hooks
-
-        def emit(name: str, t: torch.Tensor) -> torch.Tensor:
-            for fn in table.get(name, ()):
-                r = fn(name, t, pos)
-                if r is not None:
-                    if name.endswith(".rho"):
-                        raise ValueError(f"hook {name!r} returned a tensor: rho hooks only observe")
-                    if not isinstance(r, torch.Tensor) or r.shape != t.shape:
-                        raise ValueError(f"hook {name!r} returned {getattr(r, 'shape', type(r).__name__)}: expected "
-                                         f"None or a tensor of shape {tuple(t.shape)}")
-                    t = r
-            return t
-
-        return emit
-
     # ------------------------------------------------------------------ the layer (paper eq. 8)
     def layer(self, l: int, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, form: AttentionForm,
               emit=None) -> torch.Tensor:
@@ -235,7 +177,7 @@ class BDH(PretrainedMixin, nn.Module):
         a = form.attend(l, qr, v, x_sparse)  # a*_{t,l} = sum_s<t <qr_t, qr_s> v*_s = rho_{t-1,l} qr_t  (B, h, T, d)
         if emit:
             a = emit(f"blocks.{l}.attn", a)
-            if f"blocks.{l}.rho" in self._hooks:
+            if self.hooked(f"blocks.{l}.rho"):
                 emit(f"blocks.{l}.rho", form.state_after(l))
         out = form.sparse_decoder_input(self, l, a, x_sparse)  # sparse decode: E y over active neurons only
         if out is None:
@@ -245,7 +187,7 @@ class BDH(PretrainedMixin, nn.Module):
             xy = self.drop(x_sparse * y_sparse)  # y_{t,l} = x * y_sparse, gated before RoPE  (B, h, T, N)
             if emit:
                 xy = emit(f"blocks.{l}.xy", xy)
-            out = xy.transpose(1, 2).reshape(B, 1, T, -1) @ self.decoder  # E y_{t,l}       (B, 1, T, d)
+            out = _decode(xy, self.decoder)  # E y_{t,l}: xy with heads concatenated @ E      (B, 1, T, d)
         v = self.ln(v + self.ln(out))  # v*_{t,l} = LN(v*_{t,l-1} + LN(E y))                 (B, 1, T, d)
         if emit:
             v = emit(f"blocks.{l}.v_out", v)
@@ -378,7 +320,7 @@ class BDH(PretrainedMixin, nn.Module):
         v = self._embed(idx)  # (B, 1, T, D)
         cos, sin = self._rope(positions, v)  # (1 or B, 1, T, N)
         emit = self._emitter(pos0)
-        rho_hooked = emit is not None and any(k.endswith(".rho") for k in self._hooks)
+        rho_hooked = emit is not None and any(k.endswith(".rho") for k in self._hook_table)
         chunk = self.config.chunk_size if form == "chunked" else None
         attn = ParallelForm(state, self.log_gamma, need_state or rho_hooked, detach_kv, chunk)
         for l in range(self.config.n_layer):

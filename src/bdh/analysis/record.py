@@ -34,7 +34,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from ..attention import attention_chunked, attention_parallel
-from ..model import HOOK_KINDS, parse_hook_name as _parse_model_hook
+from ..hooks import parse_hook_name as _parse_model_hook
+from ..model import HOOK_KINDS
 
 LAYER_KINDS = tuple(k for k in HOOK_KINDS if k != "rho") + ("scores", "rho")  # + what the recorder derives
 NEURON_KINDS = ("x_sparse", "qr", "y_sparse", "xy")  # (B, h, T, N)

@@ -105,7 +105,7 @@ class TrainConfig:
     form: str = "auto"  # attention form for training: auto | parallel | chunked
     compile: bool = False  # torch.compile the training step
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (CUDA only)
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (CUDA, or CPUs with AVX512-BF16/AMX)
     threads: int = 0  # CPU threads per process (torch.set_num_threads); 0 = torch's default
     processes: int = 1  # local DDP processes that `bdh train` spawns itself (like torchrun --nproc_per_node)
     log_every: int = 10

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..allocator import keep_freed_memory
+from ..attention import cpu_bf16_supported
 from .._version import __version__
 from ..checkpoint import CheckpointError, check_output_dir
 from ..interface import build_model, load_config
@@ -415,10 +417,15 @@ class Trainer:
         self.device = pick_device(t.device, self.dist)
         if t.threads:
             torch.set_num_threads(t.threads)  # restored in close()
-        if t.precision == "bf16" and self.device.type != "cuda":
-            raise ValueError("train.precision = 'bf16': bf16 autocast is CUDA-only; use auto or fp32 on CPU")
-        bf16 = self.device.type == "cuda" and t.precision in ("auto", "bf16")
-        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        if self.device.type == "cpu":
+            keep_freed_memory()  # reuse freed activation memory instead of page-faulting it in again (bdh.allocator)
+        cpu_bf16 = self.device.type == "cpu" and t.precision == "bf16" and cpu_bf16_supported()
+        if t.precision == "bf16" and self.device.type != "cuda" and not cpu_bf16:
+            raise ValueError("train.precision = 'bf16': bf16 autocast needs CUDA or a CPU with native bf16 "
+                             "(AVX512-BF16 or AMX; this one has neither, bf16 would be emulated); use auto or fp32")
+        bf16 = cpu_bf16 or (self.device.type == "cuda" and t.precision in ("auto", "bf16"))
+        dev = self.device.type
+        self.autocast = (lambda: torch.autocast(dev, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def _resume_path(self) -> Path | None:
         """The checkpoint to resume from (None: a new run); init_from and --out checked before anything is written."""
