@@ -3,7 +3,7 @@
 Import from a benchmark script next to this file (``sys.path`` holds the script's folder when it is run as
 ``python benchmarks/<name>.py``):
 
-    from common import machine_info, median_time, peak_rss_bytes, reset_peak_rss, write_json
+    from common import machine_info, median_time, peak_rss_bytes, reset_peak_rss, train_step_fn, write_json
 """
 
 from __future__ import annotations
@@ -201,6 +201,38 @@ def median_time(
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     return summarize(times, cpu)
+
+
+def train_step_fn(model, B: int, T: int, carry: bool, seed: int = 0) -> Callable[[], float]:
+    """A closure running one training step of `model` on a fixed random (B, T) byte batch; returns the loss.
+
+    The trainer's step (`bdh.training.trainer.LossModule`, form "auto"): forward + cross-entropy, backward,
+    gradient clipping at 1, AdamW (lr 1e-3, weight decay 0.1), zero_grad; with `carry`, the state is carried
+    (detached) from one step to the next as TBPTT does. `model` is any `LanguageModel` (also an earlier source
+    tree's BDH, `benchmarks/train_ab.py`). The model is put in train mode.
+    """
+    import torch
+
+    from bdh.training.trainer import LossModule
+
+    model.train()
+    lm = LossModule(model, "auto", False, carry)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randint(0, 256, (B, T), generator=g), torch.randint(0, 256, (B, T), generator=g)
+    box = {"state": None}
+
+    def step() -> float:
+        obj, _, new = lm(x, y, box["state"])
+        obj.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if new is not None:
+            box["state"] = model.carry_state(new)
+        return float(obj.detach())
+
+    return step
 
 
 def time_once(fn: Callable[[], Any]) -> tuple[float, float]:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import format_machine, machine_info, write_json  # noqa: E402
+from common import format_machine, machine_info, train_step_fn, write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -47,27 +47,9 @@ def shapes() -> dict[str, tuple[dict, int, int, bool]]:
 
 
 def make_step(model_mod, config_mod, kw: dict, B: int, T: int, carry: bool, seed: int = 0):
-    from bdh.training.trainer import LossModule
-
+    """One side's step: its own BDH class (`bdh_base` or `bdh`) in the shared closure (`common.train_step_fn`)."""
     torch.manual_seed(seed)
-    model = model_mod.BDH(config_mod.BDHConfig(**kw, vocab_size=256)).train()
-    lm = LossModule(model, "auto", False, carry)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
-    g = torch.Generator().manual_seed(seed)
-    x, y = torch.randint(0, 256, (B, T), generator=g), torch.randint(0, 256, (B, T), generator=g)
-    box = {"state": None}
-
-    def step() -> float:
-        obj, _, new = lm(x, y, box["state"])
-        obj.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if new is not None:
-            box["state"] = model.carry_state(new)
-        return float(obj.detach())
-
-    return step
+    return train_step_fn(model_mod.BDH(config_mod.BDHConfig(**kw, vocab_size=256)), B, T, carry, seed)
 
 
 def main(argv=None) -> int:

@@ -39,7 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, write_json  # noqa: E402
+from common import machine_info, train_step_fn, write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MATMUL_OPS = {"mm", "bmm", "addmm", "matmul", "linear", "baddbmm", "addbmm", "_scaled_dot_product_flash_attention_for_cpu",
@@ -101,30 +101,12 @@ def configs(quick: bool) -> dict[str, dict]:
 
 
 def make_step(spec: dict, seed: int = 0):
-    """A closure running one training step of `spec`, and the model."""
+    """A closure running one training step of `spec` (`common.train_step_fn`), and the model."""
     from bdh.interface import build_model
-    from bdh.training.trainer import LossModule
 
     torch.manual_seed(seed)
     model = build_model(copy.deepcopy(spec["model"]))
-    model.train()
-    lm = LossModule(model, "auto", False, spec["carry"])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (spec["B"], spec["T"]), generator=g)
-    y = torch.randint(0, 256, (spec["B"], spec["T"]), generator=g)
-    box = {"state": None}
-
-    def step():
-        obj, _, new = lm(x, y, box["state"])
-        obj.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if new is not None:
-            box["state"] = model.carry_state(new) if hasattr(model, "carry_state") else new
-
-    return step, model
+    return train_step_fn(model, spec["B"], spec["T"], spec["carry"], seed), model
 
 
 def profile(name: str, spec: dict, steps: int) -> dict:

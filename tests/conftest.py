@@ -1,8 +1,21 @@
+import subprocess
+
 import pydoc_data.topics
 import pytest
 import torch
 
 from bdh import BDH, BDHConfig
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Stop a server started by a test: SIGTERM, then SIGKILL when it has not exited after `timeout` s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
 
 
 def tiny_config(**kw) -> BDHConfig:

@@ -124,3 +124,30 @@ def test_train_profile_accounts_for_the_step(tmp_path):
     assert ops["bmm"]["flops"] > 0 and ops["mm"]["flops"] > 0 and ops["add"]["flops"] == 0
     assert ops["view"]["bytes"] == 0 and ops["bmm"]["bytes"] > 0
     assert out.with_suffix(".md").read_text().count("| bmm |") == 1
+
+
+def test_default_run_compares_two_trees_end_to_end(tmp_path):
+    """benchmarks/default_run.py with this tree on both sides (a shortened run): both runs finish, record the
+    command's wall clock and the summary, and, the run being deterministic, give the same validation loss."""
+    import json
+    import os
+    import subprocess
+
+    src = str(BENCH.parent / "src")
+    out = tmp_path / "d.json"
+    sets = ["train.steps=3", "train.processes=1", "train.batch_size=8", "train.eval_every=0",
+            "train.final_eval_tokens=2048", "train.sample_tokens=0", "train.checkpoint_every=0", "train.threads=1"]
+    r = subprocess.run([sys.executable, str(BENCH / "default_run.py"), "--baseline", src, "--current", src,
+                        "--out", str(out)] + [x for kv in sets for x in ("--set", kv)],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    rd = res["rounds"][0]
+    for side in ("baseline", "current"):
+        assert rd[side]["steps"] == 3 and rd[side]["optimizer"] == "muon"
+        assert rd[side]["wall_s"] > rd[side]["train_time_s"] > 0
+    assert rd["baseline"]["val_loss"] == rd["current"]["val_loss"] and rd["loss_diff"] == 0.0
+    assert res["ratios"]["wall_baseline_over_current"] == rd["wall_ratio"] > 0
+    r = subprocess.run([sys.executable, str(BENCH / "default_run.py"), "--baseline", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "expected a src/ directory holding bdh/__init__.py" in r.stderr

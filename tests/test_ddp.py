@@ -17,9 +17,11 @@ import torch.multiprocessing as mp
 
 from bdh.training import load_run_config, train
 
-BATCHING = ("random", "tbptt")
 OVERRIDES = ["train.steps=6", "train.batch_size=4", "train.eval_every=3", "train.sample_tokens=0",
              "train.checkpoint_every=3", "train.threads=1"]
+# runs trained by 2 processes and by 1: both batchings, and Muon
+VARIANTS = {"random": ["data.batching=random"], "tbptt": ["data.batching=tbptt"],
+            "muon": ["data.batching=tbptt", "train.optimizer=muon"]}
 
 
 def _free_port() -> int:
@@ -35,13 +37,14 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
                       MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo")  # one group for both runs (train() then leaves it open)
     try:
-        for batching in BATCHING:
-            run = load_run_config("tiny", OVERRIDES + [f"data.batching={batching}"])
-            result = train(run, f"{tmp}/{batching}/ddp", progress=False, echo=lambda s: None)
+        for variant, extra in VARIANTS.items():
+            result = train(load_run_config("tiny", OVERRIDES + extra), f"{tmp}/{variant}/ddp", progress=False,
+                           echo=lambda s: None)
             state = {k: v.contiguous() for k, v in result.model.state_dict().items()}
-            save_file(state, f"{tmp}/{batching}/rank{rank}.safetensors")
-            with open(f"{tmp}/{batching}/rank{rank}.json", "w") as f:
+            save_file(state, f"{tmp}/{variant}/rank{rank}.safetensors")
+            with open(f"{tmp}/{variant}/rank{rank}.json", "w") as f:
                 json.dump(result.summary, f)
+        run = load_run_config("tiny", OVERRIDES + VARIANTS["tbptt"])
         # exact resume with 2 processes: continue the TBPTT run from its step-3 checkpoint (per-process states)
         if rank == 0:
             shutil.copytree(f"{tmp}/tbptt/ddp/checkpoints/step-00000003", f"{tmp}/resumed/checkpoints/step-00000003")
@@ -58,20 +61,20 @@ def _train_losses(out: Path) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory):
-    """Both batching modes trained by 2 spawned gloo processes on 127.0.0.1 (one launch)."""
+    """Every variant trained by 2 spawned gloo processes on 127.0.0.1 (one launch)."""
     tmp = tmp_path_factory.mktemp("ddp")
-    for b in BATCHING:
-        (tmp / b).mkdir()
+    for v in VARIANTS:
+        (tmp / v).mkdir()
     mp.start_processes(_worker, args=(2, _free_port(), str(tmp)), nprocs=2, start_method="spawn", join=True)
     return tmp
 
 
-@pytest.mark.parametrize("batching", BATCHING)
-def test_two_gloo_processes_match_one_process(ddp_runs, tmp_path, batching):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_two_gloo_processes_match_one_process(ddp_runs, tmp_path, variant):
     from safetensors.torch import load_file
 
-    overrides = OVERRIDES + [f"data.batching={batching}"]
-    results = ddp_runs / batching
+    overrides = OVERRIDES + VARIANTS[variant]
+    results = ddp_runs / variant
     r0, r1 = load_file(str(results / "rank0.safetensors")), load_file(str(results / "rank1.safetensors"))
     assert r0.keys() == r1.keys()
     for k in r0:
@@ -132,3 +135,63 @@ def test_torchrun_cli(tmp_path):
     assert "x 2 processes" in p.stderr and "val loss" in p.stdout
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["world_size"] == 2
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of `pid` (from /proc; zombies excluded)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_killing_bdh_train_stops_its_processes(tmp_path, sig):
+    """`kill` (or kill -9) of the launching `bdh train` ends the training processes it spawned: none trains on.
+
+    Started as a shell starts a background job (`bdh train ... &`, nohup): SIGINT ignored, which disarms the
+    SIGINT that torch.multiprocessing asks the kernel to send the workers when their parent dies."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "bdh", "train", "--config", "tiny", "--out", str(out), "--no-progress",
+           "--set", "train.processes=2", "--set", "train.threads=1", "--set", "train.steps=100000",
+           "--set", "train.log_every=1", "--set", "train.eval_every=0", "--set", "train.checkpoint_every=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().count('"train"') >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2  # the two training processes (and multiprocessing's resource tracker)
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(10)
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)], "training processes outlived the killed bdh train"
+    finally:
+        if proc.poll() is None:
+            workers += _children(proc.pid)
+            proc.kill()
+        for w in workers:  # never leave an orphan behind, whatever failed
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)

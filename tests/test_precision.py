@@ -90,6 +90,28 @@ def test_train_bf16_on_cpu_only_where_native(tmp_path):
     if not cpu_bf16_supported():
         with pytest.raises(ValueError, match="AVX512-BF16 or AMX"):
             train(run, tmp_path / "run", progress=False, echo=lambda s: None)
+        assert not (tmp_path / "run" / "model.safetensors").exists()
         return
     result = train(run, tmp_path / "run", progress=False, echo=lambda s: None)
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_train_bf16_emulated_on_request(tmp_path, monkeypatch):
+    """BDH_ALLOW_EMULATED_BF16=1: a CPU without native bf16 trains under bf16 autocast anyway (for studying the
+    numerics): the loss is computed from bf16 activations, so it differs from fp32's, and stays close to it."""
+    from bdh.training import load_run_config, train
+    from bdh.training.trainer import EMULATED_BF16_ENV
+
+    monkeypatch.setenv(EMULATED_BF16_ENV, "1")
+    over = ["train.steps=3", "train.eval_every=0", "train.sample_tokens=0", "train.checkpoint_every=0",
+            "train.processes=1", "train.log_every=1"]
+    notes = []
+    bf = train(load_run_config("tiny", over + ["train.precision=bf16"]), tmp_path / "bf16", progress=False,
+               echo=notes.append)
+    fp = train(load_run_config("tiny", over + ["train.precision=fp32"]), tmp_path / "fp32", progress=False,
+               echo=lambda s: None)
+    assert bf.summary["val_loss"] != fp.summary["val_loss"]
+    assert abs(bf.summary["val_loss"] - fp.summary["val_loss"]) < 0.02 * fp.summary["val_loss"]
+    from bdh.attention import cpu_bf16_supported
+
+    assert any("emulated" in n for n in notes) != cpu_bf16_supported()

@@ -19,7 +19,7 @@ from bdh.baselines import GPT, GPTConfig
 from bdh.generation import SamplingParams, prefill_in_pieces
 from bdh.tokenization import ByteTokenizer
 
-from conftest import tiny_config
+from conftest import stop_process, tiny_config
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
@@ -254,12 +254,7 @@ class ServerProc:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")

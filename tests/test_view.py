@@ -27,6 +27,7 @@ from bdh.checkpoint import load_model
 from bdh.cli import main
 from bdh.tokenization import ByteTokenizer
 from bdh.view import data
+from conftest import stop_process
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -103,12 +104,7 @@ class Server:
         return body
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,7 @@ class TrainConfig:
     warmup: int = 100  # linear warmup steps
     decay: str = "linear"  # linear | cosine | constant, from lr after warmup to lr * min_lr_ratio at `steps`
     min_lr_ratio: float = 0.1
+    optimizer: str = "adamw"  # adamw | muon (Muon on the hidden weight matrices, AdamW on the rest: bdh.training.muon)
     weight_decay: float = 0.1  # AdamW (decoupled), on matrices and embeddings
     beta1: float = 0.9
     beta2: float = 0.95
@@ -138,6 +139,7 @@ class TrainConfig:
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise _bad(self, "min_lr_ratio", "a number in [0, 1]")
         _choice(self, "decay", DECAYS)
+        _choice(self, "optimizer", ("adamw", "muon"))
         _choice(self, "precision", PRECISIONS)
         _choice(self, "form", ("auto", "parallel", "chunked"))
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -205,12 +206,25 @@ class LossModule(nn.Module):
         return loss + self.activity_penalty * penalty, loss, new
 
 
-def make_optimizer(model: nn.Module, t) -> torch.optim.AdamW:
-    """AdamW with decoupled weight decay on matrices and embeddings (every BDH parameter), none on vectors."""
-    params = [p for p in model.parameters() if p.requires_grad]
+EMULATED_BF16_ENV = "BDH_ALLOW_EMULATED_BF16"  # "1": train.precision = "bf16" on a CPU without native bf16
+
+
+def make_optimizer(model: nn.Module, t) -> torch.optim.Optimizer:
+    """AdamW with decoupled weight decay on matrices and embeddings (every BDH parameter), none on vectors; or,
+    with train.optimizer = "muon", Muon on the hidden weight matrices and AdamW on the rest (`bdh.training.muon`)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if t.optimizer == "muon":
+        from .muon import MuonAdamW, is_hidden_matrix
+
+        groups = [
+            {"params": [p for n, p in named if is_hidden_matrix(n, p)], "weight_decay": t.weight_decay, "muon": True},
+            {"params": [p for n, p in named if p.dim() >= 2 and not is_hidden_matrix(n, p)], "weight_decay": t.weight_decay},
+            {"params": [p for n, p in named if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        return MuonAdamW([g for g in groups if g["params"]], lr=t.lr, betas=(t.beta1, t.beta2))
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for _, p in named if p.dim() >= 2], "weight_decay": t.weight_decay},
+        {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, betas=(t.beta1, t.beta2))
 
@@ -419,10 +433,14 @@ class Trainer:
             torch.set_num_threads(t.threads)  # restored in close()
         if self.device.type == "cpu":
             keep_freed_memory()  # reuse freed activation memory instead of page-faulting it in again (bdh.allocator)
-        cpu_bf16 = self.device.type == "cpu" and t.precision == "bf16" and cpu_bf16_supported()
+        emulated = os.environ.get(EMULATED_BF16_ENV) == "1"  # to study bf16 numerics on any CPU, slowly
+        cpu_bf16 = self.device.type == "cpu" and t.precision == "bf16" and (cpu_bf16_supported() or emulated)
         if t.precision == "bf16" and self.device.type != "cuda" and not cpu_bf16:
             raise ValueError("train.precision = 'bf16': bf16 autocast needs CUDA or a CPU with native bf16 "
-                             "(AVX512-BF16 or AMX; this one has neither, bf16 would be emulated); use auto or fp32")
+                             "(AVX512-BF16 or AMX; this one has neither, bf16 would be emulated, ~7x slower); use "
+                             f"auto or fp32 (or set {EMULATED_BF16_ENV}=1 to study bf16 numerics anyway)")
+        if cpu_bf16 and not cpu_bf16_supported():
+            self.note(f"bf16 autocast is emulated on this CPU ({EMULATED_BF16_ENV}=1): same numerics, ~7x slower")
         bf16 = cpu_bf16 or (self.device.type == "cuda" and t.precision in ("auto", "bf16"))
         dev = self.device.type
         self.autocast = (lambda: torch.autocast(dev, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
@@ -849,6 +867,7 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.close()
         torch.set_num_threads(self._threads)
+        self.step_fn = None  # the DDP wrapper (its reducer holds the process group) goes before the group
         self.dist.close()
 
     def run(self) -> TrainResult:
@@ -857,7 +876,11 @@ class Trainer:
             if self.finished is not None:
                 return self.finished
             self.loop()
-            return self.finish()
+            result = self.finish()
+            # every process leaves together, after process 0 has saved the model: a process whose gloo group went
+            # down while its peer was still saving was seen to abort at exit (SIGABRT, a successful run exiting 1)
+            self.dist.barrier()
+            return result
         finally:
             self.close()
 
@@ -904,7 +927,8 @@ def launch(run: RunConfig, out_dir: str | os.PathLike, *, resume=None, progress:
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="bdh-launch-") as errors:
         try:
-            mp.start_processes(_spawned, args=(n, port, run, str(out_dir), resume, progress, errors, overwrite),
+            mp.start_processes(_spawned, args=(n, port, run, str(out_dir), resume, progress, errors, overwrite,
+                                               os.getpid()),
                                nprocs=n, start_method="spawn", join=True)
         except (mp.ProcessExitedException, mp.ProcessRaisedException) as exc:
             for f in sorted(Path(errors).glob("rank*.json")):  # the first process that failed with a message
@@ -920,8 +944,27 @@ def launch(run: RunConfig, out_dir: str | os.PathLike, *, resume=None, progress:
     return json.loads((Path(out_dir) / "summary.json").read_text(encoding="utf-8"))
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel SIGTERM this process when `parent` (the launching `bdh train`) dies
+    (PR_SET_PDEATHSIG), so that killing it never leaves its training processes running on. torch.multiprocessing
+    asks for SIGINT, which a process started as a background job (`bdh train ... &`, nohup) ignores. Elsewhere
+    nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _spawned(rank: int, world: int, port: int, run: RunConfig, out: str, resume, progress, errors: str,
-             overwrite: bool = False) -> None:
+             overwrite: bool = False, parent: int | None = None) -> None:
+    if parent is not None:
+        _die_with_parent(parent)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     try:
