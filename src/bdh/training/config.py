@@ -93,7 +93,7 @@ class TrainConfig:
     decay: str = "linear"  # linear | cosine | constant, from lr after warmup to lr * min_lr_ratio at `steps`
     min_lr_ratio: float = 0.1
     optimizer: str = "adamw"  # adamw | muon (Muon on the hidden weight matrices, AdamW on the rest: bdh.training.muon)
-    weight_decay: float = 0.1  # AdamW (decoupled), on matrices and embeddings
+    weight_decay: float = 0.1  # decoupled, on matrices and embeddings (AdamW and Muon alike), none on vectors
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global grad norm; 0 = off

@@ -56,11 +56,6 @@ def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
     return p.dim() >= 2 and not any(part in EMBEDDING_NAMES for part in name.split("."))
 
 
-def matrix_shape(p: torch.Tensor) -> tuple[int, int]:
-    """(rows, cols) of each matrix of a parameter: its last two dimensions."""
-    return p.shape[-2], p.shape[-1]
-
-
 class MuonAdamW(torch.optim.Optimizer):
     """Muon for param groups with `muon=True`, AdamW (decoupled weight decay) for the others.
 
@@ -104,7 +99,7 @@ class MuonAdamW(torch.optim.Optimizer):
             nesterov.append(p.grad.lerp(st["momentum_buffer"], mom))
         for p, update in zip(params, (zeropower(u, g["ns_steps"]) for u in nesterov)):
             p.mul_(1 - lr * wd)
-            p.add_(update, alpha=-lr * 0.2 * math.sqrt(max(matrix_shape(p))))  # the RMS of AdamW's update
+            p.add_(update, alpha=-lr * 0.2 * math.sqrt(max(p.shape[-2:])))  # the RMS of AdamW's update
 
     def _adamw_step(self, g: dict) -> None:
         lr, wd, (b1, b2) = g["lr"], g["weight_decay"], g["betas"]
