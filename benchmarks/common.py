@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bdh.io import atomic_write_json
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -111,6 +109,7 @@ def machine_info() -> dict[str, Any]:
         "mkldnn": bool(torch.backends.mkldnn.is_available()),
         "mkl": bool(torch.backends.mkl.is_available()),
         "git": git_commit(),
+        "ld_preload": os.environ.get("LD_PRELOAD") or None,  # a preloaded allocator (jemalloc, tcmalloc) changes timings
         "argv": sys.argv,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -175,6 +174,52 @@ def reset_peak_rss() -> bool:
         return False
 
 
+# ----------------------------------------------------------------------------- CPU allocator
+MALLOC_CHOICES = ("tuned", "default")
+_malloc: dict[str, Any] | None = None  # the setting this process's training benchmark chose (apply_malloc)
+
+
+def add_malloc_arg(p, default: str = "tuned") -> None:
+    """The `--malloc` option of a training benchmark (`apply_malloc`)."""
+    p.add_argument("--malloc", choices=MALLOC_CHOICES, default=default,
+                   help="tuned (default): glibc malloc keeps freed memory, as `bdh train` and bdh.training.train set it "
+                   "on CPU (bdh.allocator.keep_freed_memory); default: glibc's own settings (also the way to measure "
+                   "an allocator preloaded with LD_PRELOAD)")
+
+
+def _keep_freed_memory() -> Callable[[], bool]:
+    try:
+        from bdh.allocator import keep_freed_memory
+    except ImportError:  # a worker running against an earlier tree's `bdh` (core_regression.py): this tree's module
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("_bdh_allocator", REPO_ROOT / "src" / "bdh" / "allocator.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        keep_freed_memory = mod.keep_freed_memory
+    return keep_freed_memory
+
+
+def apply_malloc(mode: str = "tuned", device: str = "cpu") -> dict[str, Any]:
+    """The CPU allocator setting of every benchmark that trains (one home for it): "tuned" applies
+    `bdh.allocator.keep_freed_memory()` on CPU as the trainer does (without it BDH's training step was 2x slower
+    at the CPU ladder's sizes); "default" leaves glibc's settings. Process-wide and permanent, so the first call
+    decides: a later call asking for the other mode raises. `train_step_fn` applies "tuned" when the script has
+    not chosen. Returns {"malloc", "malloc_applied", "ld_preload"} for the JSON (applied is False off glibc, on
+    CUDA, under BDH_MALLOC_TUNE=0, and under an LD_PRELOADed jemalloc/tcmalloc).
+    """
+    global _malloc
+    if mode not in MALLOC_CHOICES:
+        raise ValueError(f"malloc mode {mode!r}: expected one of {MALLOC_CHOICES}")
+    if _malloc is not None:
+        if _malloc["malloc"] != mode and _malloc["malloc_applied"]:
+            raise RuntimeError(f"apply_malloc({mode!r}): this process's allocator is already {_malloc['malloc']!r}")
+        return dict(_malloc)
+    applied = mode == "tuned" and str(device).split(":")[0] == "cpu" and _keep_freed_memory()()
+    _malloc = {"malloc": mode, "malloc_applied": bool(applied), "ld_preload": os.environ.get("LD_PRELOAD") or None}
+    return dict(_malloc)
+
+
 # ----------------------------------------------------------------------------- timing
 def median_time(
     fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, setup: Callable[[], Any] | None = None
@@ -203,18 +248,24 @@ def median_time(
     return summarize(times, cpu)
 
 
-def train_step_fn(model, B: int, T: int, carry: bool, seed: int = 0) -> Callable[[], float]:
+def train_step_fn(model, B: int, T: int, carry: bool, seed: int = 0, bf16: bool = False) -> Callable[[], float]:
     """A closure running one training step of `model` on a fixed random (B, T) byte batch; returns the loss.
 
     The trainer's step (`bdh.training.trainer.LossModule`, form "auto"): forward + cross-entropy, backward,
     gradient clipping at 1, AdamW (lr 1e-3, weight decay 0.1), zero_grad; with `carry`, the state is carried
     (detached) from one step to the next as TBPTT does. `model` is any `LanguageModel` (also an earlier source
-    tree's BDH, `benchmarks/train_ab.py`). The model is put in train mode.
+    tree's BDH, `benchmarks/train_ab.py`). The model is put in train mode. `bf16`: the forward under bf16 autocast
+    on the model's device, as `train.precision = "bf16"` runs it. The process's CPU allocator is set as the
+    trainer sets it (`apply_malloc("tuned")`) unless the script chose already.
     """
+    import contextlib
+
     import torch
 
     from bdh.training.trainer import LossModule
 
+    if _malloc is None:  # the trainer's allocator setting, unless the script chose one (apply_malloc)
+        apply_malloc("tuned", next(model.parameters()).device.type)
     model.train()
     lm = LossModule(model, "auto", False, carry)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
@@ -222,8 +273,12 @@ def train_step_fn(model, B: int, T: int, carry: bool, seed: int = 0) -> Callable
     x, y = torch.randint(0, 256, (B, T), generator=g), torch.randint(0, 256, (B, T), generator=g)
     box = {"state": None}
 
+    dev = next(model.parameters()).device.type
+    autocast = (lambda: torch.autocast(dev, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
     def step() -> float:
-        obj, _, new = lm(x, y, box["state"])
+        with autocast():
+            obj, _, new = lm(x, y, box["state"])
         obj.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -271,5 +326,9 @@ def human_bytes(n: float | None) -> str:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """`bdh.io.atomic_write_json` (indent 2, parent folders created); kept because every benchmark calls it."""
+    """`bdh.io.atomic_write_json` (indent 2, parent folders created); kept because every benchmark calls it.
+
+    Imported here, not at the top: a benchmark's worker may run against an earlier tree's `bdh` (without `io`)."""
+    from bdh.io import atomic_write_json
+
     return atomic_write_json(path, data)

@@ -10,6 +10,8 @@ load; figures are medians over rounds, and each round's figures are in the JSON.
 - sparse decode: sparse / dense tok/s at batch 1 on a random n = 32768 model with 10% of RoPE pairs alive;
 - current side only: the same decode and T = 256 training with a no-op hook attached to every hook point
   (the cost of hooks when used; "nothing attached" is the plain figure).
+Both sides' workers set the CPU allocator as `bdh train` does (`--malloc tuned`, `common.apply_malloc`, from this
+tree's bdh/allocator.py when the baseline has none); `--malloc default` leaves glibc's settings.
 """
 
 from __future__ import annotations
@@ -38,15 +40,16 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(ts)
 
 
-def worker(quick: bool) -> dict:
+def worker(quick: bool, malloc: str = "tuned") -> dict:
     """Runs inside the subprocess, against whichever `bdh` is on sys.path."""
     import torch
+    from common import apply_malloc  # the trainer's CPU allocator setting, the same on both sides
 
     import bdh
     from bdh import BDH, BDHConfig
 
     reps = 2 if quick else 5
-    out: dict = {"bdh_file": bdh.__file__}
+    out: dict = {"bdh_file": bdh.__file__, "malloc": apply_malloc(malloc)}
 
     def decode_model():
         torch.manual_seed(0)
@@ -122,10 +125,10 @@ def worker(quick: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- driver
-def run_side(src: str, threads: int, quick: bool) -> dict:
+def run_side(src: str, threads: int, quick: bool, malloc: str = "tuned") -> dict:
     env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     code = (f"import sys, json, torch; torch.set_num_threads({threads}); sys.path.insert(0, {str(HERE)!r}); "
-            f"import core_regression as c; print('RESULT ' + json.dumps(c.worker({quick})))")
+            f"import core_regression as c; print('RESULT ' + json.dumps(c.worker({quick}, {malloc!r})))")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise SystemExit(f"worker for {src} failed:\n{r.stderr[-3000:]}")
@@ -141,9 +144,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="fewer steps and repeats (smoke run)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
-    a = p.parse_args(argv)
     sys.path.insert(0, str(HERE))
-    from common import format_machine, machine_info, write_json
+    from common import add_malloc_arg, format_machine, machine_info, write_json
+
+    add_malloc_arg(p)
+    a = p.parse_args(argv)
     for name in ("baseline", "current"):
         if not Path(getattr(a, name), "bdh", "__init__.py").is_file():
             p.error(f"--{name} {getattr(a, name)!r}: expected a src/ directory holding bdh/__init__.py")
@@ -153,12 +158,12 @@ def main(argv=None) -> int:
     print(format_machine(info))
     rounds = []
     for r in range(a.rounds):
-        base = run_side(a.baseline, a.threads, a.quick)
-        cur = run_side(a.current, a.threads, a.quick)
+        base = run_side(a.baseline, a.threads, a.quick, a.malloc)
+        cur = run_side(a.current, a.threads, a.quick, a.malloc)
         rounds.append({"baseline": base, "current": cur})
         print(f"round {r + 1}/{a.rounds}: decode b1 {base['decode_b1_tok_s']:.0f} -> {cur['decode_b1_tok_s']:.0f} tok/s, "
               f"train T256 {base['train_T256_tok_s']:.0f} -> {cur['train_T256_tok_s']:.0f} tok/s", flush=True)
-    keys = sorted({k for rd in rounds for k in rd["current"] if k != "bdh_file"})
+    keys = sorted({k for rd in rounds for k in rd["current"] if k not in ("bdh_file", "malloc")})
     med = {side: {k: statistics.median(rd[side][k] for rd in rounds) for k in keys if k in rounds[0][side]}
            for side in ("baseline", "current")}
     print(f"\n| figure (median of {a.rounds} rounds) | baseline | current | current / baseline |")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run every benchmark, then write results/summary.md + summary.json (headline numbers, targets met/missed).
 
-    python benchmarks/run_all.py --threads 1          # full suite (~15-25 min on the shared 2-core CPU)
+    python benchmarks/run_all.py --threads 1          # full suite (~25-40 min on the shared 2-core CPU)
     python benchmarks/run_all.py --quick              # smoke run of every benchmark (< ~3 min): *_quick.json,
                                                       # summary_quick.md / summary_quick.json
     python benchmarks/run_all.py --summary-only       # rebuild the summary (and plots) from the existing JSON files
@@ -19,6 +19,7 @@ Benchmarks (each a program in this folder that prints a table and saves JSON wit
 | decode | decode.py: BDH recurrent vs quadratic decode at the issue's target config | decode.json |
 | graph_speed | graph_speed.py: the graph simulator's rounds/s vs n and edges | graph_speed.json |
 | sparse_decode | sparse_decode.py: sparse vs dense recurrent decode of a trained model (runs/default; skipped when absent) | sparse_decode_default.json |
+| allocators | allocators.py: CPU training speed and peak RSS per allocator (glibc default/tuned, jemalloc, tcmalloc; ~10-15 min) | allocators.json |
 
 Each benchmark runs in its own process, one after another (never concurrently: they time the same cores). A
 failing benchmark is reported in the summary and makes the exit status 1; the others still run. Plots
@@ -41,7 +42,7 @@ RESULTS = HERE / "results"
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-NAMES = ("train_speed", "decode_compare", "decode", "graph_speed", "sparse_decode")
+NAMES = ("train_speed", "decode_compare", "decode", "graph_speed", "sparse_decode", "allocators")
 
 # Why a target is usually missed on the shared 2-core CPU (keyed by the target's first two words).
 REASONS = {
@@ -102,6 +103,9 @@ def commands(a) -> dict[str, tuple[list[str] | None, Path, str | None]]:
         qs = ["--batch", "1", "--tokens", "32", "--repeats", "3", "--rounds", "1"] if a.quick else []
         out["sparse_decode"] = ([py, str(HERE / "sparse_decode.py"), "--model", str(SPARSE_MODEL), *qs, *th,
                                  "--out", str(p)], p, None)
+    p = RESULTS / f"allocators{'_quick' if a.quick else ''}.json"  # always 1 thread (the CPU ladder's setting)
+    out["allocators"] = ((None, p, "CPU fp32 only") if cpu_only else
+                         ([py, str(HERE / "allocators.py"), *q, "--out", str(p)], p, None))
     return out
 
 
@@ -212,7 +216,7 @@ def summarize_all(a, runs: dict) -> tuple[str, dict]:
                      and "quick" not in x.name)
     for x in extra_t:
         e = load(x)
-        if not e or e.get("status") != "ok":
+        if not e or e.get("status") != "ok" or "matmul_peak" not in e:  # not the default-config form (e.g. --ladder)
             continue
         st = e["settings"]
         md += [f"Also `{x.relative_to(ROOT)}` ({st['threads']} thread(s), {st['device']} {st['dtype']}"
@@ -308,6 +312,27 @@ def summarize_all(a, runs: dict) -> tuple[str, dict]:
         md.append("")
     elif name_skip := runs.get("sparse_decode", {}).get("reason"):
         md += ["## Sparse vs dense decode (sparse_decode)", "", f"skipped: {name_skip}", ""]
+
+    # --- allocators
+    al = data["allocators"]
+    if al and al.get("status") == "ok":
+        md += ["## CPU allocators for training (allocators)", "",
+               f"`benchmarks/train_speed.py --ladder` per allocator, {al['settings']['rounds']} round(s), 1 thread; "
+               "BDH/GPT time over the FLOP ratio is the within-run (robust) figure; peak RSS of BDH's training steps.", "",
+               "| allocator | rung | BDH tok/s (per CPU s) | GPT tok/s (per CPU s) | BDH/GPT time / FLOP ratio | BDH peak RSS |",
+               "|---|---|---|---|---|---|"]
+        for name, r in al["allocators"].items():
+            if r.get("status") != "ok":
+                md.append(f"| {name} | - | {r.get('status')}: {r.get('reason', '')} | | | |")
+                continue
+            for rung, x in r["rungs"].items():
+                if x.get("status") != "ok":
+                    continue
+                peak = x.get("memory", {}).get("bdh", {}).get("peak_rss_bytes")
+                md.append(f"| {name} | {rung} | {x['tok_s']['bdh']:.0f} ({x['tok_per_cpu_s']['bdh']:.0f}) | "
+                          f"{x['tok_s']['gpt']:.0f} ({x['tok_per_cpu_s']['gpt']:.0f}) | {x['time_over_flop_ratio']:.2f}x | "
+                          f"{fmt_bytes(peak)} |")
+        md.append("")
 
     # --- targets first, with the margin (measured / goal) and, for a miss, the usual reason
     head = ["## Targets (issue #4)", "", "| target | measured | margin (measured / goal) | met |", "|---|---|---|---|"]

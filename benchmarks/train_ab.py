@@ -13,8 +13,8 @@ first losses (same seed, same weights) are compared.
 
 Configs: `default` (the default run's per-process step: B=8, T=64, carried state) and the CPU ladder rungs
 `0.8M`, `1.6M`, `3.2M` at the `bdh compare --preset cpu` shape (B=16, T=128). `--malloc tuned` (default)
-applies `bdh.allocator.keep_freed_memory()` to the whole process (both sides): it cannot be A/B-ed within one
-process; run twice with `--malloc default` / `tuned` for its effect.
+applies `bdh.allocator.keep_freed_memory()` (`common.apply_malloc`) to the whole process (both sides): it cannot
+be A/B-ed within one process; run twice with `--malloc default` / `tuned` for its effect.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import format_machine, machine_info, train_step_fn, write_json  # noqa: E402
+from common import add_malloc_arg, apply_malloc, format_machine, machine_info, train_step_fn, write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     p.add_argument("--configs", default="default,0.8M,1.6M,3.2M", help="comma-separated: default, 0.8M, 1.6M, 3.2M")
     p.add_argument("--repeats", type=int, default=7, help="timed steps per side and config (after 2 warm-up steps)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--malloc", choices=("tuned", "default"), default="tuned")
+    add_malloc_arg(p)
     p.add_argument("--out", default=str(RESULTS / "train_ab.json"))
     a = p.parse_args(argv)
     src = Path(a.baseline) / "bdh"
@@ -69,10 +69,7 @@ def main(argv=None) -> int:
     if any(c not in known for c in want) or a.repeats < 1:
         p.error(f"--configs {a.configs!r} / --repeats {a.repeats}: expected some of {', '.join(known)} and repeats >= 1")
     torch.set_num_threads(a.threads)
-    if a.malloc == "tuned":
-        from bdh.allocator import keep_freed_memory
-
-        keep_freed_memory()
+    malloc = apply_malloc(a.malloc)
     tmp = Path(tempfile.mkdtemp(prefix="bdh-ab-"))
     shutil.copytree(src, tmp / "bdh_base", ignore=shutil.ignore_patterns("__pycache__"))
     sys.path.insert(0, str(tmp))
@@ -114,7 +111,7 @@ def main(argv=None) -> int:
     load_end = [round(x, 2) for x in os.getloadavg()]
     print(f"load average at start {info['loadavg_1_5_15']}, at end {load_end}")
     path = write_json(Path(a.out), {"benchmark": "train_ab", "machine": info, "baseline": a.baseline,
-                                    "threads": a.threads, "malloc": a.malloc, "repeats": a.repeats, "results": rows,
+                                    "threads": a.threads, **malloc, "repeats": a.repeats, "results": rows,
                                     "loadavg_at_end": load_end})
     print(f"wrote {os.path.relpath(path)}")
     return 0

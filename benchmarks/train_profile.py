@@ -17,8 +17,9 @@ backward alike) it reports:
 - FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one step (matmuls; elementwise work counts 0 there);
 - GB/s and GFLOP/s achieved per operator, so memory-bound work (high bytes, low FLOPs) stands out.
 
-The process's allocator is tuned as `bdh train` tunes it (`bdh.allocator.keep_freed_memory`; `--malloc default`
-profiles glibc's own settings, under which every large activation is page-faulted in again each step).
+The process's allocator is tuned as `bdh train` tunes it (`common.apply_malloc`: `bdh.allocator.keep_freed_memory`;
+`--malloc default` profiles glibc's own settings, under which every large activation is page-faulted in again
+each step).
 
 Writes benchmarks/results/train_profile.json and train_profile.md (a table per config, the top operators by
 time, and the share of the step in matmul-class operators vs everything else).
@@ -39,7 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, train_step_fn, write_json  # noqa: E402
+from common import add_malloc_arg, apply_malloc, machine_info, train_step_fn, write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MATMUL_OPS = {"mm", "bmm", "addmm", "matmul", "linear", "baddbmm", "addbmm", "_scaled_dot_product_flash_attention_for_cpu",
@@ -171,13 +172,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--configs", default=None, help="comma-separated: default, ladder-0.8M, ladder-3.2M")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train_profile[_quick].json)")
-    p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
-                   help="tuned (default): glibc malloc keeps freed memory, as `bdh train` does (bdh.allocator)")
+    add_malloc_arg(p)
     args = p.parse_args(argv)
-    if args.malloc == "tuned":
-        from bdh.allocator import keep_freed_memory
-
-        keep_freed_memory()
+    malloc = apply_malloc(args.malloc)
     if args.steps < 1 or args.threads < 1:
         p.error("--steps and --threads: expected positive integers")
     torch.set_num_threads(args.threads)
@@ -194,7 +191,7 @@ def main(argv=None) -> int:
         results.append(res)
         print(table(res, top=12), "\n", flush=True)
     out = Path(args.out) if args.out else RESULTS / ("train_profile_quick.json" if args.quick else "train_profile.json")
-    write_json(out, {"machine": machine_info(), "threads": args.threads, "steps": args.steps, "malloc": args.malloc,
+    write_json(out, {"machine": machine_info(), "threads": args.threads, "steps": args.steps, **malloc,
                      "results": results})
     md = ["# BDH training step profile", "", f"`python benchmarks/train_profile.py{' --quick' if args.quick else ''}`"
           f" ({args.threads} thread(s), {args.steps} profiled steps, malloc {args.malloc})", ""] + [table(r) + "\n" for r in results]

@@ -12,7 +12,8 @@ rung: tokens/s of each, the measured BDH/GPT time ratio, the analytic ratio of e
 token (formulas below), and the target: measured within 1.5x of analytic.
 
 `--malloc tuned` (the default) tunes glibc malloc as `bdh train` does (`bdh.allocator.keep_freed_memory`: freed
-activations are reused instead of page-faulted in again every step); `--malloc default` measures without it.
+activations are reused instead of page-faulted in again every step; `common.apply_malloc`); `--malloc default`
+measures without it, and is how `benchmarks/allocators.py` measures jemalloc and tcmalloc (LD_PRELOAD).
 
 For every sequence length T the batch is B = tokens_per_step / T, so every configuration trains on the same
 number of tokens per step. Three configurations run at every T:
@@ -83,6 +84,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import (  # noqa: E402
+    add_malloc_arg,
+    apply_malloc,
     current_rss_bytes,
     format_machine,
     human_bytes,
@@ -323,9 +326,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help=f"JSON output (default results/{DEFAULT_OUT.name}; quick {QUICK_OUT.name})")
     p.add_argument("--ladder", default=None, help="comma-separated CPU-ladder rungs (e.g. 0.8M,1.6M,3.2M): BDH vs GPT "
                    "per rung at T=128, 2048 tokens/step (the `bdh compare --preset cpu` shape)")
-    p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
-                   help="tuned (default): glibc malloc keeps freed memory, as `bdh train` sets it (bdh.allocator); "
-                   "default: glibc's own settings")
+    add_malloc_arg(p)
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.ladder:
@@ -412,12 +413,7 @@ def ladder(a) -> int:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    if a.device == "cpu" and a.malloc == "tuned":
-        from bdh.allocator import keep_freed_memory
-
-        a.malloc_applied = keep_freed_memory()
-    else:
-        a.malloc_applied = False
+    a.malloc_applied = apply_malloc(a.malloc, a.device)["malloc_applied"]  # common.apply_malloc: as the trainer
     if a.one is not None:
         print(json.dumps(run_one(json.loads(a.one))))
         return 0

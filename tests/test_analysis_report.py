@@ -65,8 +65,10 @@ def test_analyze_quick_sections(tmp_path):
 
 def test_analyze_argument_errors(tmp_path):
     p = _parser()
-    args = p.parse_args(["analyze", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "r"), "--concept", "x"])
-    with pytest.raises(ValueError, match="--concept and --contrast"):
+    (tmp_path / "x.txt").write_text("a sentence.\n")
+    args = p.parse_args(["analyze", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "r"), "--concept",
+                         str(tmp_path / "x.txt")])
+    with pytest.raises(ValueError, match="--concept needs --contrast"):
         args.func(args)
     args = p.parse_args(["analyze", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
     with pytest.raises(OSError):

@@ -119,6 +119,11 @@ def model_cases(workdir) -> Path:
     BDH(tiny_config()).eval().save_pretrained(workdir / "i32_model")
     retag_tensor(workdir / "i32_model" / "model.safetensors", "lm_head", "I32")
     GPT(GPTConfig(n_layer=1, n_embd=16, n_head=2)).eval().save_pretrained(workdir / "gpt_model")
+    huge = BDH(tiny_config()).eval()
+    with torch.no_grad():
+        for p in huge.parameters():
+            p.fill_(3e38)  # finite weights whose logits overflow
+    huge.save_pretrained(workdir / "huge_model")
     (workdir / "corpus.txt").write_text("a small corpus for bdh eval, long enough to evaluate. " * 40)
     return workdir
 
@@ -139,6 +144,11 @@ MODEL_CASES = [
     (_GEN + ["--top-p", "0"], ("top_p=0.0",)),
     (_GEN + ["--max-new-tokens", "-1"], ("max_new_tokens=-1",)),
     (["generate", "--model", "{W}/gpt_model", "--prompt", "x", "--sparse", "on"], ("sparse=True", "GPT")),
+    # (issue 23, item 4) finite weights up to 3e38: the logits are not finite (before: the prompt printed first)
+    (["generate", "--model", "{W}/huge_model", "--prompt", "x"], ("non-finite",)),
+    # (issue 23, item 8) a file given as --model (before: "model directory ... does not exist")
+    (["generate", "--model", "{W}/model/config.json", "--prompt", "x"], ("config.json'", "is a file", "directory")),
+    (["info", "--model", "{W}/model/model.safetensors"], ("model.safetensors'", "is a file")),
 ]
 
 
@@ -212,6 +222,10 @@ FILE_CASES = [
     ("optimizer state of the wrong shape",
      lambda w: _edit_tensors(w / "run" / STEP10 / "optimizer.safetensors", 0, (3, 3)),
      TRAIN + _RESUME + [f"run/{STEP10}"], ("optimizer.safetensors", "shape (3, 3)")),
+    # (issue 23, item 8) a finished run resumed with another model config (before: "nothing to do", exit 0)
+    ("finished run, other model config", None, TRAIN + ["--out", "run", "--set", "train.steps=10", "--set",
+                                                        "model.n_head=4", "--resume"],
+     ("--resume", "another model config", "n_head=2 in the checkpoint, 4 now")),
     ("corpus changed, random crops", lambda w: (w / "corpus.txt").write_text("another corpus, " * 4000),
      TRAIN + _RESUME, ("'corpus.txt'", "changed since the run started")),
     ("corpus changed, TBPTT", lambda w: (w / "corpus.txt").write_text("another corpus, " * 4000),
@@ -231,6 +245,26 @@ def test_bad_run_directories_and_checkpoints(tiny_runs, tmp_path, edit, args, wo
         edit(work)
     check_case(work, args, words)
     assert not (work / "new").exists()
+
+
+def test_resume_rebuilds_a_zeroed_token_cache(tiny_runs, tmp_path):
+    """(issue 23, item 8) A token cache zeroed in place keeps its size; --resume must not train on it: the recorded
+    SHA-256 no longer matches, so the cache is rebuilt from the corpus and the run goes on."""
+    import shutil
+
+    import numpy as np
+
+    from bdh.data import load_tokens
+
+    work = tmp_path / "w"
+    shutil.copytree(tiny_runs, work)
+    cache = work / "run" / "data" / "train.bytes.bin"
+    good = cache.read_bytes()
+    cache.write_bytes(bytes(len(good)))
+    r = run_cli(TRAIN + _RESUME, cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert cache.read_bytes() == good
+    assert np.asarray(load_tokens(work / "run" / "data", "train", "bytes")).tobytes() == good
 
 
 def _file_size_limit(limit: int):
@@ -333,6 +367,12 @@ MERGE_CASES = [
     ("--concept NUL byte", _CONCEPT + ["{W}/nul.txt"], ("--concept", "nul.txt'", "binary")),
     ("--concept latin-1", _CONCEPT + ["{W}/latin1.txt"], ("--concept", "latin1.txt'", "not UTF-8")),
     ("--concept a directory", _CONCEPT + ["{W}/exp"], ("--concept", "exp'", "directory")),
+    # (issue 23, item 8) --concept alone: the file's own problem first (before: "--concept and --contrast go together")
+    ("--concept alone, missing", _CONCEPT[:5] + ["--concept", "{W}/nope.txt"], ("--concept", "nope.txt'", "no such file")),
+    ("--concept alone, empty", _CONCEPT[:5] + ["--concept", "{W}/empty.txt"], ("--concept", "empty.txt'", "empty")),
+    ("--concept alone, binary", _CONCEPT[:5] + ["--concept", "{W}/image.png"], ("--concept", "image.png'", "binary")),
+    ("--concept alone, good file", _CONCEPT[:5] + ["--concept", "{W}/ok.txt"], ("--concept needs --contrast",)),
+    ("--contrast alone, good file", _CONCEPT[:5] + ["--contrast", "{W}/ok.txt"], ("--contrast needs --concept",)),
     ("--contrast missing", ["analyze", "--model", "{W}/model", "--out", "{W}/report", "--concept", "{W}/ok.txt",
                             "--contrast", "{W}/nope.txt"], ("--contrast", "nope.txt'", "no such file")),
 ]
@@ -344,3 +384,148 @@ def test_outputs_inputs_and_sentence_files(merge_cases, args, words):
     check_case(merge_cases, args, words)
     for made in ("report", "cmp", "exp2", "merged"):
         assert not (merge_cases / made).exists()
+
+
+# ----------------------------------------------------------------------------------------------- bdh serve: the port
+# (issue 23, item 4) `bdh serve` on a port it cannot listen on. Before: it loaded the models, printed its URL, then
+# uvicorn's error and exit 3. Now: checked first, one line naming host:port, nothing written (no sessions dir).
+# (id, --host, occupy the port first, words expected in the error line; {P} = the port)
+SERVE_PORT_CASES = [
+    ("port in use", "127.0.0.1", True, ("127.0.0.1:{P}", "in use")),
+    ("port in use, by name", "localhost", True, ("localhost:{P}", "in use")),
+    ("address not on this machine", "203.0.113.7", False, ("203.0.113.7:{P}", "cannot listen")),
+]
+
+
+@pytest.mark.parametrize("host,occupy,words", [c[1:] for c in SERVE_PORT_CASES], ids=[c[0] for c in SERVE_PORT_CASES])
+def test_serve_on_a_port_it_cannot_listen_on(workdir, host, occupy, words):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        if occupy:
+            s.listen()
+        else:
+            s.close()
+        before = tree_hashes(workdir)
+        r = run_cli(["serve", "--model", "model", "--host", host, "--port", str(port), "--sessions-dir", "sessions"],
+                    cwd=workdir, timeout=120)
+    assert_clean_error(r, *(w.replace("{P}", str(port)) for w in words))
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # not the URL first
+    assert tree_hashes(workdir) == before and not (workdir / "sessions").exists()
+
+
+# ----------------------------------------------------------------------------------------------- task code and task sizes
+# (issue 23, item 2) a user task whose example() raises after the up-front check (before: a 44-line RuntimeError
+# traceback, and `tasks train` left tokenizer_config.json behind), sizes, examples per size, vocabularies and layer
+# passes beyond the bounds of bdh.tasks (before: a MemoryError, a 20 GB allocation, a model with a 5M-token embedding).
+LATE_TASK = '''
+from bdh.tasks import Example, Task
+
+
+class Late(Task):
+    """Echo of random bits that fails at length 3 (not a size the old up-front check tried) and at 8 to 99."""
+    name = "late"
+    vocab = ("<pad>", *(f"t{i}" for i in range(255)))  # 256 tokens: the audit's tiny model
+    size_name, train_size = "length", 4
+
+    def example(self, rng, size):
+        if size == 3 or 8 <= size < 100:
+            raise RuntimeError(f"boom at {size}\\nsecond line")
+        bits = [1 + rng.randrange(2) for _ in range(size)]
+        return Example(bits, bits, [True] * size)
+'''
+HUGE_TASK = LATE_TASK.replace("class Late", "class Huge").replace('"late"', '"huge"').replace(
+    "range(255)", "range(5_000_000)").replace("size == 3 or 8 <= size < 100", "False")
+
+
+@pytest.fixture(scope="module")
+def task_cases(workdir) -> Path:
+    """late_task.py (Late) and huge_task.py (Huge: the same task with a 5,000,001-token vocabulary)."""
+    (workdir / "late_task.py").write_text(LATE_TASK)
+    (workdir / "huge_task.py").write_text(HUGE_TASK)
+    return workdir
+
+
+_LATE = "{W}/late_task.py:Late"
+_TE = ["tasks", "eval", "--model", "{W}/model", "--task", _LATE]
+_TT = ["--out", "{W}/task-run", "--steps", "2", "--no-progress"]
+TASK_CASES = [
+    ("train, example() raises", ["tasks", "train", "--task", _LATE] + _TT, ("'late'", "length=3", "RuntimeError: boom at 3")),
+    ("eval, example() raises", _TE + ["--n", "2"], ("'late'", "length=8", "RuntimeError: boom at 8")),
+    ("compare --list, example() raises", ["tasks", "compare", "--preset", "smoke", "--tasks", _LATE, "--list"],
+     ("'late'", "length=8", "RuntimeError: boom at 8")),
+    ("train data.task_size=1e8", ["tasks", "train", "--task", "parity", "--set", "data.task_size=100000000"] + _TT,
+     ("length=100000000", "65536")),  # before: MemoryError
+    ("eval --sizes 1e7", _TE + ["--sizes", "10000000"], ("length=10000000", "65536")),  # before: 20.5 GB
+    ("eval --n 1e8", _TE + ["--sizes", "4", "--n", "100000000"], ("100000000 examples", "33554432")),
+    ("train, 5M-token vocabulary", ["tasks", "train", "--task", "{W}/huge_task.py:Huge"] + _TT,
+     ("'huge'", "5000001", "65536")),
+    ("eval --passes 1e6", _TE + ["--sizes", "4", "--n", "2", "--passes", "1000000"], ("--passes", "1000000", "64")),
+]
+
+
+@pytest.mark.parametrize("args,words", [c[1:] for c in TASK_CASES], ids=[c[0] for c in TASK_CASES])
+def test_task_code_errors_and_task_bounds(task_cases, args, words):
+    """One clean error line naming the task, the size or value and the error or bound; nothing written (not even
+    the task file's __pycache__)."""
+    check_case(task_cases, args, words)
+    assert not (task_cases / "task-run").exists() and not (task_cases / "__pycache__").exists()
+
+
+# ----------------------------------------------------------------------------------------------- access keys
+# (issue 23, point 7) `bdh view --token` / $BDH_VIEW_TOKEN and `bdh serve --api-key` / $BDH_API_KEY share one
+# check (bdh.netsec.AccessKey): refused before anything is loaded or bound, the key itself never echoed
+_VIEW = ["view", "--model", "{W}/model", "--port", "0"]
+KEY_CASES = [
+    ("view --token ''", _VIEW + ["--token", ""], {}, ("--token", "non-empty", "empty one")),
+    ("view --token with a space", _VIEW + ["--token", "se cret"], {}, ("--token", "without spaces")),
+    ("view $BDH_VIEW_TOKEN with a tab", _VIEW, {"BDH_VIEW_TOKEN": "se\tcret"}, ("$BDH_VIEW_TOKEN", "without spaces")),
+    ("view --token with --export", _VIEW + ["--export", "{W}/page.html", "--text", "hi", "--token", "t"], {},
+     ("--token", "--export")),
+    ("serve --api-key with a newline", ["serve", "--model", "{W}/model", "--port", "0", "--sessions-dir",
+                                        "{W}/sessions", "--api-key", "se\ncret"], {}, ("--api-key", "without spaces")),
+]
+
+
+@pytest.mark.parametrize("args,env,words", [c[1:] for c in KEY_CASES], ids=[c[0] for c in KEY_CASES])
+def test_bad_access_keys(workdir, args, env, words):
+    """One clean error line naming the flag or variable, not the key; nothing written (no page, no sessions)."""
+    before = tree_hashes(workdir)
+    r = run_cli([a.replace("{W}", str(workdir)) for a in args], cwd=workdir, env=env)
+    assert_clean_error(r, *words)
+    assert "cret" not in r.stderr and tree_hashes(workdir) == before
+    assert not (workdir / "page.html").exists() and not (workdir / "sessions").exists()
+
+
+# ----------------------------------------------------------------------------------------------- tokenizers
+# (issue 23, item 2) a 50257-token model saved without its tokenizer files (before: `bdh generate` encoded the prompt
+# as bytes and printed a continuation), a saved tokenizer smaller than the model's vocabulary (before: loaded).
+@pytest.fixture(scope="module")
+def tokenizer_cases(workdir) -> Path:
+    from bdh.tokenization import ByteTokenizer
+
+    torch.manual_seed(0)
+    BDH(tiny_config(vocab_size=50257)).eval().save_pretrained(workdir / "gpt2_vocab")
+    BDH(tiny_config(vocab_size=300)).eval().save_pretrained(workdir / "v300", tokenizer=ByteTokenizer())
+    return workdir
+
+
+TOKENIZER_CASES = [
+    ("50257 tokens, no tokenizer files", ["generate", "--model", "{W}/gpt2_vocab", "--prompt", "x"],
+     ("gpt2_vocab: holds no tokenizer files", "bytes (256 tokens)", "vocab_size 50257", "gpt2_tokenizer().save(DIR)")),
+    ("a saved tokenizer of 256 tokens, vocab_size 300", ["generate", "--model", "{W}/v300", "--prompt", "x"],
+     ("v300", "the tokenizer has 256 tokens but the model's vocab_size is 300", "tokenizer.save(DIR)")),
+]
+
+
+@pytest.mark.parametrize("args,words", [c[1:] for c in TOKENIZER_CASES], ids=[c[0] for c in TOKENIZER_CASES])
+def test_tokenizers_not_matching_the_model(tokenizer_cases, args, words):
+    """One clean error line naming both sizes and what to save; nothing on stdout (not even the prompt), files
+    unchanged."""
+    before = tree_hashes(tokenizer_cases)
+    r = run_cli([a.replace("{W}", str(tokenizer_cases)) for a in args], cwd=tokenizer_cases)
+    assert_clean_error(r, *words)
+    assert r.stdout == "", f"printed before the error: {r.stdout[:200]!r}"
+    assert tree_hashes(tokenizer_cases) == before, "files changed by a failing command"

@@ -97,6 +97,24 @@ def test_atomic_path_removes_temp_on_error(tmp_path):
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.bin"]
 
 
+def test_atomic_dir_swaps_the_whole_directory(tmp_path):
+    """The new files replace the old directory together; a failure leaves the old one as it was, and no temp."""
+    target = tmp_path / "best"
+    target.mkdir()
+    (target / "model.bin").write_bytes(b"old")
+    (target / "best.json").write_text("{}")
+    with pytest.raises(RuntimeError):
+        with bdh_io.atomic_dir(target) as d:
+            (d / "model.bin").write_bytes(b"new")
+            raise RuntimeError("killed before best.json")
+    assert sorted(os.listdir(tmp_path)) == ["best"]
+    assert (target / "model.bin").read_bytes() == b"old" and (target / "best.json").read_text() == "{}"
+    with bdh_io.atomic_dir(target) as d:
+        (d / "model.bin").write_bytes(b"new")
+    assert sorted(os.listdir(tmp_path)) == ["best"] and os.listdir(target) == ["model.bin"]
+    assert (target / "model.bin").read_bytes() == b"new" and (target.stat().st_mode & 0o777) != 0o700
+
+
 # ----------------------------------------------------------------------------- state
 def test_state_save_restore_continues_exactly(tmp_path, trained_tiny):
     idx = torch.randint(0, 256, (2, 25), generator=torch.Generator().manual_seed(3))

@@ -131,11 +131,12 @@ def test_argparse_range_types():
 
 def test_readme_test_command_sets_itself_up_and_ci_runs_exactly_it():
     """Issue 13, item 11: after `pip install -e .` alone, the README's test command must work: it installs the
-    `test` extra itself, in every place the README gives it, and `.ci/run` runs that very line."""
+    `test` extra itself (at the lock file's versions), in every place the README gives it, and `.ci/run` runs that
+    very line."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    line = 'pip install -e ".[test]" && python -m pytest'
+    line = 'pip install -e ".[test]" -c constraints.txt && python -m pytest'
     commands = []
     in_bash = False
     for raw in (root / "README.md").read_text(encoding="utf-8").splitlines():
@@ -150,3 +151,32 @@ def test_readme_test_command_sets_itself_up_and_ci_runs_exactly_it():
     assert line in ci
     assert [ln for ln in ci if "pytest" in ln and not ln.startswith("#")] == [line]
     assert not any("[test]" in ln for ln in ci if ln != line and not ln.startswith("#"))  # no set-up of its own
+
+
+def _crash(args):
+    raise RuntimeError("a bug\nsecond line")
+
+
+@pytest.mark.parametrize("argv,env", [(["--debug", "info", "--model"], None), (["info", "--debug", "--model"], None),
+                                      (["info", "--model"], "1")], ids=["before", "after", "BDH_DEBUG"])
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(monkeypatch, capsys, argv, env):
+    """A bug (not bad input) is one line naming the exception, exit 1; `--debug` (before or after the command) or
+    BDH_DEBUG=1 lets it propagate with its traceback; bad input under --debug prints the traceback and the line."""
+    import bdh.cli as cli
+
+    monkeypatch.delenv("BDH_DEBUG", raising=False)
+    with monkeypatch.context() as m:
+        m.setattr(cli, "cmd_info", _crash)
+        assert main(["info", "--model", "x"]) == 1
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "bdh info: internal error: RuntimeError: a bug (run again with --debug for the traceback, and please "
+            "report it)"]
+        if env:
+            m.setenv("BDH_DEBUG", env)
+        with pytest.raises(RuntimeError, match="a bug"):
+            main(argv + ["x"])
+    if env:
+        monkeypatch.setenv("BDH_DEBUG", env)
+    assert main(argv + ["/no/such/model"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("bdh info: error: model directory")

@@ -1,5 +1,6 @@
 """Corpora, token cache, and translation stream."""
 
+import hashlib
 import json
 import re
 import struct
@@ -286,6 +287,21 @@ def test_cache_reuse_and_rebuild(tmp_path):
     with pytest.raises(ValueError, match=r"val\.bytes\.bin.*10 bytes"):
         load_tokens(tmp_path, "val", tok)
     assert bytes(build_token_cache(changed, tok, tmp_path, "val")) == changed.encode()
+
+
+def test_cache_with_damaged_content_of_the_right_size(tmp_path):
+    """A data file zeroed (or edited) in place keeps its size: the recorded SHA-256 catches it (load refuses,
+    build rebuilds from the source) instead of training on zeros."""
+    tok = ByteTokenizer()
+    text = pydoc_english("val")
+    build_token_cache(text, tok, tmp_path, "val")
+    bin_path, man_path = cache.cache_paths(tmp_path, "val", "bytes")
+    assert json.loads(man_path.read_text())["tokens_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    bin_path.write_bytes(bytes(bin_path.stat().st_size))
+    with pytest.raises(ValueError, match=r"val\.bytes\.bin.*SHA-256"):
+        load_tokens(tmp_path, "val", tok)
+    assert bytes(build_token_cache(text, tok, tmp_path, "val")) == text.encode()
+    assert bytes(load_tokens(tmp_path, "val", tok)) == text.encode()
 
 
 def test_cache_many_documents_and_corpus(tmp_path, small_bpe):

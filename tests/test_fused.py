@@ -174,3 +174,63 @@ def test_keep_freed_memory_reuses_pages_instead_of_faulting_them_in():
     off, untuned = run({"BDH_MALLOC_TUNE": "0"})
     assert not off
     assert untuned > 2 * 16384 and tuned < untuned / 4, (tuned, untuned)  # measured: 0 vs 81,925
+
+
+_TRAIN_THEN_FAULTS = """
+import resource, sys, tempfile, torch
+import bdh.allocator
+from bdh.training import load_run_config, train
+assert bdh.allocator._applied is None  # nothing applied it before the library trains
+run = load_run_config("tiny", ["train.steps=2", "train.eval_every=0", "train.sample_tokens=0", "train.checkpoint_every=0",
+                               "train.processes=1", "train.threads=1", "train.final_eval_tokens=64"])
+with tempfile.TemporaryDirectory() as d:
+    train(run, d + "/run", progress=False, echo=lambda *a, **k: None)
+for _ in range(2):
+    x = torch.ones(16 * 2**20)
+    del x
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    x = torch.ones(16 * 2**20)
+    del x
+print(bdh.allocator._applied, bdh.allocator.glibc_malloc_active(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
+def test_library_training_applies_the_allocator_setting():
+    """`bdh.training.train(...)` called in-process (the Python API; `bdh.tasks` trains through it) on CPU leaves
+    the process tuned as `bdh train` does (bdh.allocator): a freed 64 MiB tensor is re-allocated without page faults."""
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _TRAIN_THEN_FAULTS], capture_output=True, text=True, check=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    applied, glibc, faults = r.stdout.split()[-3:]
+    if glibc != "True":
+        pytest.skip("not glibc malloc")
+    assert applied == "True" and int(faults) < 16384, (applied, faults)  # untuned: 5 x 16,385 faults
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="LD_PRELOAD allocators: Linux")
+@pytest.mark.parametrize("lib", ["jemalloc", "tcmalloc_minimal"])
+def test_keep_freed_memory_reports_false_under_a_preloaded_allocator(lib):
+    """With jemalloc or tcmalloc preloaded, glibc's mallopt still returns 1 (measured: jemalloc leaves glibc's own
+    mallopt in place, tuning an unused heap; tcmalloc's is a stub) but tunes nothing: keep_freed_memory() must say
+    False, and training must work as usual."""
+    import ctypes.util
+    import os
+    import subprocess
+    import sys
+
+    name = ctypes.util.find_library(lib)
+    if name is None:
+        pytest.skip(f"lib{lib} not installed (Debian: libjemalloc2, libtcmalloc-minimal4)")
+    code = ("import torch, bdh.allocator as a; from bdh import BDH, BDHConfig\n"
+            "m = BDH(BDHConfig(n_layer=1, n_embd=32, n_head=2, mlp_internal_dim_multiplier=4, vocab_size=256))\n"
+            "x = torch.randint(0, 256, (2, 17)); m(x[:, :-1], x[:, 1:])[1].backward()\n"
+            "print(a.glibc_malloc_active(), a.keep_freed_memory())")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LD_PRELOAD": name}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert "cannot be preloaded" not in r.stderr, r.stderr
+    assert r.stdout.split()[-2:] == ["False", "False"], r.stdout

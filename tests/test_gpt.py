@@ -8,7 +8,7 @@ import torch
 
 from bdh import BDH, build_model, load_model
 from bdh.baselines import GPT, GPTConfig, GPTState
-from bdh.baselines.gpt import alibi_slopes
+from bdh.config import alibi_slopes
 from bdh.baselines.ladders import CPU_LADDER, GPU_LADDER, MAX_PARAM_GAP, param_gap
 from bdh.checkpoint import CheckpointError
 
@@ -109,10 +109,20 @@ def test_learned_positions_refuse_contexts_beyond_block_size():
 
 
 def test_alibi_slopes():
-    assert torch.allclose(alibi_slopes(8), torch.tensor([2.0 ** -(i + 1) for i in range(8)], dtype=torch.float64))
+    assert alibi_slopes(8) == pytest.approx([2.0 ** -(i + 1) for i in range(8)], rel=1e-15)
     # non-power-of-two: the 4 slopes of 4 heads, then every other slope of 8 heads (Press et al.)
-    assert torch.allclose(alibi_slopes(6), torch.tensor([2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8, 2.0**-1, 2.0**-3],
-                                                        dtype=torch.float64))
+    assert alibi_slopes(6) == pytest.approx([2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8, 2.0**-1, 2.0**-3], rel=1e-15)
+
+
+@pytest.mark.parametrize("n_head", [1, 2, 3, 4, 6, 8, 12])
+def test_one_alibi_schedule_for_bdh_and_gpt(n_head):
+    """"alibi" means one schedule: BDH's damping gamma_h = exp(-m_h) with the GPT's slopes m_h (before, BDH used
+    2^(-8(h+1)/n_head) for every head count, which differs from ALiBi's for 3, 6, 12 heads)."""
+    from bdh import BDHConfig
+
+    gpt = GPT(GPTConfig(n_layer=1, n_embd=12 * n_head, n_head=n_head))
+    gamma = BDHConfig(n_embd=12 * n_head, n_head=n_head, damping="alibi").decay()
+    assert torch.allclose(torch.tensor(gamma, dtype=torch.float64), torch.exp(-gpt.slopes.double()), rtol=1e-6)
 
 
 @pytest.mark.parametrize("kw,field", [

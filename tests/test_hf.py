@@ -5,6 +5,7 @@ cache; directories both ways; trust_remote_code in a fresh process; bad input.""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -243,6 +244,8 @@ def test_unsupported_batches_and_cache_operations(dirs):
         hf.generate(PROMPTS, attention_mask=mask, max_new_tokens=3)
     with pytest.raises(ValueError, match="assisted generation is not supported with stateful models"):
         hf.generate(PROMPTS[:1], assistant_model=hf, max_new_tokens=3)
+    with pytest.raises(ValueError, match=r"prompt_lookup_num_tokens=\.\.\.\): assisted generation is not supported"):
+        hf.generate(PROMPTS[:1], prompt_lookup_num_tokens=2, max_new_tokens=3)
     with pytest.raises(TypeError, match="cache: expected a BDHCache"):
         from transformers import DynamicCache
 
@@ -255,3 +258,154 @@ def test_unsupported_batches_and_cache_operations(dirs):
         BDHForCausalLM.from_pretrained(dirs["bdh"], device_map="auto")
     with pytest.raises(TypeError, match=r"unsupported argument\(s\) \['quantization_config'\]"):
         BDHForCausalLM.from_pretrained(dirs["bdh"], quantization_config={"bits": 4})
+
+
+# ----------------------------------------------------------------------------------------------- issue 23
+def save_with_huge_weights(directory, name: str = "encoder") -> None:
+    """A model whose parameter `name` is scaled to |w| <= 3e38: finite (bdh.checkpoint loads it), but its logits
+    overflow to nan."""
+    torch.manual_seed(0)
+    m = BDH(tiny_config()).eval()
+    with torch.no_grad():
+        w = dict(m.named_parameters())[name]
+        w.copy_(w.double() * (3e38 / w.double().abs().max()))
+    m.save_pretrained(directory, tokenizer=ByteTokenizer())
+
+
+def test_corrupt_weights_are_an_error_not_token_0(tmp_path):
+    """Before: transformers' generate() returned token 0 from nan logits where `bdh generate` stopped."""
+    save_with_huge_weights(tmp_path / "huge")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "huge")  # finite weights: loaded
+    with pytest.raises(ValueError) as ours:
+        load_model(tmp_path / "huge").generate("ROMEO:", 5, temperature=0)
+    for run in (lambda: hf.generate(PROMPTS, max_new_tokens=5, do_sample=False),
+                lambda: hf.generate(PROMPTS, max_new_tokens=5, num_beams=2),
+                lambda: pipeline("text-generation", model=str(tmp_path / "huge"))("ROMEO:", max_new_tokens=5)):
+        with pytest.raises(ValueError) as theirs:
+            run()
+        assert str(theirs.value) == str(ours.value)  # one check, one message
+    assert "non-finite logits (nan or inf) after the prompt" in str(ours.value)
+    with torch.no_grad(), pytest.raises(ValueError, match="non-finite logits"):
+        hf(PROMPTS, use_cache=False)
+    out = hf(PROMPTS, use_cache=False)  # with autograd (training): the loss shows it, no check per call
+    assert not bool(torch.isfinite(out.logits).all())
+
+
+def test_non_finite_logits_during_generation_name_the_token(dirs):
+    hf = AutoModelForCausalLM.from_pretrained(dirs["bdh"])
+    out = hf.generate(PROMPTS, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+    assert out.cache.steps == 2  # the prompt, then 2 one-token forwards
+    with torch.no_grad():
+        hf.model.lm_head.mul_(float("inf"))
+    with torch.no_grad(), pytest.raises(ValueError, match="after generated token 3:"):
+        hf(out.sequences[:, -1:], cache=out.cache)
+
+
+def test_model_without_its_tokenizer_is_refused_where_text_is_needed(tmp_path):
+    """A 50257-token model saved without tokenizer files: before, bytes were assumed (AutoTokenizer, bdh generate,
+    lm_eval); the model itself still loads (its weights are fine)."""
+    d = tmp_path / "m"
+    torch.manual_seed(0)
+    BDH(tiny_config(vocab_size=50257)).save_pretrained(d)
+    assert sorted(os.listdir(d)) == ["config.json", "model.safetensors", "modeling_bdh.py"]
+    hf = AutoModelForCausalLM.from_pretrained(d)
+    assert hf.generate(PROMPTS, max_new_tokens=2, do_sample=False).shape == (2, PROMPTS.shape[1] + 2)
+    words = re.escape(str(d)) + r": holds no tokenizer files, and bytes \(256 tokens\) do not match the model's " \
+            r"vocab_size 50257: save the tokenizer the model was trained with into the directory " \
+            r"\(tokenizer.save\(DIR\); GPT-2's: bdh.tokenization.gpt2_tokenizer\(\).save\(DIR\)\)$"
+    for load in (lambda: AutoTokenizer.from_pretrained(d), lambda: BDHTokenizerFast.from_pretrained(d),
+                 lambda: load_model(d).generate("x", 3), lambda: pipeline("text-generation", model=str(d))("x")):
+        with pytest.raises(ValueError, match=words):
+            load()
+    hf.save_pretrained(tmp_path / "again")  # the model saves without a tokenizer, as it was
+    assert sorted(os.listdir(tmp_path / "again")) == ["config.json", "model.safetensors", "modeling_bdh.py"]
+    gpt2_tokenizer().save(d)  # what the error says to do
+    assert AutoTokenizer.from_pretrained(d)("Hello").input_ids == gpt2_tokenizer().encode("Hello")
+    # a saved tokenizer of another size: refused by AutoTokenizer (and by loading the model)
+    ByteTokenizer().save(d)
+    with pytest.raises(CheckpointError, match="tokenizer has 256 tokens but the model's vocab_size is 50257"):
+        AutoTokenizer.from_pretrained(d)
+
+
+def test_tokenizer_bos_and_eos_are_the_prefix_token_and_change_no_ids():
+    """lm_eval's `hf` model needs a bos or eos token (its prefix token); "\\n" stays an ordinary token."""
+    from bdh.hf.modeling import default_prefix_token  # (also the "bdh" lm_eval model's prefix token)
+
+    text = "To be,\nor not\n\n to be <|endoftext|> \u010a!"
+    bpe = BPETokenizer.train([english_bytes(4000).numpy().tobytes().decode("utf-8", "ignore")], 300)
+    for tok, want in ((ByteTokenizer(), 10), (bpe, bpe.encode("\n")[0]), (gpt2_tokenizer(), 50256)):
+        fast = BDHTokenizerFast.from_bdh(tok)
+        assert fast.bos_token_id == fast.eos_token_id == want == default_prefix_token(tok)
+        assert len(fast) == tok.vocab_size  # no token added
+        assert fast(text).input_ids == fast.encode(text) == tok.encode(text)
+        assert fast.decode(tok.encode(text), skip_special_tokens=True) == text
+
+
+def test_auto_tokenizer_in_a_fresh_process(dirs, tmp_path):
+    """Without `import bdh.hf`: tokenizer_config.json's auto_map asks for trust_remote_code (before: a message
+    about sentencepiece / tiktoken), and with it loads BDHTokenizerFast, for bytes and for BPE."""
+    bpe_dir = tmp_path / "bpe"
+    bpe = BPETokenizer.train([english_bytes(4000).numpy().tobytes().decode("utf-8", "ignore")], 300)
+    torch.manual_seed(0)
+    BDH(tiny_config(vocab_size=300)).save_pretrained(bpe_dir, tokenizer=bpe)
+    cfg = json.loads((bpe_dir / "tokenizer_config.json").read_text())
+    assert cfg["auto_map"] == {"AutoTokenizer": [None, "modeling_bdh.BDHTokenizerFast"]} and cfg["type"] == "bpe"
+    text = "ROMEO: What is\nthe matter?"
+    code = f"""
+import sys
+from transformers import AutoTokenizer
+for d in sys.argv[1:]:
+    try:
+        AutoTokenizer.from_pretrained(d)
+        sys.exit("loaded without trust_remote_code")
+    except ValueError as e:
+        assert "trust_remote_code=True" in str(e) and "sentencepiece" not in str(e), e
+assert "bdh.hf" not in sys.modules
+for d in sys.argv[1:]:
+    t = AutoTokenizer.from_pretrained(d, trust_remote_code=True)
+    print(type(t).__name__, t.bos_token_id, len(t), t({text!r}).input_ids)
+"""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "TRANSFORMERS_VERBOSITY": "error"}
+    r = subprocess.run([sys.executable, "-c", code, str(dirs["bdh"]), str(bpe_dir)], capture_output=True, text=True,
+                       env=env, cwd=tmp_path, timeout=180, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # (transformers prompts "Do you wish to run the custom code? [y/N] " without a newline: stdin is empty)
+    lines = [line[line.index("BDHTokenizerFast"):] for line in r.stdout.splitlines() if "BDHTokenizerFast" in line]
+    assert len(lines) == 2
+    for line, tok in zip(lines, (ByteTokenizer(), bpe)):
+        assert line == f"BDHTokenizerFast {tok.encode(chr(10))[0]} {tok.vocab_size} {tok.encode(text)}"
+
+
+@pytest.mark.parametrize("kind", ["bdh", "gpt"])
+def test_generate_steps_leave_ordinary_tensors(dirs, kind):
+    """generate()'s one-token forwards run under inference mode (as bdh generate's loop, issue 23): what they
+    return may still be updated in place, and the cache continues a forward with autograd."""
+    hf = AutoModelForCausalLM.from_pretrained(dirs[kind])
+    out = hf.generate(PROMPTS, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
+    assert not out.sequences.is_inference()
+    with torch.no_grad():
+        step = hf(out.sequences[:, -1:], cache=out.cache)
+    assert not step.logits.is_inference()
+    step.logits[:, :, 0] = 0.0  # an in-place update (refused on an inference tensor outside inference mode)
+    more = torch.tensor([list(b" and"), list(b" or ")])
+    loss = hf(more, cache=step.cache, labels=more).loss
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in hf.parameters() if p.requires_grad)
+
+
+def test_generate_continues_from_a_returned_cache():
+    """Our prepare_inputs_for_generation (issue 23) reads only the tokens the cache has not read: from a returned
+    cache, with the whole sequence or only the new tokens (and a mask of the whole length), generate() continues
+    as it does from scratch."""
+    hf = bdh.hf.wrap(random_model("bdh"))
+    kw = dict(max_new_tokens=4, do_sample=False)
+    seq = hf.generate(PROMPTS, return_dict_in_generate=True, **kw).sequences
+    full = torch.cat([seq, torch.tensor([list(b" ok"), list(b" no")])], 1)
+    want = hf.generate(full, **kw)[:, full.shape[1]:]
+    assert len(set(want[0].tolist())) > 1
+    for only_new in (False, True):
+        out = hf.generate(PROMPTS, return_dict_in_generate=True, **kw)  # the cache has read all but seq[:, -1]
+        ids = full[:, seq.shape[1] - 1 :] if only_new else full
+        got = hf.generate(ids, attention_mask=torch.ones_like(full), cache=out.cache, **kw)
+        assert torch.equal(got[:, ids.shape[1]:], want)

@@ -3,6 +3,7 @@ perplexity, generation), checked against our model's numbers, `bdh eval` and `bd
 
 import glob
 import json
+import math
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from bdh import BDH, load_model  # noqa: E402
 from bdh.baselines import GPT, GPTConfig  # noqa: E402
 from bdh.cli import main as bdh_main  # noqa: E402
+from bdh.generation import prefill_piece  # noqa: E402
 from bdh.hf import lm_eval as bdh_lm_eval  # noqa: E402  (registers "bdh")
 from bdh.tokenization import ByteTokenizer  # noqa: E402
 
@@ -208,6 +210,10 @@ def test_bad_model_args_and_vocabulary(setup, tmp_path):
     BDH(tiny_config(vocab_size=300)).save_pretrained(tmp_path / "v300", tokenizer=ByteTokenizer())
     with pytest.raises(ValueError, match="tokenizer has 256 tokens but the model's vocab_size is 300"):
         bdh_lm_eval.BDHLM(pretrained=str(tmp_path / "v300"))
+    BDH(tiny_config(vocab_size=50257)).save_pretrained(tmp_path / "gpt2_vocab")  # no tokenizer files: not bytes
+    with pytest.raises(ValueError, match=r"holds no tokenizer files, and bytes \(256 tokens\) do not match the "
+                                         "model's vocab_size 50257"):
+        bdh_lm_eval.BDHLM(pretrained=str(tmp_path / "gpt2_vocab"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         bdh_lm_eval.BDHLM(pretrained=str(tmp_path / "nope"))
 
@@ -226,20 +232,67 @@ def test_python_m_command(setup, tmp_path):
 def test_bare_lm_eval_command_with_remote_code(setup, tmp_path):
     """The plain `lm_eval` command, which cannot see the "bdh" model, still evaluates a model directory through
     transformers: `--model hf` with trust_remote_code (config.json's auto_map, the directory's modeling_bdh.py).
-    Its multiple-choice accuracy and bits per byte equal the "bdh" model's (the documents fit one window)."""
+    No prefix_token_id is needed (issue 23: before, lm_eval failed with "'None' is not an instance of 'Sequence'"):
+    the tokenizer's bos / eos token is "\\n", the "bdh" model's prefix token. Its multiple-choice accuracy and bits
+    per byte equal the "bdh" model's (the documents fit one window); generate_until stops at `until` and at eos."""
     import shutil
 
     exe = shutil.which("lm_eval", path=os.path.dirname(sys.executable)) or shutil.which("lm_eval")
     assert exe, "the lm_eval console script is not installed"
-    nl = ByteTokenizer().encode("\n")[0]
-    cmd = [exe, "--model", "hf", "--model_args", f"pretrained={setup / 'bdh'},trust_remote_code=True,"
-           f"prefix_token_id={nl}", "--tasks", "bdh_mc,bdh_ppl", "--include_path", str(setup / "tasks"),
-           "--output_path", str(tmp_path / "o"), "--device", "cpu"]
+    cmd = [exe, "--model", "hf", "--model_args", f"pretrained={setup / 'bdh'},trust_remote_code=True",
+           "--tasks", ",".join(TASKS), "--include_path", str(setup / "tasks"), "--output_path", str(tmp_path / "o"),
+           "--device", "cpu", "--log_samples"]
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+                       stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr[-3000:]
     [f] = glob.glob(str(tmp_path / "o" / "**" / "results_*.json"), recursive=True)
     bare = json.load(open(f))["results"]
     ours = run_simple_evaluate(setup, setup / "bdh")["results"]
     assert bare["bdh_mc"]["acc,none"] == ours["bdh_mc"]["acc,none"]
     assert bare["bdh_ppl"]["bits_per_byte,none"] == pytest.approx(ours["bdh_ppl"]["bits_per_byte,none"], rel=1e-5)
+    [g] = glob.glob(str(tmp_path / "o" / "**" / "samples_bdh_gen_*.jsonl"), recursive=True)
+    model = load_model(setup / "bdh")
+    for s in map(json.loads, open(g)):
+        want = model.generate(GEN[s["doc_id"]]["prompt"], 24, temperature=0, stop=["e", "\n"])
+        assert first(s["resps"]) == want
+
+
+def long_document(n: int) -> str:
+    """n bytes of English on one line, ending with "\\n" (ASCII: characters = bytes)."""
+    text = english_bytes(4 * n).numpy().tobytes().decode("ascii", "ignore").replace("\n", " ")
+    return " ".join(text.split())[: n - 1] + "\n"
+
+
+def corpus_ending_with(root, doc: str):
+    """A corpus file whose validation split (`bdh.data.split_text`: the last 10%, from a line start) is "\\n" + doc."""
+    from bdh.data.corpora import resolve_corpus
+
+    n = 10 * (len(doc) + 1)
+    head = ("x" * 79 + "\n") * (n // 80 + 1)
+    path = root / "corpus_long.txt"
+    path.write_text(head[: n - len(doc) - 2] + "\n" + "\n" + doc)
+    assert resolve_corpus(str(path)).val == "\n" + doc
+    return path
+
+
+def test_rolling_loglikelihood_is_bdh_eval_of_the_document_after_the_prefix(setup, tmp_path, capsys):
+    """The stated relation (README), on a document of several prefill pieces (512 tokens) and many `bdh eval`
+    blocks (64): lm_eval's rolling log-likelihood of a document D is `bdh eval --carry --batch-size 1` of the text
+    "\\n" + D (bdh eval scores every token of its text but the first: here the len(D) tokens of D, each after
+    the same context as lm_eval's). Of D alone it would score one token fewer, and without the prefix token."""
+    doc = long_document(1500)
+    lm = bdh_lm_eval.BDHLM(pretrained=str(setup / "bdh"))
+    assert lm.prefix_token_id == ByteTokenizer().encode("\n")[0]
+    [ll] = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (doc,), 0)])
+
+    def bdh_eval(path) -> dict:
+        assert bdh_main(["eval", "--model", str(setup / "bdh"), "--data", str(path), "--batch-size", "1",
+                         "--block-size", "64", "--carry", "--json"]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    ev = bdh_eval(corpus_ending_with(tmp_path, doc))
+    assert -(-len(doc) // prefill_piece(lm.model)) == 3 and -(-len(doc) // 64) == 24  # pieces and blocks
+    assert (ev["tokens"], ev["bytes"]) == (len(doc), len(doc))
+    assert -ll == pytest.approx(ev["loss"] * ev["tokens"], rel=1e-5)  # total nats: equal
+    assert -ll / len(doc) / math.log(2) == pytest.approx(ev["bpb"], rel=1e-5)  # and so bits per byte

@@ -91,6 +91,37 @@ def test_state_to_tensors_round_trip(kind):
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("kind", MODELS)
+def test_inplace_step_on_a_state_made_under_inference_mode(kind):
+    """A state made under torch.inference_mode, stepped in place outside it (before: "Inplace update to inference
+    tensor outside InferenceMode"), gives the logits of the functional step; the state then moves on in place."""
+    model = MODELS[kind](**({"damping": "alibi"} if kind == "bdh" else {})).eval()
+    idx = torch.randint(0, 256, (2, 6))
+    with torch.inference_mode():
+        _, state = model.prefill(idx)
+    nxt = torch.tensor([3, 5])
+    with torch.no_grad():
+        want, after = model.step(nxt, state)
+        got, same = model.step(nxt, state, inplace=True)
+        assert same is state and torch.equal(state.pos, torch.tensor([7, 7]))
+        assert torch.allclose(got, want, atol=1e-6)
+        again, _ = model.step(nxt, state, inplace=True)
+        ref, _ = model.step(nxt, after)
+        assert torch.allclose(again, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_carried_state_does_not_share_positions(kind):
+    """carry_state's result owns its tensors: an in-place step on it leaves the original's pos (before, for BDH,
+    both reported the new position)."""
+    model = MODELS[kind]().eval()
+    with torch.no_grad():
+        _, state = model.prefill(torch.randint(0, 256, (2, 4)))
+        carried = model.carry_state(state)
+        model.step(torch.tensor([1, 2]), carried, inplace=True)
+    assert state.pos.tolist() == [4, 4] and carried.pos.tolist() == [5, 5]
+
+
 def test_gpt_state_from_tensors_checks_the_model():
     model = tiny_gpt()
     _, state = model.prefill(torch.randint(0, 256, (1, 4)))

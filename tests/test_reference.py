@@ -6,6 +6,7 @@
 
 import math
 import pickle
+import re
 
 import pytest
 import torch
@@ -146,3 +147,17 @@ def test_reference_export_refuses_damping():
     model = BDH(BDHConfig(**{**CFG, "damping": "alibi"}))
     with pytest.raises(ValueError, match="damping"):
         model.reference_state_dict()
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda sd: sd | {"attn.freqs": sd["attn.freqs"].reshape(-1).tolist()}, "'attn.freqs' (str key, list value)"),
+    (lambda sd: sd | {7: sd["encoder"]}, "entry 7 (int key, Tensor value)"),
+    (lambda sd: {"model": sd | {"decoder": None}}, "'decoder' (str key, NoneType value)"),
+])
+def test_reference_file_with_non_tensor_entries_is_a_checkpoint_error(ref_pt, tmp_path, edit, words):
+    """A `.pt` holding a list, None or an int key (before: AttributeError from inside the loader)."""
+    _, sd = ref_pt
+    path = tmp_path / "odd.pt"
+    torch.save(edit(dict(sd)), path)
+    with pytest.raises(CheckpointError, match=re.escape(words)):
+        BDH.from_reference(path, BDHConfig(**CFG))

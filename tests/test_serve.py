@@ -225,19 +225,19 @@ def free_port() -> int:
 class ServerProc:
     """`python -m bdh serve` as a subprocess on a free loopback port."""
 
-    def __init__(self, model_dirs, sessions_dir):
+    def __init__(self, model_dirs, sessions_dir, preexec_fn=None):
         self.args = [sys.executable, "-m", "bdh", "serve", "--model", f"bdh={model_dirs['bdh']}",
                      "--model", f"gpt={model_dirs['gpt']}", "--sessions-dir", str(sessions_dir), "--api-key", KEY,
                      "--threads", "1", "--max-batch", "8", "--max-prompt-tokens", "64", "--max-tokens", "64",
                      "--max-body-bytes", "4096"]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = None
+        self.proc, self.preexec_fn = None, preexec_fn
 
     def start(self) -> "ServerProc":
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(self.args + ["--port", str(self.port)], env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+                                     stderr=subprocess.STDOUT, text=True, preexec_fn=self.preexec_fn)
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -425,8 +425,137 @@ def test_bounded_load_test_loses_nothing(server):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     from bdh.cli import main
 
-    assert main(["serve", "--model", str(tmp_path / "missing"), "--sessions-dir", str(tmp_path / "s")]) == 1
+    assert main(["serve", "--model", str(tmp_path / "missing"), "--sessions-dir", str(tmp_path / "s"),
+                 "--port", "0"]) == 1  # (the port is bound first: 8000 may be taken on this machine)
     err = capsys.readouterr().err.strip()
     assert err.startswith("bdh serve: error:") and "missing" in err and "\n" not in err
     with pytest.raises(SystemExit):
         main(["serve", "--model", str(tmp_path), "--port", "70000"])
+
+
+# ----------------------------------------------------------------------------------------------- issue 23
+def _error(r, status: int, code: str | None = None, *words: str) -> dict:
+    """The server's JSON error body of a response of `status`, whose message names every one of `words`."""
+    assert r.status_code == status, r.text
+    e = r.json()["error"]
+    assert set(e) == {"message", "type", "param", "code"}, e
+    if code is not None:
+        assert e["code"] == code, e
+    for w in words:
+        assert w in e["message"], (w, e)
+    return e
+
+
+def test_lone_surrogates_are_400_naming_the_field(server):
+    """JSON may escape half a surrogate pair ("\\ud800"), which is no text: before, 500 "internal error:
+    ValueError" (the tokenizer) or the value taken; now 400 naming the field and the character."""
+    h = http(server)
+    bad = '"a\\ud800b"'  # the JSON escape, sent as written: a client's JSON encoder refuses the str
+    cases = [
+        ("/v1/completions", '{"model": "bdh", "max_tokens": 2, "prompt": %s}', "prompt"),
+        ("/v1/completions", '{"model": "bdh", "max_tokens": 2, "prompt": [%s]}', "prompt.0"),
+        ("/v1/completions", '{"model": "bdh", "max_tokens": 2, "prompt": "ab", "stop": [%s]}', "stop.0"),
+        ("/v1/completions", '{"model": "bdh", "max_tokens": 2, "prompt": "ab", "session": %s}', "session"),
+        ("/v1/completions", '{"model": %s, "max_tokens": 2, "prompt": "ab"}', "model"),
+        ("/v1/chat/completions", '{"model": "bdh", "max_tokens": 2, "messages": [{"role": "user", "content": %s}]}',
+         "messages.0.content"),
+        ("/v1/chat/completions", '{"model": "bdh", "max_tokens": 2, "messages": [{"role": "user", "content": '
+                                 '[{"type": "text", "text": %s}]}]}', "messages.0.content.0.text"),
+        ("/v1/sessions", '{"model": %s}', "model"),
+    ]
+    n_sessions = len(h.get("/v1/sessions").json()["data"])
+    for path, body, param in cases:
+        r = h.post(path, content=(body % bad).encode(), headers={"Content-Type": "application/json"})
+        e = _error(r, 400, "invalid_value", param, "character 1", "\\ud800", "surrogate")
+        assert e["param"] == param
+    assert len(h.get("/v1/sessions").json()["data"]) == n_sessions  # nothing was created
+    # a whole surrogate pair is text: accepted
+    r = h.post("/v1/completions", content=b'{"model": "bdh", "max_tokens": 2, "prompt": "\\ud83d\\ude00"}',
+               headers={"Content-Type": "application/json"})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 4, r.text
+    h.close()
+
+
+def test_full_disk_sessions_get_507_and_leave_no_file(model_dirs, tmp_path):
+    """A 20 kB file-size limit on the server (RLIMIT_FSIZE: writes past it fail with EFBIG, as on a full disk): a
+    BDH session (66 kB) cannot be saved, a GPT session (0.5 kB per token) holds ~35 tokens. Before: 500 "internal
+    error: OSError", a "new" session whose turn failed left on disk, a streamed turn cut off. Now: 507 naming the
+    problem, no file the client has no id for, the session as it was, and whatever fits still served."""
+    from test_audit import _file_size_limit
+
+    sdir = tmp_path / "sessions"
+    srv = ServerProc(model_dirs, sdir, preexec_fn=_file_size_limit(20_000)).start()
+    try:
+        c, h = client(srv), http(srv)
+        no_room = ("insufficient_storage", "no room", "File too large")
+        _error(h.post("/v1/sessions", json={"model": "bdh"}), 507, *no_room, "no session was created")
+        _error(h.post("/v1/completions", json={"model": "bdh", "prompt": "hi", "max_tokens": 2, "session": "new"}),
+               507, *no_room, "no session was created")
+        _error(h.post("/v1/completions", json={"model": "gpt", "prompt": "x" * 40, "max_tokens": 8,
+                                               "session": "new"}), 507, *no_room, "deleted")  # the turn's save
+        with pytest.raises(openai.APIStatusError) as got:
+            c.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "y" * 40}], max_tokens=8,
+                                      extra_body={"session": "new"})
+        _error(got.value.response, 507, *no_room, "deleted")
+        assert h.get("/v1/sessions").json()["data"] == [] and sorted(sdir.iterdir()) == []  # no orphan
+        # a session that fits: a turn too large for the disk leaves it as it was, streamed or not
+        r = c.completions.create(model="gpt", prompt="hello", max_tokens=4, temperature=0,
+                                 extra_body={"session": "new"})
+        sid, n = r.model_extra["session"]["id"], r.model_extra["session"]["n_tokens"]
+        file = sdir / f"{sid}.safetensors"
+        saved = file.read_bytes()
+        with pytest.raises(openai.APIStatusError) as got:
+            c.completions.create(model="gpt", prompt="z" * 30, max_tokens=4, temperature=0,
+                                 extra_body={"session": sid})
+        _error(got.value.response, 507, *no_room, sid, "keeps its state of before this request")
+        with h.stream("POST", "/v1/completions", json={"model": "gpt", "prompt": "z" * 30, "max_tokens": 4,
+                                                        "stream": True, "session": sid}) as r:
+            events = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {")]
+        assert events[-1]["error"]["code"] == "insufficient_storage" and sid in events[-1]["error"]["message"]
+        assert h.get(f"/v1/sessions/{sid}").json()["n_tokens"] == n and file.read_bytes() == saved
+        r = c.completions.create(model="gpt", prompt="a", max_tokens=2, temperature=0, extra_body={"session": sid})
+        assert r.model_extra["session"]["n_tokens"] == n + 3  # it continues
+        r = c.completions.create(model="bdh", prompt="no session", max_tokens=3)  # requests without a session
+        assert r.usage.completion_tokens == 3 and h.get("/health").json()["status"] == "ok"
+        h.close()
+    finally:
+        srv.stop()
+    assert sorted(p.name for p in sdir.iterdir()) == [file.name]  # no temporary file either
+
+
+def test_unreadable_session_files_are_moved_aside_and_reported(model_dirs, tmp_path):
+    """Session files the server cannot read (truncated, not safetensors, another format). Before: skipped in
+    silence, then "does not exist". Now: a warning per file at start naming it, the file moved (unchanged) into
+    `unreadable/`, and a request for its session told so (410); the readable sessions are served."""
+    from safetensors.torch import save_file
+
+    sdir = tmp_path / "sessions"
+    store = SessionStore(sdir, {"gpt": load_model(model_dirs["gpt"])}, {"gpt": model_fingerprint(model_dirs["gpt"])})
+    good, bad = store.create("gpt")["id"], [store.create("gpt")["id"] for _ in range(3)]
+    file = {sid: sdir / f"{sid}.safetensors" for sid in [good, *bad]}
+    file[bad[0]].write_bytes(file[bad[0]].read_bytes()[:100])  # truncated
+    file[bad[1]].write_bytes(b"not a safetensors file")
+    save_file({"x": torch.zeros(2)}, str(file[bad[2]]), metadata={"format": "something else"})
+    content = {sid: file[sid].read_bytes() for sid in bad}
+    srv = ServerProc(model_dirs, sdir).start()
+    try:
+        h = http(srv)
+        assert [s["id"] for s in h.get("/v1/sessions").json()["data"]] == [good]
+        for sid in bad:
+            for r in (h.get(f"/v1/sessions/{sid}"),
+                      h.post("/v1/completions", json={"model": "gpt", "prompt": "a", "max_tokens": 1, "session": sid})):
+                _error(r, 410, "session_unreadable", sid, "unreadable", f"moved to unreadable/{sid}.safetensors")
+        r = h.post("/v1/completions", json={"model": "gpt", "prompt": "a", "max_tokens": 1, "session": good})
+        assert r.status_code == 200 and r.json()["session"]["n_tokens"] == 2
+        assert h.get("/health").json()["sessions"]["unreadable"] == 3
+        h.close()
+    finally:
+        srv.stop()
+    out = srv.proc.stdout.read()
+    for sid in bad:
+        assert not file[sid].exists() and (sdir / "unreadable" / file[sid].name).read_bytes() == content[sid]
+        lines = [x for x in out.splitlines() if file[sid].name in x]
+        assert len(lines) == 1 and "warning" in lines[0] and "unreadable" in lines[0], out
+    assert "3 unreadable" in out
+    again = SessionStore(sdir, {}, {})  # moved aside: a restart finds nothing more to warn about
+    assert again.unreadable == {} and [s["id"] for s in again.list()] == [good]

@@ -11,7 +11,8 @@ import textwrap
 import pytest
 import torch
 
-from bdh.tasks import TASKS, Example, Task, TaskError, exact_match, load_task, masked_loss
+from bdh.tasks import (MAX_BATCH_TOKENS, MAX_EXAMPLE_TOKENS, MAX_SIZE, MAX_VOCAB, TASKS, Example, Task, TaskError,
+                       check_task, exact_match, load_task, masked_loss)
 from bdh.tasks.builtin import count_solutions, eca_step, random_solved_grid
 
 BUILTINS = ["parity", "mqar", "copy", "reverse", "vartrack", "eca", "addition", "sudoku4", "sudoku9"]
@@ -397,3 +398,131 @@ def test_exact_match_and_masked_loss_on_a_batch():
     wrong_unscored = logits.clone()
     wrong_unscored[:, 0] = torch.roll(wrong_unscored[:, 0], 1, dims=-1)  # position 0 is not an answer
     assert exact_match(wrong_unscored, y, m).tolist() == [1.0] * 8
+
+
+# ----------------------------------------------------------------------------- user code and bounds (issue 23, item 2)
+class Bits(Task):
+    """Echo of random bits; `fail_at` sizes raise (a user's example() failing late)."""
+    name = "bits"
+    vocab = ("<pad>", "0", "1")
+    size_name, train_size = "length", 4
+    fail_at: tuple[int, ...] = ()
+
+    def example(self, rng, size):
+        if size in self.fail_at:
+            raise ZeroDivisionError(f"no bits at {size}\nsecond line")
+        bits = [1 + rng.randrange(2) for _ in range(size)]
+        return Example(bits, bits, [True] * size)
+
+
+class FailsAt3(Bits):
+    """Fails at length 3: inside [1, 4], but neither end (the sizes the up-front check used to try)."""
+    fail_at = (3,)
+
+
+def test_user_code_that_raises_is_one_task_error():
+    task = Bits()
+    task.fail_at = (5,)
+    for call in (lambda: task.batch(random.Random(0), 5, 2), lambda: task.checked_example(random.Random(0), 5)):
+        with pytest.raises(TaskError) as e:
+            call()
+        assert str(e.value) == "task 'bits' (length=5): example() raised ZeroDivisionError: no bits at 5"
+        assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+def test_the_run_check_tries_every_validation_size():
+    """A task run refuses a task failing at a validation size before anything is written (before: only the
+    smallest and largest sizes were tried, so length 3 failed in the trainer, after the tokenizer was saved)."""
+    from bdh.tasks import task_run_config
+
+    with pytest.raises(TaskError, match=r"'bits' \(length=3\): example\(\) raised ZeroDivisionError"):
+        task_run_config(f"{__file__}:FailsAt3")
+
+
+class _Vocab(Bits):
+    @property
+    def vocab(self):
+        raise KeyError("vocab")
+
+
+def _with(**attrs) -> Task:
+    t = Bits()
+    for k, v in attrs.items():
+        setattr(t, k, v)
+    return t
+
+
+BAD_DECLARATIONS = {
+    "vocabulary over MAX_VOCAB": (lambda: _with(vocab=("<pad>", *map(str, range(MAX_VOCAB)))),
+                                  f"vocabulary of {MAX_VOCAB + 1} tokens: expected 2 to {MAX_VOCAB}"),
+    "one-token vocabulary": (lambda: _with(vocab=("<pad>",)), "vocabulary of 1 tokens: expected 2"),
+    "vocabulary a string": (lambda: _with(vocab="<pad>ab"), "vocab='<pad>ab': expected a tuple or list"),
+    "vocabulary of ints": (lambda: _with(vocab=("<pad>", 1)), r"vocab\[1\]=1: expected a string"),
+    "vocab raises": (_Vocab, "reading vocab raised KeyError"),
+    "name": (lambda: _with(name=3), "name=3: expected a non-empty string"),
+    "size_name": (lambda: _with(size_name=""), "size_name='': expected a non-empty string"),
+    "min_size": (lambda: _with(min_size="1"), "min_size='1': expected a non-negative integer"),
+    "max_size": (lambda: _with(min_size=4, max_size=2), "max_size=2: expected None or an integer >= min_size 4"),
+    "train_size": (lambda: _with(max_size=3), r"length=4: expected >= 1 and <= 3"),
+    "train_size over MAX_SIZE": (lambda: _with(train_size=MAX_SIZE + 1), f"length={MAX_SIZE + 1}: .*<= {MAX_SIZE}"),
+}
+
+
+@pytest.mark.parametrize("what", BAD_DECLARATIONS)
+def test_declared_attributes_are_checked(what):
+    make, message = BAD_DECLARATIONS[what]
+    with pytest.raises(TaskError, match=message) as e:
+        check_task(make())
+    assert "\n" not in str(e.value)
+
+
+def test_user_files_are_checked_when_loaded_and_write_no_bytecode(tmp_path):
+    src = textwrap.dedent('''
+        from bdh.tasks import Task
+
+        class Huge(Task):
+            name = "huge"
+            vocab = ("<pad>", *map(str, range(5_000_000)))
+
+        class Raises(Task):
+            def __init__(self):
+                raise RuntimeError("no init\\nsecond line")
+    ''')
+    (tmp_path / "user_task.py").write_text(src)
+    with pytest.raises(TaskError, match=f"task 'huge': a vocabulary of 5000001 tokens: expected 2 to {MAX_VOCAB}"):
+        load_task(f"{tmp_path / 'user_task.py'}:Huge")
+    with pytest.raises(TaskError, match=r"Raises\(\) raised RuntimeError: no init$"):
+        load_task(f"{tmp_path / 'user_task.py'}:Raises")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["user_task.py"]  # no __pycache__ beside it
+
+
+def test_sizes_examples_and_batches_are_bounded():
+    parity = load_task("parity")
+    assert parity.check_size(MAX_SIZE) == MAX_SIZE
+    with pytest.raises(TaskError, match=f"length={MAX_SIZE + 1}: expected >= 1 and <= {MAX_SIZE} "):
+        parity.check_size(MAX_SIZE + 1)  # before: accepted (a task without max_size had no bound)
+    capped = _with(max_size=10**12)
+    with pytest.raises(TaskError, match=f"<= {MAX_SIZE} "):
+        capped.check_size(MAX_SIZE + 1)
+
+    class Long(Bits):
+        def example(self, rng, size):
+            n = MAX_EXAMPLE_TOKENS + 1
+            return Example([1] * n, [1] * n, [True] * n)
+
+    with pytest.raises(TaskError, match=f"{MAX_EXAMPLE_TOKENS + 1} tokens: expected at most {MAX_EXAMPLE_TOKENS}"):
+        Long().checked_example(random.Random(0), 2)
+
+    calls = []
+
+    class Counted(Bits):
+        def example(self, rng, size):
+            calls.append(size)
+            return super().example(rng, size)
+
+    n = MAX_BATCH_TOKENS // 4 + 1
+    with pytest.raises(TaskError, match=f"{n} examples of 4 tokens.*expected at most {MAX_BATCH_TOKENS}"):
+        Counted().batch(random.Random(0), 4, n)
+    assert calls == [4]  # refused after the first example, before the rest are generated
+    x, _, _ = Counted().batch(random.Random(0), 4, MAX_BATCH_TOKENS // 4 // 1024)  # within the bound: served
+    assert x.shape == (MAX_BATCH_TOKENS // 4 // 1024, 4)

@@ -17,7 +17,7 @@ import torch
 from bdh.checkpoint import CheckpointError
 from bdh.interface import build_model
 from bdh.tasks import Example, Task, TaskError, evaluate_task, exact_match, load_task, masked_loss, task_run_config
-from bdh.tasks.evaluate import size_rng, with_layers
+from bdh.tasks.evaluate import MAX_PASSES, size_rng, with_layers
 from bdh.training import train
 from bdh.training.batching import IGNORE_INDEX, TaskSampler
 
@@ -162,6 +162,8 @@ def test_layer_passes_change_bdh_and_are_refused_for_gpt():
     assert evaluate_task(bdh, task, [8], n_examples=4, n_layer=4)[0]["n_layer"] == 4
     with pytest.raises(TaskError, match="per-layer weights"):
         evaluate_task(gpt, task, [8], n_examples=4, n_layer=3)
+    with pytest.raises(TaskError, match=f"n_layer={MAX_PASSES + 1}: expected an integer from 1 to {MAX_PASSES}"):
+        with_layers(bdh, MAX_PASSES + 1)  # before: a model of MAX_PASSES + 1 layer states, run at that depth
 
 
 def _cli(*args, cwd):

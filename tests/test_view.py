@@ -60,10 +60,12 @@ def gpt_dir(tmp_path_factory):
 
 
 class Server:
-    """`bdh view` in a subprocess; the URL is read from its first stdout line."""
+    """`bdh view` in a subprocess; the URL is read from its first stdout line (`page_url`: as printed, with the
+    token; `url`: without). `token`: sent as 'Authorization: Bearer' by `request`."""
 
-    def __init__(self, *args: str, timeout: float = 120.0):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    def __init__(self, *args: str, timeout: float = 120.0, env: dict | None = None, token: str | None = None):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.auth = {"authorization": f"Bearer {token}"} if token else {}
         self.proc = subprocess.Popen([sys.executable, "-m", "bdh", "view", *args, "--port", "0", "--threads", "1"],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         lines: queue.Queue = queue.Queue()
@@ -75,8 +77,9 @@ class Server:
         except queue.Empty:
             self.close()
             raise RuntimeError(f"bdh view printed no URL in {timeout} s; stderr: {''.join(self.stderr)[-2000:]}")
-        assert first.startswith("bdh view: http://127.0.0.1:"), first
-        self.url = first.split()[2]
+        assert first.startswith("bdh view: http://"), first
+        self.page_url = first.split()[2]
+        self.url = self.page_url.split("?", 1)[0]
         deadline = time.monotonic() + timeout  # the socket is bound before the URL is printed; wait for the app
         while True:
             try:
@@ -88,10 +91,11 @@ class Server:
                     raise RuntimeError(f"bdh view does not answer at {self.url}; stderr: {''.join(self.stderr)[-2000:]}")
                 time.sleep(0.05)
 
-    def request(self, path: str, body=None, raw: bytes | None = None) -> tuple[int, dict]:
+    def request(self, path: str, body=None, raw: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+        """(status, JSON body) of `path`; `headers` replace the default authorization."""
         payload = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         req = urllib.request.Request(self.url + path, data=payload, method="GET" if payload is None else "POST",
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json", **(self.auth if headers is None else headers)})
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 return r.status, json.loads(r.read())
@@ -420,12 +424,23 @@ def test_browser_text_neuron_synapse_state(browser, bdh_server, bdh_model, tmp_p
     page.close()
 
 
-def test_browser_exported_page_offline(browser, bdh_dir, bdh_model, tmp_path):
-    out = tmp_path / "page.html"
+@pytest.fixture(scope="module")
+def exported(bdh_dir, tmp_path_factory) -> Path:
+    """`bdh view --export` of TEXT."""
+    out = tmp_path_factory.mktemp("export") / "page.html"
     assert main(["view", "--model", str(bdh_dir), "--export", str(out), "--text", TEXT]) == 0
+    return out
+
+
+def open_exported(browser, out: Path):
     page = offline_page(browser, out.as_uri())  # only the file itself may load
     page.goto(out.as_uri())
     page.wait_for_selector("body[data-ready='1']")
+    return page
+
+
+def test_browser_exported_page_offline(browser, exported, bdh_model, tmp_path):
+    page = open_exported(browser, exported)
     _wait_rendered(page, "#heatmap")
     want = data.text_view(bdh_model, TEXT)
     assert page.locator(".tok").count() == want["n_tokens"]
@@ -438,6 +453,144 @@ def test_browser_exported_page_offline(browser, bdh_dir, bdh_model, tmp_path):
     assert page.blocked == [] and page.console_errors == []
     page.screenshot(path=str(tmp_path / "export.png"), full_page=True)
     page.close()
+
+
+def test_browser_export_has_no_blank_tab(browser, exported):
+    """The exported page shows only the views it holds (Text, State), each with content and no disabled button,
+    and says that Neuron and Synapse need the live server; a token's neuron rows lead nowhere hidden."""
+    page = open_exported(browser, exported)
+    assert "bdh view --model" in page.inner_text("#model-info")
+    tabs = page.locator("#tabs button")
+    shown = [tabs.nth(i).get_attribute("data-tab") for i in range(tabs.count()) if tabs.nth(i).is_visible()]
+    assert shown == ["text", "state"]
+    for name in shown:
+        page.click(f"#tabs button[data-tab='{name}']")
+        assert page.is_visible(f"#tab-{name}")
+        assert page.locator(f"#tab-{name} button:visible").evaluate_all("bs => bs.filter((b) => b.disabled).length") == 0
+        assert page.locator(f"#tab-{name} .chart:visible").count() > 0
+    page.click("#tabs button[data-tab='text']")
+    page.click(".tok[data-t='4']")
+    page.locator("#token-neurons tr.neuron-row").first.click()
+    assert page.is_visible("#tab-text") and not page.is_visible("#tab-neuron")
+    assert page.blocked == [] and page.console_errors == []
+    page.close()
+
+
+def test_browser_loss_legend(browser, exported, bdh_model):
+    """The Text view's legend: the loss each colour stands for, the same colours as the tokens'."""
+    page = open_exported(browser, exported)
+    page.wait_for_selector("#tokens[data-ready='1']")
+    want = data.text_view(bdh_model, TEXT)["loss"]
+    hi = max(x for x in want if x is not None)
+    legend = page.locator("#loss-legend")
+    assert legend.is_visible() and float(legend.get_attribute("data-max")) == pytest.approx(hi, abs=1e-6)
+    assert f"{hi:.2f}" in legend.inner_text() and "nats" in legend.inner_text()
+    bg = lambda sel: page.locator(sel).evaluate("e => getComputedStyle(e).backgroundColor")  # noqa: E731
+    steps = page.locator("#loss-legend .swatch[data-loss]:not([data-loss=''])")
+    values = [float(steps.nth(i).get_attribute("data-loss")) for i in range(steps.count())]
+    assert values[0] == 0 and values[-1] == pytest.approx(hi, abs=1e-6) and values == sorted(values)
+    assert bg(f".tok[data-t='{want.index(hi)}']") == bg("#loss-legend .swatch[data-loss]:not([data-loss='']) >> nth=-1")
+    assert bg(".tok[data-t='0']") == bg("#loss-legend .swatch[data-loss='']")  # the first token: no loss
+    page.close()
+
+
+# The page-pixel boxes of a chart's x-axis labels and of its zoom slider, from ECharts' own layout (public
+# getInstanceByDom, getModel, getViewOfComponentModel). A label's box is its line box, 1.2 x its font size about
+# the centre ECharts placed it at (ECharts sizes a line by a CJK glyph, absent from a bare system: too small).
+_BOXES = """(div) => {
+  const c = echarts.getInstanceByDom(div), m = c.getModel(), r0 = div.getBoundingClientRect();
+  const boxes = (type, keep, box) => {
+    const out = [];
+    c.getViewOfComponentModel(m.getComponent(type, 0)).group.traverse((e) => {
+      if (e.isGroup || e.ignore || e.invisible || !keep(e)) return;
+      const r = e.getBoundingRect().clone();
+      r.applyTransform(e.getComputedTransform());
+      if (r.width > 0 && r.height > 0) out.push(box(e, [r.x + r0.x, r.y + r0.y, r.width, r.height]));
+    });
+    return out;
+  };
+  const line = (e, [x, y, w, h]) => { const fs = e.style.fontSize || 12; return [x, y + h / 2 - 0.6 * fs, w, 1.2 * fs]; };
+  return { labels: boxes("xAxis", (e) => e.type === "text" && e.style.text, line),
+           slider: boxes("dataZoom", () => true, (e, b) => b) };
+}"""
+
+
+def _intersect(a, b) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def test_browser_axis_labels_clear_the_zoom_slider(browser, bdh_server):
+    """The x-axis labels (tokens) of the sigma chart and of the Text view's heatmap (over 120 tokens: zoomable)
+    do not overlap their zoom sliders."""
+    page = offline_page(browser, bdh_server.url)
+    page.goto(bdh_server.url)
+    page.wait_for_selector("body[data-ready='1']")
+    page.fill("#text", "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+                       "The slings and arrows of outrageous fortune,")
+    page.click("#run")
+    _wait_rendered(page, "#heatmap")
+    page.click("#tabs button[data-tab='synapse']")
+    page.click("#s-run")
+    _wait_rendered(page, "#sigma")
+    for chart in ("#sigma", "#heatmap"):
+        page.click(f"#tabs button[data-tab='{'synapse' if chart == '#sigma' else 'text'}']")
+        b = page.locator(chart).evaluate(_BOXES)
+        assert b["labels"] and b["slider"], chart
+        bad = [(l, s) for l in b["labels"] for s in b["slider"] if _intersect(l, s)]
+        assert not bad, (chart, bad[:3])
+    assert page.console_errors == [] and page.blocked == []
+    page.close()
+
+
+TOKEN = "s3cret-Token_1"
+
+
+def test_token_guards_page_and_api(browser, bdh_dir):
+    """With a token ($BDH_VIEW_TOKEN here) every path answers 401 without it; the printed URL (?token=) opens a
+    working page, whose own requests then carry it (a cookie)."""
+    s = Server("--model", str(bdh_dir), "--no-index", env={"BDH_VIEW_TOKEN": TOKEN}, token=TOKEN)
+    try:
+        assert s.page_url == s.url + "?token=" + TOKEN
+        for path in ("", "api/info", "static/view.js", "api/info?token=wrong"):
+            for headers in ({}, {"authorization": "Bearer wrong"}, {"cookie": f"bdh_view_{s.url.rsplit(':', 1)[1].strip('/')}=wrong"}):
+                req = urllib.request.Request(s.url + path, headers=headers)
+                with pytest.raises(urllib.error.HTTPError) as e:
+                    urllib.request.urlopen(req, timeout=60)
+                assert e.value.code == 401, (path, headers)
+                assert "token" in json.loads(e.value.read())["error"]
+        status, body = s.request("api/text", {"text": TEXT}, headers={})
+        assert status == 401 and "token" in body["error"]
+        status, body = s.request("api/text", {"text": TEXT})  # the bearer header
+        assert status == 200 and body["n_tokens"] == len(TEXT.encode())
+        page = offline_page(browser, s.url)
+        assert page.goto(s.url).status == 401
+        page.goto(s.page_url)
+        page.wait_for_selector("body[data-ready='1']")
+        page.click("#run")
+        page.wait_for_selector("#tokens[data-ready='1']")
+        assert page.locator(".tok").count() == len(page.input_value("#text").encode())
+        assert page.is_hidden("#error") and page.blocked == [] and page.console_errors == []
+        page.close()
+    finally:
+        s.close()
+
+
+def test_non_loopback_host_warns_without_token(bdh_dir):
+    from bdh.view.cli import VIEW_TOKEN
+
+    s = Server("--model", str(bdh_dir), "--no-index", "--host", "0.0.0.0")
+    try:
+        assert s.url.startswith("http://0.0.0.0:") and s.get("api/info")["bdh"]
+        warning = "".join(s.stderr)
+        assert "warning: listening on 0.0.0.0 without an access token" in warning and "--token" in warning
+    finally:
+        s.close()
+    assert VIEW_TOKEN.warning("bdh view", "0.0.0.0", None, "x")
+    for host in ("::", "192.168.1.5", "example.org"):
+        assert host in VIEW_TOKEN.warning("bdh view", host, None, "x")
+    for host, token in (("127.0.0.1", None), ("localhost", None), ("::1", None), ("127.0.0.2", None),
+                        ("0.0.0.0", TOKEN)):
+        assert VIEW_TOKEN.warning("bdh view", host, token, "x") is None, host
 
 
 def test_browser_gpt(browser, gpt_dir):

@@ -18,13 +18,14 @@ from typing import Any
 import torch
 
 from .interface import build_model, load_config
-from .io import atomic_path, atomic_write_text
+from .io import atomic_path, atomic_write_json, atomic_write_text, file_sha256
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 HF_CODE_NAME = "modeling_bdh.py"  # what transformers imports for `trust_remote_code=True` (config.json's auto_map)
 # model_type -> (config class, model class) in `bdh.hf`: the Hugging Face fields written into config.json
 HF_CLASSES = {"bdh": ("BDHConfigHF", "BDHForCausalLM"), "gpt": ("GPTConfigHF", "GPTForCausalLM")}
+HF_TOKENIZER_CLASS = "BDHTokenizerFast"  # AutoTokenizer's class (tokenizer_config.json's auto_map), every model type
 HF_CODE = '''"""Hugging Face classes of this model directory, for transformers' `trust_remote_code=True`.
 
 The model's code is not in this file: it comes from the installed `bdh` package (pip install "bdh[hf]"), whose
@@ -148,14 +149,7 @@ def hf_fields(model_type: str) -> dict[str, Any]:
 def model_fingerprint(directory: str | os.PathLike) -> str:
     """SHA-256 of a model directory's config.json and weights: what caches and sessions made from a model are
     keyed to (`bdh view`'s neuron index, `bdh serve`'s sessions), so that other weights are told apart."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        with open(Path(directory) / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    return file_sha256(Path(directory) / CONFIG_NAME, Path(directory) / WEIGHTS_NAME)
 
 
 def save_pretrained(model, directory: str | os.PathLike, tokenizer: Any = None) -> None:
@@ -170,7 +164,36 @@ def save_pretrained(model, directory: str | os.PathLike, tokenizer: Any = None) 
     if hf:
         atomic_write_text(directory / HF_CODE_NAME, HF_CODE)
     if tokenizer is not None:
-        tokenizer.save(directory)
+        save_tokenizer(tokenizer, directory, hf=bool(hf))
+
+
+def save_tokenizer(tokenizer, directory: str | os.PathLike, hf: bool = True) -> None:
+    """`tokenizer.save(directory)`; with `hf`, also `auto_map` in its tokenizer_config.json and `modeling_bdh.py`
+    beside it, as config.json has: transformers' AutoTokenizer then loads `BDHTokenizerFast` with
+    trust_remote_code=True (and without it asks for trust_remote_code rather than for sentencepiece)."""
+    import json
+
+    from .tokenization import CONFIG_FILE
+
+    directory = Path(directory)
+    tokenizer.save(directory)
+    cfg = directory / CONFIG_FILE
+    if hf and cfg.is_file():  # (a MissingTokenizer writes nothing)
+        fields = json.loads(cfg.read_text(encoding="utf-8"))
+        fields["auto_map"] = {"AutoTokenizer": [None, f"{HF_CODE_NAME.removesuffix('.py')}.{HF_TOKENIZER_CLASS}"]}
+        atomic_write_json(cfg, fields, sort_keys=True)
+        atomic_write_text(directory / HF_CODE_NAME, HF_CODE)
+
+
+def directory_tokenizer(directory: str | os.PathLike, vocab_size: int):
+    """The tokenizer saved in a model directory, for a model of `vocab_size` tokens (`load_tokenizer`): bytes when
+    none is saved and vocab_size is 256, else a `MissingTokenizer` (an error on use); CheckpointError for a saved
+    tokenizer of another size (`check_vocab`)."""
+    from .tokenization import check_vocab, load_tokenizer
+
+    tokenizer = load_tokenizer(directory, vocab_size)
+    check_vocab(tokenizer, vocab_size, str(directory), CheckpointError)
+    return tokenizer
 
 
 def load_pretrained(directory: str | os.PathLike, *, device="cpu", dtype: torch.dtype | None = None):
@@ -179,11 +202,12 @@ def load_pretrained(directory: str | os.PathLike, *, device="cpu", dtype: torch.
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .tokenization import load_tokenizer
-
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"model directory: expected a path (str or os.PathLike), got {type(directory).__name__}")
     directory = Path(directory)
+    if directory.is_file():
+        raise NotADirectoryError(f"model directory {str(directory)!r} is a file: expected the directory that holds "
+                                 f"{CONFIG_NAME} and {WEIGHTS_NAME}")
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory {str(directory)!r} does not exist")
     cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -199,11 +223,7 @@ def load_pretrained(directory: str | os.PathLike, *, device="cpu", dtype: torch.
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{w_path}: truncated or not a safetensors file ({e})") from e
     model = model_from_tensors(tensors, config, str(w_path))
-    model.tokenizer = load_tokenizer(directory)  # bytes when the directory holds no tokenizer
-    if model.tokenizer.vocab_size > config.vocab_size:
-        raise CheckpointError(
-            f"{directory}: tokenizer has {model.tokenizer.vocab_size} tokens but the model's vocab_size is {config.vocab_size}"
-        )
+    model.tokenizer = directory_tokenizer(directory, config.vocab_size)  # bytes when none is saved (vocab_size 256)
     if dtype is not None:
         model = model.to(dtype=dtype)
     return model.to(device=device).eval()

@@ -11,7 +11,9 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
+import traceback
 
 from .generation import SEED_MAX  # seeds in [0, 2^63): torch.Generator.manual_seed's range
 
@@ -165,7 +167,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         stop=args.stop,
         **({} if args.sparse == "auto" else {"sparse": args.sparse == "on"}),
     )
-    sys.stdout.write(args.prompt)  # only now: nothing is printed for a bad option
+    first = next(deltas, "")  # the prompt's logits checked (a corrupt model fails here), before anything is printed
+    sys.stdout.write(args.prompt + first)  # only now: nothing is printed for a bad option or model
     sys.stdout.flush()
     for delta in deltas:
         sys.stdout.write(delta)
@@ -249,19 +252,42 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         mod.register(sub)
+    _add_debug(p, False)
     return p
+
+
+DEBUG_HELP = "on an error, print the whole traceback (also BDH_DEBUG=1)"
+
+
+def _add_debug(parser: argparse.ArgumentParser, default) -> None:
+    """--debug on `parser` and on every (sub)command below it, so that it may be given anywhere."""
+    parser.add_argument("--debug", action="store_true", default=default, help=DEBUG_HELP)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_debug(child, argparse.SUPPRESS)  # a subcommand's default must not reset the top level's
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("BDH_DEBUG", "").strip() not in ("", "0")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("bdh: interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError) as e:  # bad input: one line, non-zero exit
+        if debug:
+            traceback.print_exc()
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"bdh {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 (a bug, not bad input: one line naming it, the traceback on request)
+        if debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"bdh {args.command}: internal error: {type(e).__name__}{': ' + msg if msg else ''} (run again with "
+              "--debug for the traceback, and please report it)", file=sys.stderr)
         return 1
 
 

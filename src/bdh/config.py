@@ -18,6 +18,21 @@ from ._version import __version__
 from .io import atomic_write_json
 
 FORMS = ("parallel", "chunked", "recurrent", "auto")
+
+
+def alibi_slopes(n_head: int) -> list[float]:
+    """ALiBi's head slopes m_h (Press et al. 2022): 2^(-8(h+1)/n_head) for a power-of-two head count, else their
+    rule (the slopes of the next lower power of two, then every other slope of the power above). The one
+    definition: BDH's damping="alibi" (gamma_h = exp(-m_h)) and the GPT baseline's ALiBi bias both use it."""
+
+    def power_of_2(n: int) -> list[float]:
+        start = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(n_head).is_integer():
+        return power_of_2(n_head)
+    c = 2 ** math.floor(math.log2(n_head))
+    return power_of_2(c) + power_of_2(2 * c)[0::2][: n_head - c]
 # Hugging Face fields a config.json may carry beside the model's own (written by `bdh.checkpoint.save_pretrained`
 # so that transformers can load the directory; ignored when the config is read)
 HF_KEYS = ("architectures", "auto_map", "transformers_version")
@@ -79,7 +94,8 @@ class BDHConfig(JSONConfig):
     # --- additions; defaults reproduce the reference ---
     rope_theta: float = 2.0**16
     # Per-head multiplicative decay of the attention state (ALiBi-style damping, U = diag(gamma) * RoPE).
-    # None: off (the reference). "alibi": gamma_h = exp(-m_h) with ALiBi's slopes m_h = 2^(-8(h+1)/n_head).
+    # None: off (the reference). "alibi": gamma_h = exp(-m_h) with ALiBi's slopes (`alibi_slopes`: m_h =
+    # 2^(-8(h+1)/n_head) for a power-of-two n_head, ALiBi's own rule otherwise).
     # A list of n_head floats in (0, 1]: gamma_h given directly.
     damping: str | list[float] | None = None
     # Chunk length C of the chunked (linear-time) form; form="auto" uses the parallel form up to C tokens.
@@ -115,7 +131,7 @@ class BDHConfig(JSONConfig):
         if self.damping is None:
             return None
         if self.damping == "alibi":
-            return [math.exp(-(2.0 ** (-8.0 * (h + 1) / self.n_head))) for h in range(self.n_head)]
+            return [math.exp(-m) for m in alibi_slopes(self.n_head)]
         return [float(g) for g in self.damping]
 
     # ------------------------------------------------------------------ validation

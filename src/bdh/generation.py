@@ -21,6 +21,8 @@ from typing import Iterator, Sequence
 
 import torch
 
+from .tokenization import model_tokenizer
+
 PREFILL_PIECE = 512  # prompt tokens per prefill call (rounded to whole chunks of a model with a chunk_size)
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes seeds in [0, 2^63) without overflow
 
@@ -96,25 +98,6 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-def _default_tokenizer(model, tokenizer):
-    if tokenizer is not None:
-        if not callable(getattr(tokenizer, "encode", None)) or not callable(getattr(tokenizer, "token_bytes", None)):
-            raise TypeError(f"tokenizer: expected a tokenizer with encode() and token_bytes() "
-                            f"(bdh.tokenization), got {type(tokenizer).__name__}")
-        return tokenizer
-    tok = getattr(model, "tokenizer", None)
-    if tok is not None:
-        return tok
-    from .tokenization import ByteTokenizer
-
-    if model.config.vocab_size != 256:
-        raise ValueError(
-            f"model has vocab_size={model.config.vocab_size}: pass the tokenizer it was trained with "
-            "(bytes are assumed only for vocab_size=256)"
-        )
-    return ByteTokenizer()
 
 
 class RowText:
@@ -228,7 +211,7 @@ def stream(
     this step (None when finished). `sparse` (BDH only): the decode path of every step, "auto" (default), True
     (sparse decode, `bdh.sparse`) or False (dense); the same text either way, to float rounding.
     """
-    tokenizer = _default_tokenizer(model, tokenizer)
+    tokenizer = model_tokenizer(model, tokenizer)
     params, stops = check_options(max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                   stop=stop, eos_token_id=eos_token_id, sparse=sparse,
                                   vocab_size=model.config.vocab_size)
@@ -337,7 +320,7 @@ def generate(model, prompts, max_new_tokens: int = 256, **kwargs):
     Keyword arguments as `stream` (tokenizer, temperature, top_k, top_p, seed, stop, eos_token_id, form, sparse).
     Token-id prompts (a list of ints, a list of lists, or a tensor) give token-id lists back.
     """
-    tokenizer = _default_tokenizer(model, kwargs.get("tokenizer"))
+    tokenizer = model_tokenizer(model, kwargs.get("tokenizer"))
     kwargs["tokenizer"] = tokenizer
     if not isinstance(prompts, (str, torch.Tensor)) and hasattr(prompts, "__iter__"):
         prompts = list(prompts)  # an iterator is read once, here

@@ -219,7 +219,7 @@ class BDH(HookPoints, PretrainedMixin, nn.Module):
     def carry_state(self, state: BDHState) -> BDHState:
         """The state carried to the next training / evaluation window (TBPTT): detached from autograd."""
         self._check_state(state, None)
-        return BDHState([r.detach() for r in state.rho], state.pos)
+        return BDHState([r.detach() for r in state.rho], state.pos.clone())  # its own pos: steps may be in place
 
     def state_to_tensors(self, state: BDHState, prefix: str = "") -> dict[str, torch.Tensor]:
         """`{prefix}rho.{l}` (B, nh, N, d) and `{prefix}pos` (B,): the state as named tensors (checkpoints)."""
@@ -347,6 +347,8 @@ class BDH(HookPoints, PretrainedMixin, nn.Module):
         detach_kv: bool = False,
     ) -> tuple[torch.Tensor, BDHState]:
         B = token_ids.shape[0]
+        if inplace:
+            state.writable_()
         v = self._embed(token_ids.view(B, 1))  # (B, 1, 1, D)
         cos, sin = self._rope(state.pos.view(B, 1), v)  # (B, 1, 1, N): broadcast over heads
         emit = self._emitter(state.pos)

@@ -15,32 +15,34 @@ from .generation import generate, stream
 _ID_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
+def check_token_ids(idx, vocab_size: int, what: str = "idx", dims: int = 2, values: bool = True) -> torch.Tensor:
+    """Validate token ids where they enter (the one home of this check): a `dims`-D integer tensor, non-empty,
+    every id in [0, vocab_size); returns them as int64 (int8/int16/uint8/int32 converted). TypeError / ValueError
+    naming `what`. `values=False` skips the range check, the one device->host sync (ids the caller produced)."""
+    if not isinstance(idx, torch.Tensor):
+        raise TypeError(f"{what}: expected a torch.Tensor of token ids, got {type(idx).__name__}")
+    if idx.dim() != dims:
+        shape = "(B, T)" if dims == 2 else "(B,)"
+        raise ValueError(f"{what}: expected shape {shape}, got {tuple(idx.shape)}")
+    if idx.dtype not in _ID_DTYPES:
+        raise ValueError(f"{what}: expected integer token ids ({', '.join(str(d) for d in _ID_DTYPES)}), got "
+                         f"dtype {idx.dtype}")
+    if idx.numel() == 0:
+        raise ValueError(f"{what}: empty input (shape {tuple(idx.shape)}); expected at least one token")
+    if values:
+        lo, hi = (int(t) for t in torch.stack(torch.aminmax(idx)).tolist())  # one sync
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"{what}: token id {lo if lo < 0 else hi} is outside the vocabulary [0, {vocab_size})")
+    return idx if idx.dtype == torch.int64 else idx.long()
+
+
 class PretrainedMixin:
     """Shared by BDH and the GPT baseline: input checks, the loss, `generate`, `stream`, `save_pretrained`,
     `from_pretrained`."""
 
     def _check_ids(self, idx: torch.Tensor, what: str, dims: int, values: bool = True) -> torch.Tensor:
-        """Validate token ids at the public boundary; returns them as int64 (int8/int16/uint8/int32 converted).
-
-        `values=False` skips the range check, the one device->host sync (for ids the caller produced itself).
-        """
-        if not isinstance(idx, torch.Tensor):
-            raise TypeError(f"{what}: expected a torch.Tensor of token ids, got {type(idx).__name__}")
-        if idx.dim() != dims:
-            shape = "(B, T)" if dims == 2 else "(B,)"
-            raise ValueError(f"{what}: expected shape {shape}, got {tuple(idx.shape)}")
-        if idx.dtype not in _ID_DTYPES:
-            raise ValueError(f"{what}: expected integer token ids ({', '.join(str(d) for d in _ID_DTYPES)}), got "
-                             f"dtype {idx.dtype}")
-        if idx.numel() == 0:
-            raise ValueError(f"{what}: empty input (shape {tuple(idx.shape)}); expected at least one token")
-        if values:
-            lo, hi = (int(t) for t in torch.stack(torch.aminmax(idx)).tolist())  # one sync
-            V = self.config.vocab_size
-            if lo < 0 or hi >= V:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"{what}: token id {bad} is outside the vocabulary [0, {V})")
-        return idx if idx.dtype == torch.int64 else idx.long()
+        """`check_token_ids` against this model's vocabulary."""
+        return check_token_ids(idx, self.config.vocab_size, what, dims, values)
 
     @staticmethod
     def _loss(logits: torch.Tensor, idx: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:

@@ -42,6 +42,10 @@ def load_reference(path_or_state_dict, config: BDHConfig):
         raise CheckpointError(f"{source}: expected a state_dict (a dict of tensors), got {type(sd).__name__}")
     if "model" in sd and isinstance(sd["model"], dict):  # a train.py-style checkpoint {"model": ..., ...}
         sd = sd["model"]
+    for k, v in sd.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{source}: entry {k!r} ({type(k).__name__} key, {type(v).__name__} value): "
+                                  "expected a state_dict of str keys and tensor values")
     sd = {k.removeprefix("_orig_mod."): v for k, v in sd.items()}  # saved from a torch.compile'd model
     if "lm_gate" in sd:  # unused parameter of the reference's first commit
         warnings.warn("reference checkpoint: ignoring the unused 'lm_gate' parameter", stacklevel=3)

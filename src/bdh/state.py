@@ -142,6 +142,14 @@ class BDHState:
             self._k[i] = 0
         return self
 
+    def writable_(self) -> "BDHState":
+        """Make the tensors updatable in place here: a state made under `torch.inference_mode` holds inference
+        tensors, which only inference mode may update in place; outside it they are copied once (in place)."""
+        if not torch.is_inference_mode_enabled():
+            self._rho = [r.clone() if r.is_inference() else r for r in self._rho]
+            self.pos = self.pos.clone() if self.pos.is_inference() else self.pos
+        return self
+
     @property
     def batch_size(self) -> int:
         return int(self.pos.shape[0])

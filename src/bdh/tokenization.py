@@ -32,8 +32,10 @@ __all__ = [
     "ByteTokenizer",
     "BPETokenizer",
     "IncrementalDecoder",
+    "MissingTokenizer",
     "gpt2_tokenizer",
     "load_tokenizer",
+    "check_vocab",
     "get_tokenizer",
     "TOKENIZER_NAMES",
     "CONFIG_FILE",
@@ -132,7 +134,7 @@ class IncrementalDecoder:
         return out
 
 
-def _encode_utf8(text: str) -> bytes:
+def encode_utf8(text: str) -> bytes:
     if not isinstance(text, str):
         raise TypeError(f"encode() takes str, got {type(text).__name__}; decode bytes first (see bdh.data)")
     try:
@@ -151,7 +153,7 @@ class ByteTokenizer(Tokenizer):
     _TABLE = tuple(bytes([i]) for i in range(256))
 
     def encode(self, text: str) -> list[int]:
-        return list(_encode_utf8(text))
+        return list(encode_utf8(text))
 
     def encode_bytes(self, data: bytes) -> list[int]:
         return list(data)
@@ -309,13 +311,13 @@ class BPETokenizer(Tokenizer):
             raise ValueError(f"unsupported tokenizer file {str(path)!r}: {e}") from None
 
     def encode(self, text: str) -> list[int]:
-        _encode_utf8(text)  # type and surrogate check with a clear message
+        encode_utf8(text)  # type and surrogate check with a clear message
         return self._hf.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
         texts = list(texts)
         for t in texts:
-            _encode_utf8(t)
+            encode_utf8(t)
         return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
 
     def token_bytes(self, token_id: int) -> bytes:
@@ -370,8 +372,51 @@ def gpt2_tokenizer() -> BPETokenizer:
     return tok
 
 
-def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
-    """Load what :meth:`Tokenizer.save` wrote; a directory with no tokenizer files gives a ByteTokenizer."""
+class MissingTokenizer(Tokenizer):
+    """The tokenizer of a model directory that holds no tokenizer files while the model's vocab_size is not 256
+    (bytes are assumed only for 256): the model loads, and any use of this tokenizer (encode, decode, the HF form)
+    raises a ValueError naming both sizes and what to save. ``save`` writes nothing (there is nothing to write)."""
+
+    name = "missing"
+
+    def __init__(self, directory: str | os.PathLike, vocab_size: int):
+        self.directory = str(directory)
+        self.vocab_size = int(vocab_size)
+
+    def error(self) -> ValueError:
+        hint = "; GPT-2's: bdh.tokenization.gpt2_tokenizer().save(DIR)" if self.vocab_size == 50257 else ""
+        return ValueError(f"{self.directory}: holds no tokenizer files, and bytes (256 tokens) do not match the "
+                          f"model's vocab_size {self.vocab_size}: save the tokenizer the model was trained with into "
+                          f"the directory (tokenizer.save(DIR){hint})")
+
+    def encode(self, text: str) -> list[int]:
+        raise self.error()
+
+    def token_bytes(self, token_id: int) -> bytes:
+        raise self.error()
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        raise self.error()
+
+    def to_hf(self):
+        raise self.error()
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Nothing: the directory it is saved into again holds no tokenizer."""
+
+
+def check_vocab(tokenizer: Tokenizer, vocab_size: int, where: str, error: type[Exception] = ValueError) -> None:
+    """Raise `error` unless `tokenizer` has exactly `vocab_size` tokens (the model's): a tokenizer of another size
+    maps text to ids the model never learned, or cannot decode the ids it samples."""
+    if tokenizer.vocab_size != vocab_size:
+        raise error(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                    f"{vocab_size}: expected the tokenizer the model was trained with (save it into the model "
+                    "directory: tokenizer.save(DIR))")
+
+
+def load_tokenizer(directory: str | os.PathLike, vocab_size: int | None = None) -> Tokenizer:
+    """Load what :meth:`Tokenizer.save` wrote; a directory with no tokenizer files gives a ByteTokenizer, or, when
+    the model's `vocab_size` is given and is not 256, a :class:`MissingTokenizer` (bytes are not its tokenizer)."""
     d = Path(directory)
     if not d.is_dir():
         raise FileNotFoundError(f"tokenizer directory {str(d)!r} does not exist")
@@ -396,6 +441,8 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         return BPETokenizer.from_file(hf_path, name=kind or "bpe")
     if kind is not None:
         raise ValueError(f"tokenizer config {str(cfg_path)!r} says {kind!r} but {str(hf_path)!r} is missing")
+    if vocab_size is not None and vocab_size != ByteTokenizer.vocab_size:
+        return MissingTokenizer(d, vocab_size)
     return ByteTokenizer()
 
 
@@ -426,3 +473,20 @@ def get_tokenizer(name: str, **kw) -> Tokenizer:
         vocab_size = kw.pop("vocab_size", None) or 4096
         return BPETokenizer.train(texts, vocab_size, **kw)
     raise ValueError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZER_NAMES)}")
+
+
+def model_tokenizer(model, tokenizer: Tokenizer | None = None) -> Tokenizer:
+    """The tokenizer to use with `model`: `tokenizer` when given, else `model.tokenizer` (set by loading), else
+    bytes, which are assumed only for vocab_size 256 (ValueError otherwise). The one home of the byte fallback."""
+    if tokenizer is not None:
+        if not callable(getattr(tokenizer, "encode", None)) or not callable(getattr(tokenizer, "token_bytes", None)):
+            raise TypeError(f"tokenizer: expected a tokenizer with encode() and token_bytes() (bdh.tokenization), "
+                            f"got {type(tokenizer).__name__}")
+        return tokenizer
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None:
+        return tok
+    if model.config.vocab_size != ByteTokenizer.vocab_size:
+        raise ValueError(f"model has vocab_size={model.config.vocab_size}: pass the tokenizer it was trained with "
+                         "(bytes are assumed only for vocab_size=256)")
+    return ByteTokenizer()

@@ -21,15 +21,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     device = apply_run_options(args)
     if args.max_tokens < 2:
         raise ValueError(f"--max-tokens {args.max_tokens}: expected at least 2")
-    if (args.concept is None) != (args.contrast is None):
-        raise ValueError("--concept and --contrast go together (one sentence per line in each file)")
+    # the sentence files first (a missing or binary file is named as such), the model before anything is written
+    concept = read_sentences(args.concept, label="--concept") if args.concept is not None else None
+    contrast = read_sentences(args.contrast, label="--contrast") if args.contrast is not None else None
+    if (concept is None) != (contrast is None):
+        given, missing = ("--concept", "--contrast") if contrast is None else ("--contrast", "--concept")
+        raise ValueError(f"{given} needs {missing} too (the concept and contrast sentence files go together, one "
+                         "sentence per line in each)")
     skip = set(args.skip or ())
     sections = [s for s in SECTIONS if s not in skip]
     if not sections:
         raise ValueError(f"--skip leaves no section to run (sections: {', '.join(SECTIONS)})")
-    # the sentence files and the model before anything is written into --out
-    concept = read_sentences(args.concept, label="--concept") if args.concept is not None else None
-    contrast = read_sentences(args.contrast, label="--contrast") if args.contrast is not None else None
     model = BDH.from_pretrained(args.model, device=device)
     L = model.config.n_layer
     for layer in args.synapse_layers or ():

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_path
+
 
 def plt_figure(rows: int = 1, cols: int = 1, *, width: float = 6.0, height: float = 4.0):
     """A figure and a flat list of axes, on the non-interactive Agg backend."""
@@ -27,7 +29,8 @@ def save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
 

@@ -36,6 +36,8 @@ import torch
 from ..attention import attention_chunked, attention_parallel
 from ..hooks import parse_hook_name as _parse_model_hook
 from ..model import HOOK_KINDS
+from ..pretrained import check_token_ids
+from ..tokenization import model_tokenizer
 
 LAYER_KINDS = tuple(k for k in HOOK_KINDS if k != "rho") + ("scores", "rho")  # + what the recorder derives
 NEURON_KINDS = ("x_sparse", "qr", "y_sparse", "xy")  # (B, h, T, N)
@@ -95,14 +97,7 @@ class ActivationCache(dict):
 # ----------------------------------------------------------------------------- the layer math
 def check_ids(model, idx) -> None:
     """ValueError unless `idx` is a (B, T) integer tensor of ids in the model's vocabulary."""
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.numel() == 0:
-        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
-        raise ValueError(f"idx: expected a non-empty (B, T) tensor of token ids, got {shape}")
-    if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.dtype.is_complex:
-        raise ValueError(f"idx: expected integer token ids, got dtype {idx.dtype}")
-    lo, hi, V = int(idx.min()), int(idx.max()), model.config.vocab_size
-    if lo < 0 or hi >= V:
-        raise ValueError(f"idx: token id {lo if lo < 0 else hi} is outside the vocabulary [0, {V})")
+    check_token_ids(idx, model.config.vocab_size, "idx")
 
 
 def _resolve_tokens(tokens, T: int) -> tuple[int, int]:
@@ -367,11 +362,7 @@ def run_with_cache(
 
 def encode_text(model, text: str, max_tokens: int | None = None) -> torch.Tensor:
     """Token ids (1, T) of `text` with `model.tokenizer` (bytes when the model has none)."""
-    tok = getattr(model, "tokenizer", None)
-    if tok is None:
-        from ..tokenization import ByteTokenizer
-
-        tok = ByteTokenizer()
+    tok = model_tokenizer(model)
     ids = tok.encode(text)
     if max_tokens is not None:
         ids = ids[:max_tokens]
@@ -382,11 +373,7 @@ def encode_text(model, text: str, max_tokens: int | None = None) -> torch.Tensor
 
 def token_strings(model, ids: Sequence[int]) -> list[str]:
     """A printable label per token id (for plots)."""
-    tok = getattr(model, "tokenizer", None)
-    if tok is None:
-        from ..tokenization import ByteTokenizer
-
-        tok = ByteTokenizer()
+    tok = model_tokenizer(model)
     out = []
     for i in ids:
         s = tok.token_bytes(int(i)).decode("utf-8", errors="replace")

@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..io import atomic_write_json, atomic_write_text
+from ..tokenization import model_tokenizer
 from .plotting import jsonable
 
 SECTIONS = ("sparsity", "repeated_fact", "graph", "sigma", "synapses", "questions")
@@ -87,10 +89,7 @@ def analyze(
     (out / "plots").mkdir(parents=True, exist_ok=True)
     c = model.config
     model = model.eval()
-    if getattr(model, "tokenizer", None) is None:
-        from ..tokenization import ByteTokenizer
-
-        model.tokenizer = ByteTokenizer()
+    model.tokenizer = model_tokenizer(model)
     rep: dict = {"model": {"config": c.to_dict(), "N": c.N, "n": c.n, "params": model.num_params()},
                  "settings": {"corpus": corpus, "max_tokens": max_tokens, "block": block, "seed": seed,
                               "synapse_U": synapse_U, "sigma_tokens": sigma_tokens, "graph_runs": graph_runs,
@@ -128,7 +127,7 @@ def analyze(
         rep["timings_s"][name] = round(time.time() - t0, 2)
 
     rep["findings"] = findings(rep)
-    (out / "report.json").write_text(json.dumps(jsonable(rep), indent=1) + "\n", encoding="utf-8")
+    atomic_write_json(out / "report.json", jsonable(rep), indent=1)
     write_html(rep, ctx.images, out / "report.html")
     log(f"analyze: wrote {out / 'report.html'} and {out / 'report.json'}")
     return rep
@@ -436,5 +435,5 @@ def write_html(rep: dict, images: dict[str, Path], path: str | os.PathLike) -> P
     parts.append("<h2>All numbers</h2><details><summary>report.json</summary><pre>"
                  + html.escape(json.dumps(jsonable(rep), indent=1)) + "</pre></details></body></html>")
     path = Path(path)
-    path.write_text("".join(parts), encoding="utf-8")
+    atomic_write_text(path, "".join(parts))
     return path

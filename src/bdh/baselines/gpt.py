@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import JSONConfig
+from ..config import JSONConfig, alibi_slopes
 from ..hooks import HookPoints
 from ..interface import register_model_type
 from ..pretrained import PretrainedMixin
@@ -112,21 +112,6 @@ class GPTConfig(JSONConfig):
             raise bad("bias", "true or false")
         if not isinstance(self.rope_theta, (int, float)) or isinstance(self.rope_theta, bool) or self.rope_theta <= 1:
             raise bad("rope_theta", "a number > 1")
-
-
-def alibi_slopes(n_head: int) -> torch.Tensor:
-    """ALiBi's head slopes m_h (Press et al. 2022), including their rule for a non-power-of-two head count."""
-
-    def power_of_2(n: int) -> list[float]:
-        start = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
-        return [start * start**i for i in range(n)]
-
-    if math.log2(n_head).is_integer():
-        s = power_of_2(n_head)
-    else:
-        c = 2 ** math.floor(math.log2(n_head))
-        s = power_of_2(c) + power_of_2(2 * c)[0::2][: n_head - c]
-    return torch.tensor(s, dtype=torch.float64)
 
 
 # ----------------------------------------------------------------------------------------------- the KV cache
@@ -216,6 +201,15 @@ class GPTState:
         v = [tensors[f"{prefix}v.{l}"].to(device) for l in range(n_layer)]
         return cls(k, v, k[0].shape[2], tensors[f"{prefix}pos"].to(device))
 
+    def writable_(self) -> "GPTState":
+        """Make the buffers updatable in place here (a cache made under `torch.inference_mode` holds inference
+        tensors, which only inference mode may update in place; outside it they are copied once)."""
+        if not torch.is_inference_mode_enabled():
+            self.k_buf = [b.clone() if b.is_inference() else b for b in self.k_buf]
+            self.v_buf = [b.clone() if b.is_inference() else b for b in self.v_buf]
+            self.pos = self.pos.clone() if self.pos.is_inference() else self.pos
+        return self
+
     def reserve(self, capacity: int) -> None:
         """Grow the buffers in place to hold `capacity` slots (geometrically: amortised O(1) per appended token)."""
         cap = self.k_buf[0].shape[2]
@@ -260,7 +254,7 @@ class GPT(HookPoints, PretrainedMixin, nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)
-        self.register_buffer("slopes", alibi_slopes(c.n_head).float(), persistent=False)  # (nh,)
+        self.register_buffer("slopes", torch.tensor(alibi_slopes(c.n_head)), persistent=False)  # (nh,)
         inv = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float64) / c.head_dim))
         self.register_buffer("inv_freq", inv, persistent=False)  # (hd/2,) fp64
         self.apply(self._init)
@@ -390,7 +384,7 @@ class GPT(HookPoints, PretrainedMixin, nn.Module):
         bias = self._mask(S, T, S - pos0, x.dtype, dev) if state is not None or c.positions == "alibi" else None
         if state is not None:  # the cache that receives the T new slots: this one (in place) or a copy
             if inplace:
-                state.reserve(S + T)
+                state.writable_().reserve(S + T)
             else:
                 state = state.extended(T)
         emit = self._emitter(pos0)

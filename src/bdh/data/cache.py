@@ -5,9 +5,10 @@ Layout in ``cache_dir`` for split ``S`` and tokenizer name ``N``:
 - ``S.N.bin``: the token ids, raw little-endian, dtype uint8 / uint16 / uint32 (the smallest that holds
   ``vocab_size``); documents are encoded one by one and concatenated with nothing in between.
 - ``S.N.json``: the manifest (format version, split, source id, SHA-256 of the source text, tokenizer name,
-  tokenizer fingerprint = SHA-256 of its saved config, dtype, length, vocab size).
+  tokenizer fingerprint = SHA-256 of its saved config, dtype, length, vocab size, SHA-256 of the data file).
 
-:func:`build_token_cache` reuses the files when the manifest matches and rebuilds otherwise. Both files are
+:func:`build_token_cache` reuses the files when the manifest matches and the data file still has the recorded
+checksum (one read of the file), and rebuilds otherwise; :func:`load_tokens` refuses a data file that does not. Both files are
 written atomically (:mod:`bdh.io`), the data file first; the old manifest is removed before anything else,
 so an interrupted build never leaves a manifest that vouches for the wrong tokens.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_path, atomic_write_json
+from ..io import atomic_path, atomic_write_json, file_sha256
 from ..tokenization import ByteTokenizer, Tokenizer
 
 __all__ = [
@@ -37,7 +38,7 @@ __all__ = [
     "cached_source_hash",
 ]
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: the manifest records tokens_sha256 (caches of version 1 are rebuilt)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -158,14 +159,18 @@ def build_token_cache(
     old = read_manifest(man_path)
     if not force and old is not None and all(old.get(k) == v for k, v in want.items()):
         length = old.get("length")
-        if isinstance(length, int) and bin_path.is_file() and bin_path.stat().st_size == length * dtype.itemsize:
+        if (isinstance(length, int) and bin_path.is_file() and bin_path.stat().st_size == length * dtype.itemsize
+                and file_sha256(bin_path) == old.get("tokens_sha256")):
             return _memmap(bin_path, dtype, length)
 
     bin_path.parent.mkdir(parents=True, exist_ok=True)
     man_path.unlink(missing_ok=True)  # no manifest may vouch for a half-replaced data file
-    with atomic_path(bin_path) as tmp, open(tmp, "wb") as f:
-        length = _encode_into(f, docs, tokenizer, dtype)
-    manifest = dict(want, length=length, vocab_size=tokenizer.vocab_size, source_id=str(source_id), documents=len(docs))
+    with atomic_path(bin_path) as tmp:
+        with open(tmp, "wb") as f:
+            length = _encode_into(f, docs, tokenizer, dtype)
+        tokens_sha256 = file_sha256(tmp)
+    manifest = dict(want, length=length, vocab_size=tokenizer.vocab_size, source_id=str(source_id), documents=len(docs),
+                    tokens_sha256=tokens_sha256)
     atomic_write_json(man_path, manifest, sort_keys=True)  # last: it vouches for the data file now in place
     return _memmap(bin_path, dtype, length)
 
@@ -197,6 +202,9 @@ def load_tokens(cache_dir: str | os.PathLike, split: str, tokenizer: Tokenizer |
         raise ValueError(
             f"token cache {str(bin_path)!r} has {size} bytes, manifest says {length} x {dtype.name}; rebuild it"
         )
+    if file_sha256(bin_path) != m.get("tokens_sha256"):
+        raise ValueError(f"token cache {str(bin_path)!r} does not have the SHA-256 its manifest records (changed or "
+                         "damaged since it was built); rebuild it")
     return _memmap(bin_path, dtype, length)
 
 

@@ -27,18 +27,15 @@ from pathlib import Path
 import torch
 
 from ..cli import add_run_options, apply_run_options, nonneg_int, positive_int
+from ..io import atomic_write_json
+from ..tokenization import model_tokenizer
 
 
 def _load(path: str):
     from ..model import BDH
 
     model = BDH.from_pretrained(path)
-    tok = getattr(model, "tokenizer", None)
-    if tok is None:
-        from ..tokenization import get_tokenizer
-
-        tok = get_tokenizer("bytes")
-    return model, tok
+    return model, model_tokenizer(model)
 
 
 def _heldout(args, tok, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +83,7 @@ def cmd_kl(args: argparse.Namespace) -> int:
     res["corpus"] = args.text or args.corpus
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(args.json, res)
         print(f"wrote {args.json}")
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)

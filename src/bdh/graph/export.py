@@ -15,7 +15,6 @@ Node ids: neurons are `0..n-1`; relay hubs of two-hop graphs are `h0..h{2d-1}` i
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Iterable
@@ -23,6 +22,7 @@ from xml.sax.saxutils import quoteattr
 
 import torch
 
+from ..io import atomic_path, atomic_write_json
 from .engine import GraphState
 from .graphs import Graph, TwoHop
 
@@ -42,7 +42,7 @@ def _edges(graph: Graph, values: torch.Tensor | None = None, top: int | None = N
 def write_edge_list(path: str | os.PathLike, src: Iterable[int], dst: Iterable, val: Iterable[float],
                     header: str = "src,dst,weight", src_prefix: str = "", dst_prefix: str = "") -> Path:
     path = Path(path)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(header + "\n")
         for i, j, w in zip(src, dst, val):
             f.write(f"{src_prefix}{i},{dst_prefix}{j},{w:.9g}\n")
@@ -100,7 +100,7 @@ def export_graph(
         "t": None if state is None else state.t,
         **(meta or {}),
     }
-    (out / "meta.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out / "meta.json", info)
     files.append(out / "meta.json")
     return files
 
@@ -113,7 +113,7 @@ def _node_vars(state: GraphState | None, n: int) -> dict[str, list[float]]:
 
 def _write_nodes_csv(path: Path, n: int, n_hubs: int, head, state) -> Path:
     vars_ = _node_vars(state, n)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(",".join(["id", "kind", "head", *vars_]) + "\n")
         for i in range(n):
             h = "" if head is None else int(head[i])
@@ -125,7 +125,7 @@ def _write_nodes_csv(path: Path, n: int, n_hubs: int, head, state) -> Path:
 
 def _write_graphml(path: Path, n: int, n_hubs: int, head, state, sets) -> Path:
     vars_ = _node_vars(state, n)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write('<?xml version="1.0" encoding="UTF-8"?>\n')
         f.write('<graphml xmlns="http://graphml.graphdrawing.org/xmlns">\n')
         f.write('  <key id="kind" for="node" attr.name="kind" attr.type="string"/>\n')

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 
+from ..io import atomic_path
 from .from_gpu import GAINS, BDHGPUGraph, GPUWeights, gpu_logits, kl_per_token
 
 
@@ -155,5 +157,6 @@ def plot_kl_vs_budget(result: dict, path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)

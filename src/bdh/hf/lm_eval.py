@@ -34,6 +34,7 @@ from lm_eval.api.registry import register_model
 
 from ..checkpoint import load_model
 from ..generation import prefill_piece, stream
+from .modeling import _torch_dtype, default_prefix_token
 
 __all__ = ["BDHLM", "main"]
 
@@ -50,14 +51,6 @@ def _int_arg(name: str, value, lo: int) -> int | None:
     return v
 
 
-def default_prefix_token(tokenizer) -> int:
-    """GPT-2's <|endoftext|> for the GPT-2 tokenizer, else the id of "\\n" (one token), else 0."""
-    if tokenizer.name == "gpt2":
-        return 50256
-    ids = tokenizer.encode("\n")
-    return ids[0] if len(ids) == 1 else 0
-
-
 @register_model("bdh")
 class BDHLM(TemplateLM):
     """lm_eval's `TemplateLM` over any registered model type of ours (BDH, GPT), through its protocol only."""
@@ -70,18 +63,15 @@ class BDHLM(TemplateLM):
             raise ValueError(f"--model_args {', '.join(unknown)}: not options of model 'bdh' (expected pretrained, "
                              "device, dtype, prefix_token_id, max_length)")
         from ..cli import resolve_device
-        from .modeling import _torch_dtype
 
         device = "cpu" if device is None else str(device)
         if device.startswith("cuda") and not torch.cuda.is_available():  # lm_eval's default is cuda:0
             logging.getLogger(__name__).warning("device %s: CUDA is not available, using the CPU", device)
             device = "cpu"
+        # (load_model refuses a saved tokenizer of another size than the model's vocab_size)
         self.model = load_model(pretrained, device=resolve_device(device), dtype=_torch_dtype(dtype))
         self.tok = self.model.tokenizer
         V = self.model.config.vocab_size
-        if self.tok.vocab_size != V:
-            raise ValueError(f"{pretrained}: the tokenizer has {self.tok.vocab_size} tokens but the model's "
-                             f"vocab_size is {V}: expected the tokenizer the model was trained with")
         self.batch_size = batch_size  # requests are scored one at a time (states are never padded)
         pid = _int_arg("prefix_token_id", prefix_token_id, 0)
         self._prefix = default_prefix_token(self.tok) if pid is None else pid

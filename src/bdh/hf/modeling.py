@@ -12,8 +12,9 @@
 
 Loading and saving go through `bdh.checkpoint` (one home for checkpoints: the same checks, files and names), so a
 directory moves both ways between `bdh` and transformers. The forward pass is the model's own: a prompt is
-prefilled in pieces with the state carried (`bdh.generation.prefill_piece`), one new token is one `model.step`,
-exactly as `bdh.generation` does, so greedy `generate()` gives the ids `bdh generate` gives.
+prefilled in pieces with the state carried (`bdh.generation.prefill_piece`), one new token is one in-place
+`model.step` under inference mode, exactly as `bdh.generation` does, so greedy `generate()` gives the ids `bdh
+generate` gives; without autograd, non-finite logits are its error too (`bdh.generation._check_finite`).
 """
 
 from __future__ import annotations
@@ -36,15 +37,25 @@ from transformers import (
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..checkpoint import HF_CLASSES, CheckpointError, load_pretrained, save_pretrained
-from ..generation import prefill_piece
-from ..interface import build_model, get_model_type
+from ..checkpoint import (
+    CONFIG_NAME,
+    HF_CLASSES,
+    CheckpointError,
+    directory_tokenizer,
+    load_pretrained,
+    save_pretrained,
+    save_tokenizer,
+)
+from ..generation import _check_finite, prefill_piece
+from ..interface import build_model, get_model_type, load_config
 from ..tokenization import load_tokenizer
 
 # keyword arguments of `from_pretrained` that only matter for the Hub or for transformers' own loader
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder",
                "trust_remote_code", "code_revision", "_from_auto", "_from_pipeline", "_commit_hash",
                "low_cpu_mem_usage", "use_safetensors", "attn_implementation", "proxies", "adapter_kwargs")
+# generate() options that make it assisted / speculative decoding (draft tokens checked, then the cache cropped)
+_ASSISTED = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit", "use_mtp")
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -96,6 +107,7 @@ class BDHCache(Cache):
     def __init__(self, state: Any = None):
         super().__init__(layers=[])
         self.state = state
+        self.steps = 0  # one-token forwards since the last prompt (the "generated token n" of an error)
 
     def __repr__(self) -> str:
         return f"BDHCache({self.state!r})"
@@ -127,6 +139,7 @@ class BDHCache(Cache):
 
     def reset(self) -> None:
         self.state = None
+        self.steps = 0
 
     def crop(self, tokens_to_remove: int) -> None:
         raise ValueError("BDHCache cannot be cropped: the state (rho, or a KV cache used as a running state) cannot "
@@ -247,13 +260,43 @@ class _FamilyForCausalLM(PreTrainedModel, GenerationMixin):
                              "huggingface_hub")
         save_pretrained(self.model, save_directory, tokenizer=self.tokenizer)
 
+    # ------------------------------------------------------------------ generation
+    def generate(self, inputs=None, generation_config=None, *args, **kwargs):
+        """transformers' `generate`, refusing first (whatever the transformers version) what a state cannot do:
+        assisted / speculative decoding, which rolls the cache back past rejected draft tokens."""
+        gc = generation_config if generation_config is not None else self.generation_config
+        asked = [k for k in _ASSISTED if kwargs.get(k, getattr(gc, k, None)) not in (None, False)]
+        if asked:
+            raise ValueError(f"generate({', '.join(asked)}=...): assisted generation is not supported with stateful "
+                             "models (the state cannot be rolled back past rejected draft tokens); expected "
+                             f"generate() without {', '.join(_ASSISTED)}")
+        return super().generate(inputs, generation_config, *args, **kwargs)
+
+    def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, inputs_embeds=None,
+                                      **kwargs) -> dict:
+        """The forward's inputs at each `generate()` step, and nothing else: the tokens the cache has not read (all
+        of them first), the cache and the attention mask (`forward` refuses padding). transformers 5 says how many
+        tokens are new (`next_sequence_length`; None: all of `input_ids`, which may be only the new ones); without
+        it, those past the cache's length are."""
+        cache = kwargs.pop("past_key_values", None) if cache is None else cache
+        state = getattr(cache, "state", None)
+        if state is not None and "next_sequence_length" in kwargs:
+            n = kwargs["next_sequence_length"]
+            input_ids = input_ids if n is None else input_ids[:, input_ids.shape[1] - n :]
+        elif state is not None:
+            input_ids = input_ids[:, cache.get_seq_length() :]
+        inputs = {"input_ids": input_ids, "cache": cache, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds}
+        inputs.update({k: kwargs[k] for k in ("use_cache", "logits_to_keep") if k in kwargs})
+        return inputs
+
     # ------------------------------------------------------------------ the forward pass
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 cache: BDHCache | None = None, labels: torch.LongTensor | None = None, use_cache: bool | None = None,
                 logits_to_keep: int = 0, return_dict: bool | None = None, inputs_embeds=None,
                 **kwargs) -> CausalLMOutputWithPast:
         """Logits (B, T, V) of input_ids (B, T) continuing from `cache` (a BDHCache), the updated cache, and the
-        mean next-token cross-entropy when `labels` (B, T) are given (shifted here; -100 is ignored)."""
+        mean next-token cross-entropy when `labels` (B, T) are given (shifted here; -100 is ignored). Without
+        autograd, non-finite logits (a diverged or corrupt model) are a ValueError, as in `bdh generate`."""
         if "past_key_values" in kwargs:  # the pre-5.x name of `cache`
             cache = kwargs.pop("past_key_values") if cache is None else cache
         if inputs_embeds is not None or input_ids is None:
@@ -268,14 +311,16 @@ class _FamilyForCausalLM(PreTrainedModel, GenerationMixin):
             use_cache = bool(getattr(self.config, "use_cache", True)) and labels is None
         state = cache.state if cache is not None else None
         if use_cache or state is not None:
-            logits, state = self._run(input_ids, state, logits_to_keep)
             if cache is None:
                 cache = BDHCache()
-            cache.state = state
+            logits, cache.state = self._run(input_ids, state, logits_to_keep)
+            cache.steps = cache.steps + 1 if state is not None and input_ids.shape[1] == 1 else 0
         else:
             logits, _ = self.model(input_ids)
             if logits_to_keep:
                 logits = logits[:, -logits_to_keep:]
+        if not torch.is_grad_enabled():  # (the check bdh.generation makes before every token)
+            _check_finite(logits, cache.steps if cache is not None else 0)
         loss = None
         if labels is not None:
             if logits.shape[1] != labels.shape[1]:
@@ -289,8 +334,9 @@ class _FamilyForCausalLM(PreTrainedModel, GenerationMixin):
         prompt is prefilled in pieces with the state carried, keeping the logits asked for."""
         m = self.model
         if state is not None and idx.shape[1] == 1 and not torch.is_grad_enabled() and not m.training:
-            logits, state = m.step(idx[:, 0], state, inplace=True)
-            return logits[:, None], state
+            with torch.inference_mode():  # as bdh.generation's loop (the state's tensors stay usable outside it)
+                logits, state = m.step(idx[:, 0], state, inplace=True)
+            return logits[:, None].clone(), state  # (a normal tensor: the caller may update it in place)
         n, T = prefill_piece(m), idx.shape[1]
         keep_from = T - logits_to_keep if 0 < logits_to_keep < T else 0
         out = []
@@ -323,31 +369,47 @@ def wrap(model: torch.nn.Module, name_or_path: str = "") -> _FamilyForCausalLM:
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
+def default_prefix_token(tokenizer) -> int:
+    """The token before a document or an empty context: GPT-2's <|endoftext|> for the GPT-2 tokenizer, else the id
+    of "\\n" (one token), else 0. lm_eval's prefix token (model "bdh"), and the HF tokenizer's bos / eos token."""
+    if tokenizer.name == "gpt2":
+        return 50256
+    ids = tokenizer.encode("\n")
+    return ids[0] if len(ids) == 1 else 0
+
+
 class BDHTokenizerFast(PreTrainedTokenizerFast):
     """Our tokenizer (bytes, BPE or GPT-2) as a `PreTrainedTokenizerFast`: the same ids, built from the model
-    directory's tokenizer files by `bdh.tokenization.load_tokenizer` (bytes when there are none)."""
+    directory's tokenizer files by `bdh.checkpoint.directory_tokenizer` (bytes when there are none), refused when
+    they do not match the directory's config.json vocab_size. Its bos and eos token is `default_prefix_token` ("\\n"
+    for bytes and BPE, <|endoftext|> for GPT-2): what lm_eval's `hf` model puts before a document."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         directory = local_dir(pretrained_model_name_or_path, **kwargs)
-        return cls.from_bdh(load_tokenizer(directory), name_or_path=os.fspath(pretrained_model_name_or_path))
+        if (directory / CONFIG_NAME).is_file():  # a model directory: its tokenizer must match the model
+            tokenizer = directory_tokenizer(directory, load_config(directory / CONFIG_NAME).vocab_size)
+        else:
+            tokenizer = load_tokenizer(directory)
+        return cls.from_bdh(tokenizer, name_or_path=os.fspath(pretrained_model_name_or_path))
 
     @classmethod
     def from_bdh(cls, tokenizer, name_or_path: str = "") -> "BDHTokenizerFast":
         """The HF form of one of our tokenizers (`Tokenizer.to_hf`)."""
-        special = {}
-        if tokenizer.name == "gpt2":  # GPT-2's end of text
-            special = {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"}
-        tok = cls(tokenizer_object=tokenizer.to_hf(), name_or_path=name_or_path, **special)
+        tok = cls(tokenizer_object=tokenizer.to_hf(), name_or_path=name_or_path)
+        # set after construction: the token stays an ordinary token of the vocabulary (not an added special token),
+        # so encode gives our ids and decode(skip_special_tokens=True) keeps it
+        tok.bos_token = tok.eos_token = tok.convert_ids_to_tokens(default_prefix_token(tokenizer))
         tok.bdh_tokenizer = tokenizer
         return tok
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Our files (tokenizer_config.json in our format, tokenizer.json for BPE), which both sides read."""
+        """Our files (tokenizer_config.json in our format with `auto_map`, tokenizer.json for BPE, modeling_bdh.py),
+        which both sides read."""
         tokenizer = getattr(self, "bdh_tokenizer", None)
         if tokenizer is None:
             raise ValueError("BDHTokenizerFast.save_pretrained: this tokenizer was not made from a bdh tokenizer")
-        tokenizer.save(save_directory)
+        save_tokenizer(tokenizer, save_directory)
         return (os.fspath(Path(save_directory) / "tokenizer_config.json"),)
 
 

@@ -19,22 +19,25 @@ Chat template (the served models are base language models, not instruction-tuned
 `System: ...`, `User: ...` or `Assistant: ...`, then `Assistant:` prompts the reply; the reply stops at a newline
 unless the request gives its own `stop`. With a session, send only the new messages of each turn.
 
-Errors are `{"error": {"message", "type", "param", "code"}}` with a 4xx status for bad requests (bad JSON, an
-unknown model or session, a prompt or body over the limits) and 5xx for server faults; the server keeps serving.
+Errors are `{"error": {"message", "type", "param", "code"}}` with a 4xx status for bad requests (bad JSON, text
+that is not Unicode, an unknown model or session, a prompt or body over the limits) and 5xx for server faults (507
+when a session cannot be saved for lack of disk space: the session stays as it was, and a session the request
+created is deleted); the server keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import json
 import logging
+import re
 import secrets
 import threading
 import time
 from typing import Any, Literal
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -42,6 +45,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..generation import SEED_MAX, SamplingParams
+from ..netsec import bearer_ok
+from ..pretrained import check_token_ids
+from ..tokenization import encode_utf8
 from .engine import Done, Engine, EngineError, Failed, Job, Token
 from .sessions import SessionStore
 
@@ -73,7 +79,8 @@ class APIError(Exception):
 
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 405: "invalid_request_error",
-          409: "conflict_error", 413: "invalid_request_error", 429: "rate_limit_error", 503: "server_busy"}
+          409: "conflict_error", 410: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
+          503: "server_busy"}
 
 
 def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict:
@@ -187,10 +194,12 @@ class _Mailbox:
 
 
 class _Run:
-    """One request in the engine: its event queue and the session it holds."""
+    """One request in the engine: its event queue and the session it holds (`created`: made by this request,
+    `"session": "new"`, so dropped unless the request ends with its id given to the client)."""
 
-    def __init__(self, server: "Server", served: Served, job: Job, q: asyncio.Queue, held):
+    def __init__(self, server: "Server", served: Served, job: Job, q: asyncio.Queue, held, created: bool = False):
         self.server, self.served, self.job, self.q, self.held = server, served, job, q, held
+        self.created = held.id if created and held is not None else None
         self.session: dict | None = None
 
     async def next(self):
@@ -202,23 +211,40 @@ class _Run:
                            "timeout") from None
 
     async def finish(self, done: Done) -> None:
+        """Save the session's new state; a failed save (507 on a full disk) says what became of the session."""
         if self.held is not None:
             held, self.held = self.held, None
-            self.session = await asyncio.to_thread(self.server.store.commit, held, done.state, done.logits,
-                                                   done.prompt_tokens + done.completion_tokens)
+            try:
+                self.session = await asyncio.to_thread(self.server.store.commit, held, done.state, done.logits,
+                                                       done.prompt_tokens + done.completion_tokens)
+            except EngineError as e:
+                then = ("it is deleted (this request created it)" if self.created else
+                        "it keeps its state of before this request")
+                raise EngineError(f"{e}: {then}", e.status, e.code) from None
 
     def close(self) -> None:
-        """Stop the job (when unfinished) and release the session unsaved (a cancelled turn leaves it as it was)."""
+        """Stop the job (when unfinished) and release the session unsaved (a cancelled turn leaves it as it was);
+        a session this request created is deleted unless the request finished (its id is in the response)."""
         self.job.cancelled.set()
         if self.held is not None:
             self.server.store.release(self.held.id)
             self.held = None
+        if self.created is not None and self.session is None:
+            self.server.drop(self.created)
+        self.created = None
 
 
 class Server:
     def __init__(self, served: dict[str, Served], store: SessionStore, limits: Limits):
         self.served, self.store, self.limits = served, store, limits
         self.mailbox: _Mailbox | None = None  # made on the server's event loop by the first request
+
+    def drop(self, sid: str) -> None:
+        """Delete a session that a failed request created: its client never got the id."""
+        try:
+            self.store.delete(sid)
+        except EngineError as e:
+            log.warning("session %s, created by a failed request, could not be deleted: %s", sid, e)
 
     def get(self, model_id: str) -> Served:
         s = self.served.get(model_id)
@@ -252,18 +278,30 @@ class Server:
         if len(ids) > self.limits.max_prompt_tokens:
             raise APIError(400, f"the prompt has {len(ids)} tokens: expected at most {self.limits.max_prompt_tokens} "
                            "(the server's limit)", "context_length_exceeded", "prompt")
-        bad = [t for t in ids if not 0 <= t < V]
-        if bad:
-            raise APIError(400, f"token id {bad[0]} is outside the vocabulary [0, {V})", None, "prompt")
+        if not ids:
+            return
+        try:
+            t = torch.tensor([ids], dtype=torch.int64)
+        except (OverflowError, RuntimeError):  # an id beyond int64
+            raise APIError(400, f"prompt: a token id is outside the vocabulary [0, {V})", None, "prompt") from None
+        try:
+            check_token_ids(t, V, "prompt")
+        except ValueError as e:
+            raise APIError(400, str(e), None, "prompt") from None
 
     async def start(self, served: Served, ids: list[int], params, max_tokens, stop, seed, logprobs,
                     session: str | None) -> _Run:
         self._check_ids(served, ids)
-        held = None
-        if session == "new":
+        held, created = None, session == "new"
+        if created:
             session = (await asyncio.to_thread(self.store.create, served.id))["id"]
         if session is not None:
-            held = await asyncio.to_thread(self.store.acquire, session, served.id)
+            try:
+                held = await asyncio.to_thread(self.store.acquire, session, served.id)
+            except BaseException:
+                if created:
+                    self.drop(session)
+                raise
         try:
             if held is None and not ids:
                 raise APIError(400, "the prompt is empty: expected at least one token", None, "prompt")
@@ -281,8 +319,10 @@ class Server:
         except BaseException:
             if held is not None:
                 self.store.release(held.id)
+                if created:
+                    self.drop(held.id)
             raise
-        return _Run(self, served, job, q, held)
+        return _Run(self, served, job, q, held, created)
 
 
 # ----------------------------------------------------------------------------------------------- middleware
@@ -304,7 +344,7 @@ class Guard:
         headers = dict(scope["headers"])
         if self.api_key is not None and scope["path"].startswith("/v1"):
             got = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(got, b"Bearer " + self.api_key.encode()):
+            if not bearer_ok(got, self.api_key):
                 return await self._reply(send, 401, "missing or wrong API key: expected the header "
                                          "'Authorization: Bearer <key>'", "invalid_api_key")
         too_big = f"the request body is larger than {self.max_body} bytes (the server's limit)"
@@ -334,12 +374,34 @@ class Guard:
 
 
 # ----------------------------------------------------------------------------------------------- the app
+def _check_text(obj, param: str = "") -> None:
+    """400 for the first string of a parsed JSON body (key or value) that is no text: JSON may escape half of a
+    surrogate pair ("\\ud800"), which no tokenizer (nor the JSON response) can encode."""
+    if isinstance(obj, str):
+        try:
+            encode_utf8(obj)
+        except ValueError as e:
+            raise APIError(400, f"{param or 'body'}: {e}", "invalid_value", param or None) from None
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _check_text(v, f"{param}.{i}" if param else str(i))
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_text(k, param)
+            _check_text(v, f"{param}.{k}" if param else k)
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 async def _json(request: Request, cls: type[BaseModel]):
     raw = await request.body()
     try:
         obj = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"the request body is not valid JSON ({e})", "invalid_json") from None
+    if _SURROGATE_ESCAPE.search(raw):  # raw UTF-8 holds no surrogates: only an escape can
+        _check_text(obj)
     try:
         return cls.model_validate(obj)
     except ValidationError as e:
@@ -373,7 +435,11 @@ def _stream(run: "_Run", first, on_token, on_done, usage_chunk: dict | None, hea
                     if c is not None:
                         yield _sse(c)
                 elif isinstance(ev, Done):
-                    await run.finish(ev)
+                    try:
+                        await run.finish(ev)
+                    except EngineError as e:  # the session could not be saved (a full disk: 507)
+                        yield _sse(error_body(e.status, str(e), e.code))
+                        break
                     last = on_done(ev)
                     if run.session is not None:
                         last["session"] = run.session

@@ -6,10 +6,14 @@ Imports nothing heavy at module level (`bdh --help` works without fastapi / uvic
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
 from ..cli import add_run_options, apply_run_options, int_at_least, positive_int
+from ..netsec import AccessKey, listen_socket
+
+API_KEY = AccessKey("--api-key", "BDH_API_KEY", "an API key")
 
 
 def _model_spec(text: str) -> tuple[str, str]:
@@ -24,14 +28,33 @@ def _model_spec(text: str) -> tuple[str, str]:
     return name, path
 
 
+class _LogFormat(logging.Formatter):
+    """`bdh serve: warning: ...`, as the server's other lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"bdh serve: {record.levelname.lower()}: {super().format(record)}"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     device = apply_run_options(args)
     names = [n for n, _ in args.model]
     if len(set(names)) != len(names):
         raise ValueError(f"--model: two models are named the same ({names}); name them with NAME=DIR")
-    api_key = args.api_key if args.api_key is not None else os.environ.get("BDH_API_KEY") or None
-    if api_key is not None and (len(api_key) < 1 or any(c.isspace() for c in api_key)):
-        raise ValueError("--api-key: expected a non-empty key without spaces")
+    api_key = API_KEY.resolve(args.api_key)
+    sock = listen_socket(args.host, args.port)
+    try:
+        return _serve(args, device, api_key, sock)
+    finally:
+        sock.close()
+
+
+def _serve(args: argparse.Namespace, device, api_key: str | None, sock) -> int:
+    log = logging.getLogger("bdh.serve")  # the store's warnings (unreadable session files) and request failures
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_LogFormat())
+        log.addHandler(handler)
+    log.setLevel(args.log_level.upper())
     try:
         import uvicorn
 
@@ -43,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
     from .engine import Engine
     from ..checkpoint import model_fingerprint
-    from .sessions import SessionStore
+    from .sessions import UNREADABLE, SessionStore
 
     served, fps = {}, {}
     for name, path in args.model:
@@ -56,17 +79,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
                     max_tokens=args.max_tokens)
     app = create_app(served, store, api_key=api_key, limits=limits)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-        print(f"bdh serve: warning: listening on {args.host} without an API key: anyone who can reach this port "
-              "can use the models and read every session (pass --api-key)", file=sys.stderr)
+    warning = API_KEY.warning("bdh serve", args.host, api_key, "use the models and read every session")
+    if warning:
+        print(warning, file=sys.stderr)
     for name, s in served.items():
         print(f"bdh serve: model {name!r} ({type(s.model.config).MODEL_TYPE}, {s.model.num_params():,} params)",
               file=sys.stderr)
-    print(f"bdh serve: http://{args.host}:{args.port}/v1  sessions in {args.sessions_dir} "
-          f"({store.stats()['sessions']} found)  max batch {args.max_batch}  "
+    port = sock.getsockname()[1]  # --port 0: the one the system chose
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    unreadable = f", {len(store.unreadable)} unreadable moved to {store.dir / UNREADABLE}" if store.unreadable else ""
+    print(f"bdh serve: http://{host}:{port}/v1  sessions in {args.sessions_dir} "
+          f"({store.stats()['sessions']} found{unreadable})  max batch {args.max_batch}  "
           f"API key {'required' if api_key else 'off'}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=5,
-                limit_concurrency=args.max_connections)
+    config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level, timeout_keep_alive=5,
+                            limit_concurrency=args.max_connections)
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down, then raised the signal again
+        pass
+    if not server.started:
+        raise ValueError(f"the server on {args.host}:{port} did not start (see the errors above)")
     return 0
 
 

@@ -7,6 +7,11 @@ empty prompt samples exactly what an uninterrupted run would) and a little metad
 safetensors header; it is written atomically (`bdh.checkpoint.save_tensors`, via `bdh.io.atomic_path`) before a
 request that changed it returns, so a server killed at any moment restarts with every session intact.
 
+A write that fails (a full disk) raises EngineError 507 (`insufficient_storage`; other errors 500) and changes
+nothing: a new session is not created, a session keeps its last saved state. A file that cannot be read when the
+store opens (truncated, not safetensors, another format) is moved into `<dir>/unreadable/`, never deleted, and
+listed in `store.unreadable` (id -> why and where); a request for its id is told so (410 `session_unreadable`).
+
 In memory, states are cached up to `memory_cap` bytes; the least recently used are dropped (they are on disk)
 and read back on their next use. One request at a time may hold a session (`acquire` ... `commit`/`release`);
 a second gets 409.
@@ -21,7 +26,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import json
+import logging
 import os
 import re
 import secrets
@@ -38,6 +45,10 @@ from .engine import EngineError
 FORMAT = "bdh-serve-session"
 SESSION_ID = re.compile(r"sess_[0-9a-f]{24}")
 SUFFIX = ".safetensors"
+UNREADABLE = "unreadable"  # the folder of the sessions directory where unreadable session files are moved
+NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # a write failing with these: 507 Insufficient Storage
+
+log = logging.getLogger("bdh.serve")
 
 
 def new_session_id() -> str:
@@ -89,6 +100,7 @@ class SessionStore:
         self._lru: collections.OrderedDict[str, None] = collections.OrderedDict()  # in-memory ids, oldest first
         self.memory_bytes = 0
         self.evictions = 0
+        self.unreadable: dict[str, str] = {}  # id -> why its file was unreadable at start, and where it was moved
         self._scan()
 
     # ------------------------------------------------------------------ disk
@@ -96,29 +108,53 @@ class SessionStore:
         return self.dir / f"{sid}{SUFFIX}"
 
     def _scan(self) -> None:
-        """Index the sessions on disk (headers only) and remove temporary files left by a killed write."""
+        """Index the sessions on disk (headers only), remove temporary files left by a killed write and move
+        unreadable session files aside (`_set_aside`)."""
         from safetensors import safe_open
 
-        for p in self.dir.iterdir():
+        for p in sorted(self.dir.iterdir()):
             if p.name.startswith(".sess_") and p.name.endswith(".tmp"):
                 p.unlink(missing_ok=True)  # an interrupted atomic write: the session file itself is intact
                 continue
             sid = p.name[: -len(SUFFIX)] if p.name.endswith(SUFFIX) else None
-            if sid is None or not SESSION_ID.fullmatch(sid):
+            if sid is None or not SESSION_ID.fullmatch(sid) or not p.is_file():
                 continue
             try:
                 with safe_open(str(p), "pt") as f:
                     meta = f.metadata() or {}
                 if meta.get("format") != FORMAT:
-                    continue
+                    raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
                 info = json.loads(meta["session"])
-                self._entries[sid] = _Entry(sid, info["model"], int(info["n_tokens"]), float(info["created"]),
+                self._entries[sid] = _Entry(sid, str(info["model"]), int(info["n_tokens"]), float(info["created"]),
                                             float(info["updated"]), p.stat().st_size,
                                             has_logits=bool(info.get("has_logits")))
-            except Exception:  # noqa: BLE001 -- an unreadable file is skipped, never fatal
-                continue
+            except Exception as err:  # noqa: BLE001 -- an unreadable file is moved aside, never fatal
+                why = f"{type(err).__name__}: {err}" if isinstance(err, KeyError) else str(err) or type(err).__name__
+                self._set_aside(p, sid, why.splitlines()[0])
 
-    def _write(self, e: _Entry, state, logits, n_tokens: int, updated: float) -> int:
+    def _set_aside(self, p: Path, sid: str, why: str) -> None:
+        """Move an unreadable session file into `<dir>/unreadable/` (never deleted: it may be recovered by hand)."""
+        aside = self.dir / UNREADABLE
+        dest = aside / p.name
+        for i in range(1, 1000):
+            if not dest.exists():
+                break
+            dest = aside / f"{p.name}.{i}"  # one moved aside before, by an earlier start
+        try:
+            aside.mkdir(exist_ok=True, mode=0o700)
+            os.replace(p, dest)
+        except OSError as err:
+            where = f"left in place: it could not be moved to {dest} ({err})"
+            self.unreadable[sid] = f"its file is unreadable ({why}) and was {where}"
+        else:
+            where = f"moved to {dest}"
+            self.unreadable[sid] = (f"its file was unreadable when the server started ({why}) and was moved to "
+                                    f"{UNREADABLE}/{dest.name} in the sessions directory")
+        log.warning("session file %s is unreadable (%s): %s", p, why, where)
+
+    def _write(self, e: _Entry, state, logits, n_tokens: int, updated: float, new: bool = False) -> int:
+        """Save a session's file (atomically); its size. A failed write: EngineError 507 for lack of room (else
+        500) naming the errno, the file as it was."""
         model = self.models[e.model]
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_to_tensors(state, "state.").items()}
         if logits is not None:
@@ -126,8 +162,18 @@ class SessionStore:
         info = {"id": e.id, "model": e.model, "fingerprint": self.fingerprints.get(e.model, ""),
                 "n_tokens": n_tokens, "created": e.created, "updated": updated, "has_logits": logits is not None}
         path = self._path(e.id)
-        save_tensors(path, tensors, {"format": FORMAT, "session": json.dumps(info)})  # atomic
-        return path.stat().st_size
+        try:
+            save_tensors(path, tensors, {"format": FORMAT, "session": json.dumps(info)})  # atomic
+            return path.stat().st_size
+        except OSError as err:
+            log.warning("session %s: %s", e.id, err)  # with the path, for the operator
+            room = err.errno in NO_ROOM
+            what = f"a new session of model {e.model!r}" if new else f"session {e.id}"
+            why = f"[Errno {err.errno}] {os.strerror(err.errno)}" if err.errno else str(err)
+            raise EngineError(f"{'no room to save' if room else 'could not save'} {what} "
+                              f"({_nbytes(tensors.values()):,} bytes) on the server: {why}"
+                              + (": no session was created" if new else ""), 507 if room else 500,
+                              "insufficient_storage" if room else "session_write_failed") from None
 
     def _read(self, e: _Entry):
         from safetensors import SafetensorError, safe_open
@@ -174,6 +220,8 @@ class SessionStore:
 
     # ------------------------------------------------------------------ API
     def _get(self, sid: str, served: bool = False) -> _Entry:
+        if isinstance(sid, str) and sid in self.unreadable:
+            raise EngineError(f"session {sid} is not available: {self.unreadable[sid]}", 410, "session_unreadable")
         if not isinstance(sid, str) or not SESSION_ID.fullmatch(sid) or sid not in self._entries:
             raise EngineError(f"session {sid!r} does not exist", 404, "session_not_found")
         e = self._entries[sid]
@@ -213,7 +261,7 @@ class SessionStore:
             now = time.time()
             e = self._entries[sid] = _Entry(sid, model, n_tokens, now, now, 0, busy=True)
         try:
-            e.file_bytes = self._write(e, state, logits, n_tokens, now)
+            e.file_bytes = self._write(e, state, logits, n_tokens, now, new=True)
         except BaseException:
             with self._lock:
                 self._entries.pop(sid, None)
@@ -297,4 +345,4 @@ class SessionStore:
     def stats(self) -> dict:
         with self._lock:
             return {"sessions": len(self._entries), "in_memory": len(self._lru), "memory_bytes": self.memory_bytes,
-                    "memory_cap": self.memory_cap, "evictions": self.evictions}
+                    "memory_cap": self.memory_cap, "evictions": self.evictions, "unreadable": len(self.unreadable)}

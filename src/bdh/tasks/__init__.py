@@ -6,7 +6,8 @@
 
 Built-in tasks (`TASKS`): streaming parity, multi-query associative recall, copy, reverse, multi-hop variable
 tracking, elementary cellular automaton rollout, multi-digit addition with carries, 4x4 and 9x9 Sudoku.
-The task API (`Task`, `Example`) is in `bdh.tasks.base`.
+The task API (`Task`, `Example`) is in `bdh.tasks.base`, with the bounds on sizes, examples, batches and
+vocabularies (`MAX_SIZE`, `MAX_EXAMPLE_TOKENS`, `MAX_BATCH_TOKENS`, `MAX_VOCAB`); `MAX_PASSES` bounds layer passes.
 
 Training and evaluation: a run with `data.corpus = "task:REF"` trains on a task through `bdh.training.train`
 (`task_run_config(REF, model_type=..., steps=..., seed=...)` builds one from the shipped `task-tiny` config);
@@ -15,12 +16,14 @@ Training and evaluation: a run with `data.corpus = "task:REF"` trains on a task 
 
 from __future__ import annotations
 
-from .base import PAD, TASKS, Example, Task, TaskError, exact_match, masked_loss, register_task
-from .evaluate import evaluate_task, with_layers
+from .base import (MAX_BATCH_TOKENS, MAX_EXAMPLE_TOKENS, MAX_SIZE, MAX_VOCAB, PAD, TASKS, Example, Task, TaskError,
+                   check_task, exact_match, masked_loss, register_task)
+from .evaluate import MAX_PASSES, evaluate_task, with_layers
 from .loading import load_task
 from .run import task_run_config
 
 get_task = load_task
 
-__all__ = ["PAD", "TASKS", "Example", "Task", "TaskError", "evaluate_task", "exact_match", "get_task", "load_task",
-           "masked_loss", "register_task", "task_run_config", "with_layers"]
+__all__ = ["MAX_BATCH_TOKENS", "MAX_EXAMPLE_TOKENS", "MAX_PASSES", "MAX_SIZE", "MAX_VOCAB", "PAD", "TASKS", "Example",
+           "Task", "TaskError", "check_task", "evaluate_task", "exact_match", "get_task", "load_task", "masked_loss",
+           "register_task", "task_run_config", "with_layers"]

@@ -33,15 +33,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in TASKS:
         t = load_task(name)
         doc = (type(t).__doc__ or "").strip().splitlines()
-        rows.append({"name": name, "size": t.size_name, "train_size": t.train_size, "max_size": t.max_size,
+        rows.append({"name": name, "size": t.size_name, "train_size": t.train_size, "max_size": t.largest_size,
                      "vocab": t.vocab_size, "description": doc[0] if doc else ""})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'task':<10} {'size knob':<10} {'train':>5} {'max':>5} {'vocab':>5}  description")
     for r in rows:
-        mx = "-" if r["max_size"] is None else r["max_size"]
-        print(f"{r['name']:<10} {r['size']:<10} {r['train_size']:>5} {mx:>5} {r['vocab']:>5}  {r['description']}")
+        print(f"{r['name']:<10} {r['size']:<10} {r['train_size']:>5} {r['max_size']:>5} {r['vocab']:>5}  "
+              f"{r['description']}")
     return 0
 
 
@@ -78,7 +78,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..cli import apply_run_options
     from ..training.config import TASK_PREFIX
     from . import TaskError, load_task
-    from .evaluate import evaluate_task, with_layers
+    from .evaluate import check_passes, evaluate_task, with_layers
 
     device = apply_run_options(args)
     model_dir = Path(args.model)
@@ -95,12 +95,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sizes = args.sizes
     else:
         sizes = [m * train_size for m in (args.multiples or [1, 2, 4, 8])]
-        if args.multiples is None and task.max_size is not None:  # the default multiples stop at the task's max
-            sizes = [s for s in sizes if s <= task.max_size] or [task.max_size]
+        if args.multiples is None:  # the default multiples stop at the task's largest size
+            sizes = [s for s in sizes if s <= task.largest_size] or [task.largest_size]
     for s in sizes:
         task.check_size(s)
-    model = load_model(model_dir, device=device)
     passes = args.passes or [None]
+    if args.passes:
+        for k in passes:
+            check_passes(k, "--passes")
+    model = load_model(model_dir, device=device)
     if args.passes:
         for k in passes:
             with_layers(model, k)  # refuses every count for a model with per-layer weights, before any work
@@ -153,7 +156,7 @@ def register(sub) -> None:
                     help="multiples of the training size (default 1,2,4,8, stopping at the task's max size)")
     ep.add_argument("--n", type=positive_int, default=256, help="examples per size (default 256)")
     ep.add_argument("--passes", type=_int_list, default=None,
-                    help="layer passes to evaluate, e.g. 1,2,3 (BDH: weights shared across layers)")
+                    help="layer passes to evaluate, e.g. 1,2,3, at most 64 (BDH: weights shared across layers)")
     ep.add_argument("--seed", type=seed_value, default=1234, help="seed of the evaluation examples (default 1234)")
     ep.add_argument("--batch-size", type=positive_int, default=64, help="examples evaluated together (default 64)")
     ep.add_argument("--json", action="store_true", help="print JSON")

@@ -167,9 +167,7 @@ def scaled_sizes(task, mults) -> list[int]:
     """train_size x each multiple, clipped to the task's largest size, without repeats."""
     out = []
     for m in mults:
-        s = task.train_size * m
-        if task.max_size is not None:
-            s = min(s, task.max_size)
+        s = min(task.train_size * m, task.largest_size)
         if s not in out:
             out.append(s)
     return out

@@ -7,7 +7,8 @@
 
 The examples of a size come from `random.Random(seed * 1_000_003 + size)`: the same for every model and run.
 `n_layer=k` evaluates a BDH with k layer passes: BDH shares its weights across layers, so the same parameters
-run at any depth (depth as a test-time-compute knob); a model type with per-layer weights (GPT) refuses it.
+run at any depth (depth as a test-time-compute knob) up to `MAX_PASSES` = 64 (5x the deepest preset's 2L = 12;
+each pass is one more layer of compute and of state); a model type with per-layer weights (GPT) refuses it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
-from .base import Task, TaskError, exact_match
+from .base import Task, TaskError, check_task, exact_match
+
+MAX_PASSES = 64  # layer passes `with_layers` runs a model with
 
 
 def size_rng(seed: int, size: int) -> random.Random:
@@ -73,13 +76,20 @@ def _state_bytes(model, x: torch.Tensor, form: str) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_to_tensors(state).values())
 
 
+def check_passes(n_layer: int, what: str = "n_layer") -> int:
+    """`n_layer` if it is a number of layer passes from 1 to `MAX_PASSES`, else TaskError naming `what` and it."""
+    if isinstance(n_layer, bool) or not isinstance(n_layer, int) or not 1 <= n_layer <= MAX_PASSES:
+        raise TaskError(f"{what}={n_layer!r}: expected an integer from 1 to {MAX_PASSES} (layer passes; "
+                        "bdh.tasks.MAX_PASSES)")
+    return n_layer
+
+
 def with_layers(model, n_layer: int):
     """The same model run with `n_layer` layer passes: a model of config n_layer=k sharing the parameters (copied).
-    TaskError for a model type whose layers have their own weights (e.g. GPT) or a bad count."""
+    TaskError for a model type whose layers have their own weights (e.g. GPT) or a bad count (`check_passes`)."""
     from ..interface import build_model
 
-    if isinstance(n_layer, bool) or not isinstance(n_layer, int) or n_layer < 1:
-        raise TaskError(f"n_layer={n_layer!r}: expected a positive integer (layer passes)")
+    check_passes(n_layer)
     cfg = model.config
     mt = getattr(type(cfg), "MODEL_TYPE", type(cfg).__name__)
     if "n_layer" not in {f.name for f in dataclasses.fields(cfg)}:
@@ -105,9 +115,10 @@ def evaluate_task(model, task, sizes: Sequence[int], *, n_examples: int = 256, s
     example, padded), "state_bytes" (the state/cache one sequence leaves after an example: constant for BDH,
     growing with the length for GPT's KV cache), "examples", "n_layer"}.
 
-    `model`: a model (any registered type) or a model directory; `task`: a Task or a reference (`load_task`).
-    Every size is checked (`task.check_size`, TaskError naming it) before anything runs. `n_layer`: evaluate with
-    that many layer passes (`with_layers`; BDH only). Batches of `batch_size` examples: memory is the caller's.
+    `model`: a model (any registered type) or a model directory; `task`: a Task (`check_task`) or a reference
+    (`load_task`). Every size is checked (`task.check_size`, TaskError naming it) before anything runs. `n_layer`:
+    evaluate with that many layer passes (`with_layers`; BDH only). Batches of `batch_size` examples: memory is the
+    caller's.
     """
     from .loading import load_task
 
@@ -115,8 +126,7 @@ def evaluate_task(model, task, sizes: Sequence[int], *, n_examples: int = 256, s
         from ..checkpoint import load_model
 
         model = load_model(model)
-    if not isinstance(task, Task):
-        task = load_task(task)
+    task = check_task(task) if isinstance(task, Task) else load_task(task)
     for name, v in (("n_examples", n_examples), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise TaskError(f"{name}={v!r}: expected a positive integer")

@@ -1,15 +1,14 @@
-"""Loading a task by reference (`load_task`) and checking a task run's `[data]` (`task_for_run`)."""
+"""Loading a task by reference (`load_task`, the task checked: `check_task`)."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import os
-import random
 import sys
 from pathlib import Path
 
-from .base import TASKS, Task, TaskError
+from .base import TASKS, Task, TaskError, check_task, user_error
 
 
 def _as_task(obj, ref: str) -> Task:
@@ -19,19 +18,22 @@ def _as_task(obj, ref: str) -> Task:
         except TypeError as e:  # a constructor with required arguments: name it in one line
             raise TaskError(f"--task {ref!r}: {obj.__name__}() cannot be built without arguments ({e}); "
                             f"expected defaults for every constructor argument, or a Task instance") from None
+        except Exception as e:  # noqa: BLE001 (a user's constructor: its error in one line)
+            raise user_error(f"--task {ref!r}", f"{obj.__name__}()", e) from None
     if not isinstance(obj, Task):
         raise TaskError(f"--task {ref!r}: names a {type(obj).__name__}, expected a bdh.tasks.Task subclass or instance")
-    return obj
+    return check_task(obj)
 
 
 def load_task(ref: str) -> Task:
-    """A task by reference: a built-in name, `path/to/file.py:NAME` or `package.module:NAME`."""
+    """A task by reference: a built-in name, `path/to/file.py:NAME` or `package.module:NAME`; checked
+    (`check_task`). A file is imported without writing bytecode beside it."""
     from . import builtin  # noqa: F401  (registers the built-in tasks)
 
     if not isinstance(ref, str) or not ref:
         raise TaskError(f"task {ref!r}: expected a task name ({', '.join(TASKS)}), FILE.py:NAME or module:NAME")
     if ref in TASKS:
-        return TASKS[ref]()
+        return check_task(TASKS[ref]())
     if ":" not in ref:
         raise TaskError(f"unknown task {ref!r}: expected one of {', '.join(TASKS)}, or FILE.py:NAME / module:NAME")
     where, _, name = ref.rpartition(":")
@@ -43,11 +45,14 @@ def load_task(ref: str) -> Task:
         spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
+        no_pyc, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ in the user's folder
         try:
             spec.loader.exec_module(module)
         except Exception as e:  # noqa: BLE001 (a user's file: report its error in one line)
             sys.modules.pop(mod_name, None)
-            raise TaskError(f"--task {ref!r}: importing {str(path)!r} failed: {type(e).__name__}: {e}") from None
+            raise user_error(f"--task {ref!r}", f"importing {str(path)!r}", e) from None
+        finally:
+            sys.dont_write_bytecode = no_pyc
     else:
         try:
             module = importlib.import_module(where)
@@ -57,22 +62,3 @@ def load_task(ref: str) -> Task:
         raise TaskError(f"--task {ref!r}: {where!r} has no attribute {name!r}")
     return _as_task(getattr(module, name), ref)
 
-
-
-def task_for_run(data_cfg) -> tuple[Task, int, int]:
-    """(task, smallest, largest training size) of a task run's `[data]`, with a few examples generated and checked
-    at both sizes: TaskError (one line) for an unknown task, a bad size or malformed examples."""
-    task = load_task(data_cfg.task_ref)
-    lo, hi = data_cfg.task_sizes(task)
-    for size in sorted({lo, hi}):
-        rng = random.Random(0)
-        for _ in range(2):
-            try:
-                task.checked_example(rng, size)
-            except TaskError:
-                raise
-            except Exception as e:  # noqa: BLE001 (a user's example(): its error in one line)
-                msg = str(e).splitlines()[0] if str(e) else ""
-                raise TaskError(f"task {task.name!r} ({task.size_name}={size}): example() failed: "
-                                f"{type(e).__name__}: {msg}") from None
-    return task, lo, hi

@@ -12,29 +12,11 @@ is `bdh.training.batching.TaskSampler` (targets -100 outside the answers); valid
 
 from __future__ import annotations
 
-import torch
-
-from .base import Task
-from .loading import task_for_run  # noqa: F401  (re-exported)
-from .evaluate import score_batch, size_rng
-
-VAL_SEED = 777  # the validation examples of task runs: the same for every run, seed and model
-VAL_SIZES = 8  # at most this many sizes, evenly spaced over [task_min_size, task_size], in the validation set
+from .evaluate import score_batch
+from .validation import VAL_SEED, VAL_SIZES, task_for_run, val_sizes, validation_set  # noqa: F401  (re-exported)
 
 # `task_run_config(model_type="gpt")`: a GPT of about the size of task-tiny's BDH (ALiBi positions extrapolate)
 GPT_TINY = {"model_type": "gpt", "n_layer": 3, "n_embd": 64, "n_head": 4, "dropout": 0.0, "positions": "alibi"}
-
-
-def val_sizes(lo: int, hi: int, k: int = VAL_SIZES) -> list[int]:
-    """At most k sizes evenly spaced over [lo, hi], both ends included."""
-    if hi - lo + 1 <= k:
-        return list(range(lo, hi + 1))
-    return sorted({round(lo + i * (hi - lo) / (k - 1)) for i in range(k)})
-
-
-def validation_set(task: Task, lo: int, hi: int, per_size: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The fixed validation batches of a task run: `per_size` examples at each of `val_sizes(lo, hi)`."""
-    return [task.batch(size_rng(VAL_SEED, s), s, per_size) for s in val_sizes(lo, hi)]
 
 
 def evaluate_validation(model, batches, *, batch_size: int = 64, form: str = "auto", autocast=None) -> dict:

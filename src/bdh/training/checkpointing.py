@@ -32,7 +32,7 @@ import torch
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, check_tensors, save_tensors
 from ..interface import load_config
-from ..io import atomic_write_json
+from ..io import atomic_dir, atomic_write_json
 
 FORMAT = "bdh-train-checkpoint"
 VERSION = 1
@@ -201,9 +201,9 @@ def save_checkpoint(
 
 def save_best(root: Path, step: int, val: dict, model, tokenizer) -> None:
     """Write the best-by-validation model into `root/best` (config, weights, tokenizer, best.json)."""
-    best = Path(root) / "best"
-    model.save_pretrained(best, tokenizer=tokenizer)
-    _write_json(best / "best.json", {"step": step, **val})
+    with atomic_dir(Path(root) / "best") as best:  # weights and best.json replaced together
+        model.save_pretrained(best, tokenizer=tokenizer)
+        _write_json(best / "best.json", {"step": step, **val})
 
 
 # ----------------------------------------------------------------------------------------------- reading

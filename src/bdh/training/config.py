@@ -197,7 +197,7 @@ class RunConfig:
         self.data.validate()
         self.train.validate()
         if self.data.task_ref is not None:  # the task loads, its sizes exist, its examples are well-formed
-            from ..tasks.loading import task_for_run
+            from ..tasks.validation import task_for_run
 
             task_for_run(self.data)
         cfg = self.model_config(self.model.get("vocab_size", 256))  # raises ValueError naming the bad field

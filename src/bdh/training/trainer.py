@@ -503,6 +503,8 @@ class Trainer:
             pass
         if not self._finished_at_ckpt or step < self.t.steps:
             return False
+        saved_cfg = load_config(path / "config.json")  # the model config asked for now, at the run's vocabulary
+        _check_resume(self.run_cfg, self.saved["meta"], self.run_cfg.model_config(saved_cfg.vocab_size), path)
         self.say(f"the run in {self.out} is already finished (step {step}, train.steps = {self.t.steps}): nothing "
                  "to do; raise train.steps to train further")
         model = load_model(self.out)
@@ -527,14 +529,20 @@ class Trainer:
             expect = recorded if isinstance(recorded, dict) else {"train": None, "val": None}
         self.tokenizer, self.train_tokens, self.val_tokens, self.data_sha256 = prepare_data(
             self.run_cfg, self.out, self.dist, tokenizer, expect)
-        if self.dist.main:
-            self.tokenizer.save(self.out)
+        self._save_tokenizer()
         self.byte_lengths = token_byte_lengths(self.tokenizer)
+
+    def _save_tokenizer(self) -> None:
+        """The tokenizer into OUT (process 0) as the final `save_pretrained` writes it, so a resume rewrites the
+        same bytes."""
+        from ..checkpoint import hf_fields, save_tokenizer
+
+        if self.dist.main:
+            save_tokenizer(self.tokenizer, self.out, hf=bool(hf_fields(self.run_cfg.model_type)))
 
     def _setup_task_data(self, resume_path: Path | None) -> None:
         """A task run: the task (checked), its vocabulary as the tokenizer, the fixed validation set."""
-        from ..tasks.loading import task_for_run
-        from ..tasks.run import validation_set
+        from ..tasks.validation import task_for_run, validation_set
         from ..tokenization import WordTokenizer
 
         self.task, lo, hi = task_for_run(self.run_cfg.data)  # before anything is written
@@ -546,14 +554,13 @@ class Trainer:
             if saved is not None and list(saved) != list(self.task.vocab):
                 raise CheckpointError(f"--resume {resume_path}: task {self.task.name!r} has another vocabulary now "
                                       f"({len(self.task.vocab)} tokens) than when the run started ({len(saved)})")
+        self.val_batches = validation_set(self.task, lo, hi, self.t.eval_batch_size)  # user code: before any write
+        self.task_sizes = (lo, hi)
         self.out.mkdir(parents=True, exist_ok=True)
-        if self.dist.main:
-            self.tokenizer.save(self.out)
+        self._save_tokenizer()
         self.train_tokens = self.val_tokens = None
         self.byte_lengths = None
         self.data_sha256 = {}
-        self.val_batches = validation_set(self.task, lo, hi, self.t.eval_batch_size)
-        self.task_sizes = (lo, hi)
 
     def _setup_model(self) -> None:
         t, dist = self.t, self.dist
@@ -655,6 +662,10 @@ class Trainer:
         if self.carry and getattr(self.model_cfg, "damping", 0) is None:
             self.say("note: data.batching = 'tbptt' with model.damping = none: the carried state sums every past token "
                      "of a stream (tens of thousands); long contexts need damping (--set model.damping=alibi)")
+        if self.device.type == "cpu" and t.precision == "auto" and cpu_bf16_supported():
+            # auto stays fp32 on every CPU (the same numbers on every machine); bf16 is the user's choice
+            self.say("precision: fp32 (auto on CPU); this CPU computes bf16 natively: --set train.precision=bf16 "
+                     "trains about 2x faster (README, Precision)")
         if dist.main and (sys.stderr.isatty() if self.progress is None else self.progress):
             from tqdm.auto import tqdm
 

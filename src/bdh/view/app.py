@@ -9,6 +9,10 @@
     POST /api/concepts          {concept: [...], contrast: [...], layer, U?} -> data.concept_search
     POST /api/state             {text, points?}                       -> data.state_view
 
+With an access token (`create_app(..., token=)`, `bdh view --token`) every path needs it: `?token=` (the
+response then sets a cookie, so the page's own requests carry it), that cookie, or `Authorization: Bearer`;
+else 401 `{"error": ...}`.
+
 Bad input is an HTTP 4xx with `{"error": "one line"}`: a body over `MAX_BODY` bytes or a text over
 `data.MAX_TEXT_CHARS` characters (413), a body that is not UTF-8 JSON (400), an unknown layer / head / neuron or
 a view a model does not have (400 / 422); the server keeps serving. One lock serialises the model (hooks are
@@ -16,10 +20,12 @@ per model).
 """
 
 
+import hashlib
 import json
 import threading
 from pathlib import Path
 
+from ..netsec import bearer_ok, same_secret
 from . import data
 
 STATIC = Path(__file__).parent / "static"
@@ -93,6 +99,40 @@ def page_html(embed: dict | None = None, inline: bool = False) -> str:
     return html
 
 
+class TokenGuard:
+    """ASGI wrapper: a request without the access token (query `token`, the cookie set when it was right, or
+    `Authorization: Bearer`) gets a 401."""
+
+    def __init__(self, app, token: str):
+        self.app, self.token = app, token
+        self.cookie = hashlib.sha256(b"bdh view token:" + token.encode()).hexdigest()  # not the token itself
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+
+        req = Request(scope)
+        name = f"bdh_view_{(scope.get('server') or ('', ''))[1]}"  # per port: two viewers on one host keep theirs
+        by_query = same_secret(req.query_params.get("token"), self.token)
+        if not (by_query or bearer_ok(req.headers.get("authorization"), self.token)
+                or same_secret(req.cookies.get(name), self.cookie)):
+            return await JSONResponse({"error": "missing or wrong access token: open the URL that bdh view printed "
+                                       "(it ends in ?token=...) or send 'Authorization: Bearer TOKEN'"}, 401,
+                                      headers={"www-authenticate": "Bearer"})(scope, receive, send)
+        if not by_query:
+            return await self.app(scope, receive, send)
+        cookie = f"{name}={self.cookie}; Path=/; HttpOnly; SameSite=Strict".encode()
+
+        async def send_cookie(msg):
+            if msg["type"] == "http.response.start":
+                msg = {**msg, "headers": [*msg.get("headers", []), (b"set-cookie", cookie)]}
+            await send(msg)
+
+        return await self.app(scope, receive, send_cookie)
+
+
 def json_response(obj, status: int = 200):
     """JSON straight from `json.dumps` (FastAPI's jsonable_encoder walks every number: ~8x slower on a 2,000-token
     text view)."""
@@ -102,8 +142,8 @@ def json_response(obj, status: int = 200):
                     media_type="application/json")
 
 
-def create_app(viewer: Viewer):
-    """The FastAPI app serving `viewer`."""
+def create_app(viewer: Viewer, token: str | None = None):
+    """The FastAPI app serving `viewer` (`token`: every request needs it, see `TokenGuard`)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
@@ -210,7 +250,7 @@ def create_app(viewer: Viewer):
 
         return await _threaded(run, go)
 
-    return app
+    return app if token is None else TokenGuard(app, token)
 
 
 async def _threaded(fn, *args, **kw):

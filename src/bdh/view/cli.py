@@ -1,6 +1,7 @@
 """`bdh view`: parse arguments, load the model, serve the viewer (or export one static page).
 
     bdh view --model runs/default                         # http://127.0.0.1:8765/
+    bdh view --model runs/default --host 0.0.0.0 --token T  # every interface; open http://HOST:8765/?token=T
     bdh view --model runs/default --export page.html --text "To be, or not to be"
 
 No heavy import at module level (`bdh --help` works without fastapi / uvicorn).
@@ -13,8 +14,10 @@ import sys
 from pathlib import Path
 
 from ..cli import add_run_options, apply_run_options, int_at_least, positive_int
+from ..netsec import AccessKey, listen_socket
 
 DEFAULT_PORT = 8765
+VIEW_TOKEN = AccessKey("--token", "BDH_VIEW_TOKEN", "an access token")
 
 
 def _port(text: str) -> int:
@@ -66,6 +69,9 @@ def cmd_view(args: argparse.Namespace) -> int:
         raise ValueError("--text and --text-file: give one of them")
     if (args.text is not None or args.text_file is not None) and args.export is None:
         raise ValueError("--text / --text-file go with --export PAGE.html")
+    if args.token is not None and args.export is not None:
+        raise ValueError("--token goes with the live server; an --export page is a static file, with no server")
+    token = VIEW_TOKEN.resolve(args.token) if args.export is None else None
     text = None
     if args.export is not None:
         if args.text_file is not None:
@@ -78,6 +84,15 @@ def cmd_view(args: argparse.Namespace) -> int:
 
         if len(text) > MAX_TEXT_CHARS:
             raise ValueError(f"the text has {len(text)} characters; at most {MAX_TEXT_CHARS}")
+    sock = listen_socket(args.host, args.port) if args.export is None else None  # a busy port: before any work
+    try:
+        return _view(args, device, text, token, sock)
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def _view(args: argparse.Namespace, device, text: str | None, token: str | None, sock) -> int:
     model = load_viewer_model(args.model, device)
     if args.export is not None:
         out = export_page(model, text, args.export)
@@ -94,25 +109,24 @@ def cmd_view(args: argparse.Namespace) -> int:
         corpus = args.data or default_corpus(args.model)
         index = load_or_build_index(model, args.model, corpus, max_tokens=args.index_tokens, progress=not args.quiet,
                                     log=lambda s: print(s, file=sys.stderr, flush=True))
-    serve(create_app(Viewer(model, args.model, index)), args.host, args.port, quiet=args.quiet)
+    serve(create_app(Viewer(model, args.model, index), token=token), sock, args.host, quiet=args.quiet, token=token)
     return 0
 
 
-def serve(app, host: str, port: int, *, quiet: bool = False) -> None:
-    """Bind `host:port` (port 0: a free one), print the URL, serve until interrupted."""
-    import socket
+def serve(app, sock, host: str, *, quiet: bool = False, token: str | None = None) -> None:
+    """Serve `app` on the bound socket `sock` (`bdh.netsec.listen_socket`) until interrupted; first warn when
+    `host` is reachable from other machines without a `token`, and print the URL (with `?token=` when there is one)."""
+    from urllib.parse import quote
 
     import uvicorn
 
-    try:
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except (OSError, OverflowError) as e:
-        raise OSError(f"--host {host} --port {port}: cannot bind ({getattr(e, 'strerror', None) or e})") from None
     port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    print(f"bdh view: http://{shown}:{port}/  (Ctrl-C to stop)", flush=True)
+    warning = VIEW_TOKEN.warning("bdh view", host, token, "use the model and read its weights through the API")
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    query = f"?token={quote(token, safe='')}" if token else ""
+    print(f"bdh view: http://{shown}:{port}/{query}  (Ctrl-C to stop)", flush=True)
     config = uvicorn.Config(app, log_level="warning" if quiet else "info", access_log=not quiet)
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -124,6 +138,9 @@ def register(sub) -> None:
                    help="corpus spec for the neuron index (default: the model's training corpus, else pydoc); validation split")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     v.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: a free port)")
+    v.add_argument("--token", default=None,
+                   help="require this access token for the page and the API: open the printed URL (?token=...), "
+                        "or send 'Authorization: Bearer TOKEN' (default: $BDH_VIEW_TOKEN, else off)")
     v.add_argument("--index-tokens", type=positive_int, default=1 << 20,
                    help="validation tokens indexed for the neurons' top contexts (default 1048576)")
     v.add_argument("--no-index", action="store_true", help="do not build or load the neuron index")

@@ -20,6 +20,10 @@
   }
   const PALETTE = ["#5470c6", "#91cc75", "#fac858", "#ee6666", "#73c0de", "#3ba272", "#fc8452", "#9a60b4", "#ea7ccc", "#333"];
   const nl = (s) => s.replace(/\n/g, "↵");
+  // a zoom slider under a chart's x-axis labels: the grid's bottom leaves room for the labels above the slider
+  // (its handles and move bar included)
+  const SLIDER = { type: "slider", xAxisIndex: 0, height: 18, bottom: 8 };
+  const SLIDER_GRID_BOTTOM = 72;
   const fmt = (x, d) => (x === null || x === undefined ? "–" : Number(x).toFixed(d === undefined ? 4 : d));
 
   function showError(msg) {
@@ -64,12 +68,15 @@
   // ------------------------------------------------------------------------------------------ info
   function renderInfo(info) {
     S.info = info;
+    const live = info.bdh ? " · exported page (static; the Neuron and Synapse views need the live server: bdh view --model DIR)"
+                          : " · exported page (static)";
     const sizes = info.bdh ? `L=${info.n_layer}, h=${info.n_head}, N=${info.N}, d=${info.d}, damping=${info.damping === null ? "none" : info.damping}`
                            : `L=${info.n_layer}, h=${info.n_head}`;
     $("model-info").textContent = `${info.model_type} · ${sizes} · ${info.params.toLocaleString()} parameters` +
       (info.index ? ` · neuron index: ${info.index.n_tokens.toLocaleString()} tokens of ${info.index.corpus}` : "") +
-      (EMBED ? " · exported page (static)" : "");
+      (EMBED ? live : "");
     for (const e of document.querySelectorAll(".bdh-only")) e.hidden = !info.bdh;
+    if (EMBED) for (const e of document.querySelectorAll(".live-only")) e.hidden = true;
     if (info.note) { $("note").hidden = false; $("note").textContent = `${info.model_type} model: per-token loss, top-k and attention apply; ${info.note}.`; }
     for (const id of ["n-layer", "s-layer", "c-layer"]) $(id).max = info.n_layer - 1;
     if (info.bdh) { $("n-head").max = info.n_head - 1; $("n-neuron").max = info.N - 1; }
@@ -86,6 +93,24 @@
     return `rgba(220, 60, 40, ${0.08 + 0.6 * a})`;
   }
 
+  const LEGEND_STEPS = 5;
+  function renderLossLegend(hi) {
+    const box = $("loss-legend");
+    box.textContent = "";
+    box.dataset.max = hi;
+    box.append(el("span", { text: "token colour: its loss, nats (darkest: the largest in this text)" }));
+    for (let i = 0; i < LEGEND_STEPS; i++) {
+      const v = (hi * i) / (LEGEND_STEPS - 1);
+      const s = el("span", { class: "swatch", "data-loss": v, text: fmt(v, 2) });
+      s.style.background = lossColour(v, hi);
+      box.append(s);
+    }
+    const none = el("span", { class: "swatch", "data-loss": "", text: "none (first token)" });
+    none.style.background = lossColour(null, hi);
+    box.append(none);
+    box.hidden = false;
+  }
+
   function renderText(r) {
     S.text = r;
     S.sel = null;
@@ -100,6 +125,7 @@
       span.addEventListener("click", () => selectToken(t));
       box.append(span);
     });
+    renderLossLegend(hi);
     if (r.activity) { renderHeatmap(); renderActivityTable(); }
     $("token-panel").textContent = "";
     $("token-panel").append(el("em", { text: "Click a token." }));
@@ -121,12 +147,12 @@
       animation: false,
       title: { text: `fraction of active neurons: ${kind} (per layer.head, per token)`, textStyle: { fontSize: 13 } },
       tooltip: { formatter: (p) => `${rows[p.value[1]]} · token ${labels[p.value[0]]}<br>${kind} active: ${fmt(p.value[2])}` },
-      grid: { left: 60, right: 110, top: 30, bottom: r.n_tokens > 120 ? 60 : 40 },
+      grid: { left: 60, right: 110, top: 30, bottom: r.n_tokens > 120 ? SLIDER_GRID_BOTTOM : 40 },
       xAxis: { type: "category", data: labels, axisLabel: { interval: "auto", fontSize: 10 } },
       yAxis: { type: "category", data: rows, inverse: true, axisLabel: { fontSize: 10 } },
       visualMap: { min: 0, max: vmax || 1, precision: 3, calculable: true, orient: "vertical", right: 10, top: 30, itemHeight: 180,
                    inRange: { color: ["#f7fbff", "#6baed6", "#08306b"] } },
-      dataZoom: r.n_tokens > 120 ? [{ type: "slider", xAxisIndex: 0, start: 0, end: Math.min(100, 100 * 120 / r.n_tokens), height: 18, bottom: 8 },
+      dataZoom: r.n_tokens > 120 ? [{ ...SLIDER, start: 0, end: Math.min(100, 100 * 120 / r.n_tokens) },
                                     { type: "inside", xAxisIndex: 0 }] : [],
       series: [{ type: "heatmap", data, progressive: 0 }],
     });
@@ -165,8 +191,9 @@
       const nt = el("table", { id: "token-neurons" },
         el("tr", {}, el("th", { text: "layer" }), el("th", { text: "head" }), el("th", { text: "neuron" }), el("th", { text: "value" })));
       for (const [l, h, n, v] of r.neurons.top[t]) {
-        nt.append(el("tr", { class: "click neuron-row", "data-layer": l, "data-head": h, "data-neuron": n, "data-value": v,
-                             onclick: () => openNeuron(l, h, n) },
+        const row = { class: "neuron-row", "data-layer": l, "data-head": h, "data-neuron": n, "data-value": v };
+        if (!EMBED) Object.assign(row, { class: "click neuron-row", onclick: () => openNeuron(l, h, n) });  // no Neuron view in an export
+        nt.append(el("tr", row,
           el("td", { text: l }), el("td", { text: h }), el("td", { text: n }), el("td", { text: fmt(v) })));
       }
       if (!r.neurons.top[t].length) nt.append(el("tr", {}, el("td", { colspan: 4, text: "no active neuron" })));
@@ -272,9 +299,9 @@
       const r = await api("api/sigma", { text: $("text").value, layer: parseInt($("s-layer").value, 10), pairs });
       showError(null);
       setChart("sigma", {
-        animation: false, legend: { top: 0 }, tooltip: { trigger: "axis" }, grid: { left: 60, right: 20, top: 40, bottom: 60 },
+        animation: false, legend: { top: 0 }, tooltip: { trigger: "axis" }, grid: { left: 60, right: 20, top: 40, bottom: SLIDER_GRID_BOTTOM },
         xAxis: { type: "category", data: r.tokens.map((s, i) => `${i}:${s}`) }, yAxis: { type: "value", name: `σ layer ${r.layer}` },
-        dataZoom: [{ type: "slider" }, { type: "inside" }],
+        dataZoom: [SLIDER, { type: "inside", xAxisIndex: 0 }],
         series: r.values.map((v, q) => ({ type: "line", name: r.labels[q], data: v, showSymbol: false })),
       });
       $("sigma").dataset.pairs = JSON.stringify(r.pairs);
@@ -351,7 +378,6 @@
       renderText(EMBED.text);
       if (EMBED.state) renderState(EMBED.state);
       $("st-run").hidden = true;
-      for (const id of ["n-show", "s-run", "c-run"]) $(id).disabled = true;
       document.body.dataset.ready = "1";
       return;
     }
