@@ -1,6 +1,6 @@
 """Sparsity vs quality: the default run trained with several `train.activity_penalty` weights.
 
-    python benchmarks/activity_penalty.py --steps 800 --penalty 0 --penalty 0.03 --penalty 0.1 --penalty 0.3 \\
+    python -m benchmarks.activity_penalty --steps 800 --penalty 0 --penalty 0.03 --penalty 0.1 --penalty 0.3 \\
         --penalty 1 --penalty 3
 
 Every weight is one `bdh train --config default --set train.steps=STEPS --set train.activity_penalty=W`
@@ -19,14 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
 
-from common import format_machine, machine_info, write_json  # noqa: E402
-from sparse_decode import activity, make_prompt, sample_tokens  # noqa: E402
+from .common import format_machine, machine_info, write_json
+from .sparse_decode import activity, make_prompt, sample_tokens
 
-from bdh import load_model  # noqa: E402
+from bdh import load_model
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "activity_penalty.json"
 

@@ -1,8 +1,8 @@
 """CPU allocators for training: glibc's defaults, glibc tuned as `bdh train` tunes it, jemalloc, tcmalloc.
 
-    python benchmarks/allocators.py                  # rungs 0.8M and 3.2M, 2 rounds (~10-15 min on the shared 2-core CPU)
-    python benchmarks/allocators.py --quick          # smoke test: 0.8M at 512 tokens/step, 1 round, no memory (~1 min)
-    python benchmarks/allocators.py --allocators glibc-tuned,jemalloc --rounds 1
+    python -m benchmarks.allocators                  # rungs 0.8M and 3.2M, 2 rounds (~10-15 min on the shared 2-core CPU)
+    python -m benchmarks.allocators --quick          # smoke test: 0.8M at 512 tokens/step, 1 round, no memory (~1 min)
+    python -m benchmarks.allocators --allocators glibc-tuned,jemalloc --rounds 1
 
 A BDH training step on CPU allocates and frees the same large activations every step. With glibc's default
 settings every block above the mmap threshold is a fresh `mmap`, page-faulted in and zero-filled again each
@@ -59,25 +59,24 @@ import platform
 import resource
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from common import (  # noqa: E402
+from .common import (
     apply_malloc,
+    child_env as bench_env,
     current_rss_bytes,
     format_machine,
     human_bytes,
     machine_info,
+    module_command,
     peak_rss_bytes,
     reset_peak_rss,
     write_json,
 )
 
+HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "allocators.json"
 QUICK_OUT = HERE / "results" / "allocators_quick.json"
 JEMALLOC = ("libjemalloc.so.2", "libjemalloc.so.1", "libjemalloc.so")
@@ -147,7 +146,7 @@ def child(spec: dict) -> dict:
     from bdh.allocator import glibc_malloc_active
     from bdh.baselines.ladders import CPU_LADDER
 
-    import train_speed as ts
+    from . import train_speed as ts
 
     bcfg, gcfg = {r.name: r for r in CPU_LADDER}[spec["rung"]].configs(256)
     T, B = spec["T"], spec["tokens_per_step"] // spec["T"]
@@ -170,7 +169,7 @@ def child(spec: dict) -> dict:
 
 
 def child_env(name: str, lib: str | None) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**bench_env(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     for k in ("LD_PRELOAD", "MALLOC_CONF"):
         env.pop(k, None)
     if lib:
@@ -181,7 +180,7 @@ def child_env(name: str, lib: str | None) -> dict:
 
 
 def run_child(spec: dict, name: str, lib: str | None) -> dict:
-    r = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+    r = subprocess.run(module_command("allocators", "--child", json.dumps(spec)), capture_output=True, text=True,
                        env=child_env(name, lib))
     if r.returncode != 0:
         return {"status": "failed", "returncode": r.returncode, "stderr": r.stderr[-2000:]}
@@ -190,8 +189,8 @@ def run_child(spec: dict, name: str, lib: str | None) -> dict:
 
 # ----------------------------------------------------------------------------- speed (train_speed.py --ladder)
 def run_ladder(a, name: str, lib: str | None, out: Path) -> dict:
-    cmd = [sys.executable, str(HERE / "train_speed.py"), "--ladder", ",".join(a.rungs), "--threads", "1",
-           "--repeats", str(a.repeats), "--malloc", ALLOCATORS[name][1], "--out", str(out)]
+    cmd = module_command("train_speed", "--ladder", ",".join(a.rungs), "--threads", "1", "--repeats", a.repeats,
+                         "--malloc", ALLOCATORS[name][1], "--out", out)
     if a.quick:
         cmd.append("--quick")
     t0 = time.perf_counter()

@@ -1,9 +1,8 @@
-"""Shared helpers for the benchmark scripts: machine description, memory readings, a median-of-repeats timer.
+"""Shared helpers for the benchmarks: machine description, memory readings, the timers (a median of repeats,
+interleaved A/B rounds), and how one benchmark starts another in a child process.
 
-Import from a benchmark script next to this file (``sys.path`` holds the script's folder when it is run as
-``python benchmarks/<name>.py``):
-
-    from common import machine_info, median_time, peak_rss_bytes, reset_peak_rss, train_step_fn, write_json
+`benchmarks` is a package: every benchmark runs from the repository root as ``python -m benchmarks.<name>``
+and imports these helpers as ``from .common import ...`` (no ``sys.path`` edits).
 """
 
 from __future__ import annotations
@@ -19,6 +18,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def module_command(name: str, *args) -> list[str]:
+    """argv of ``python -m benchmarks.NAME ARGS...``: a benchmark run in a child process (with `child_env`)."""
+    return [sys.executable, "-m", f"benchmarks.{name}", *map(str, args)]
+
+
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default os.environ) with the repository root first on PYTHONPATH, so ``-m benchmarks.NAME`` resolves
+    in a child started from any working directory."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
 
 
 # ----------------------------------------------------------------------------- machine
@@ -246,6 +258,29 @@ def median_time(
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     return summarize(times, cpu)
+
+
+def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
+                      ) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """A/B (or more) timing on a shared machine: `warmup` untimed calls of each function, then `repeats` rounds
+    that call each once in an order rotated every round (A B, B A, ... for two), so a slow spell of the machine
+    falls on every side alike; ratios come from these interleaved samples.
+
+    Returns (the first call's result per name, e.g. the first training step's loss; wall seconds per name)."""
+    if repeats < 1 or warmup < 1:
+        raise ValueError(f"repeats={repeats}, warmup={warmup}: expected both >= 1")
+    first = {k: f() for k, f in fns.items()}
+    for _ in range(warmup - 1):
+        for f in fns.values():
+            f()
+    names = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(repeats):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return first, times
 
 
 def train_step_fn(model, B: int, T: int, carry: bool, seed: int = 0, bf16: bool = False) -> Callable[[], float]:

@@ -1,7 +1,7 @@
 """The core against an earlier commit, in one run: decode, training and sparse-decode speed, and hook overhead.
 
     git worktree add /tmp/bdh-base <commit>          # the baseline's source tree
-    python benchmarks/core_regression.py --baseline /tmp/bdh-base/src --rounds 3 --threads 1
+    python -m benchmarks.core_regression --baseline /tmp/bdh-base/src --rounds 3 --threads 1
 
 Each round runs one fresh subprocess per side (baseline, current), alternating, so both see the same machine
 load; figures are medians over rounds, and each round's figures are in the JSON. Measured per side:
@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
 DEFAULT_OUT = HERE / "results" / "core_regression.json"
 
 
@@ -43,7 +44,7 @@ def _median_time(fn, repeats: int) -> float:
 def worker(quick: bool, malloc: str = "tuned") -> dict:
     """Runs inside the subprocess, against whichever `bdh` is on sys.path."""
     import torch
-    from common import apply_malloc  # the trainer's CPU allocator setting, the same on both sides
+    from .common import apply_malloc  # the trainer's CPU allocator setting, the same on both sides
 
     import bdh
     from bdh import BDH, BDHConfig
@@ -126,9 +127,11 @@ def worker(quick: bool, malloc: str = "tuned") -> dict:
 
 # ----------------------------------------------------------------------------------------------- driver
 def run_side(src: str, threads: int, quick: bool, malloc: str = "tuned") -> dict:
-    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    code = (f"import sys, json, torch; torch.set_num_threads({threads}); sys.path.insert(0, {str(HERE)!r}); "
-            f"import core_regression as c; print('RESULT ' + json.dumps(c.worker({quick}, {malloc!r})))")
+    # that side's bdh first on the path, then this repository (for `benchmarks`, which has no bdh of its own)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(REPO_ROOT)]), "OMP_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads)}
+    code = (f"import json, torch; torch.set_num_threads({threads}); import benchmarks.core_regression as c; "
+            f"print('RESULT ' + json.dumps(c.worker({quick}, {malloc!r})))")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise SystemExit(f"worker for {src} failed:\n{r.stderr[-3000:]}")
@@ -144,8 +147,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="fewer steps and repeats (smoke run)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
-    sys.path.insert(0, str(HERE))
-    from common import add_malloc_arg, format_machine, machine_info, write_json
+    from .common import add_malloc_arg, format_machine, machine_info, write_json
 
     add_malloc_arg(p)
     a = p.parse_args(argv)

@@ -1,8 +1,8 @@
 """Decode throughput: BDH's recurrent decode (O(1) per token) vs the reference's quadratic recompute.
 
-    python benchmarks/decode.py                     # full run: contexts 64 .. 8192 (a few minutes on 2 cores)
-    python benchmarks/decode.py --quick             # smoke test: contexts 64, 256, a few tokens (< 30 s)
-    python benchmarks/decode.py --out benchmarks/results/decode.json --max-quadratic-ctx 4096
+    python -m benchmarks.decode                     # full run: contexts 64 .. 8192 (a few minutes on 2 cores)
+    python -m benchmarks.decode --quick             # smoke test: contexts 64, 256, a few tokens (< 30 s)
+    python -m benchmarks.decode --out benchmarks/results/decode.json --max-quadratic-ctx 4096
 
 For every context length `ctx` the same random prompt feeds both methods, with the same weights:
 
@@ -30,11 +30,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
 
-from common import (  # noqa: E402
+from .common import (
     current_rss_bytes,
     format_machine,
     human_bytes,
@@ -47,7 +46,7 @@ from common import (  # noqa: E402
     write_json,
 )
 
-from bdh import BDH, BDHConfig  # noqa: E402
+from bdh import BDH, BDHConfig
 
 FULL_CONTEXTS = (64, 256, 1024, 4096, 8192)
 QUICK_CONTEXTS = (64, 256)

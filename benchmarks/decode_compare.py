@@ -1,9 +1,9 @@
 """Decode throughput vs context: BDH recurrent / quadratic recompute vs GPT KV cache / full recompute.
 
-    python benchmarks/decode_compare.py --threads 1         # full: contexts 64 .. 8192, the 0.8M ladder rung
-    python benchmarks/decode_compare.py --quick             # smoke test: contexts 64, 256 (< 1 min)
-    python benchmarks/decode_compare.py --rung 3.2M --max-recompute-ctx 1024
-    python benchmarks/decode_compare.py --device cuda --dtype bf16 --compile   # on a GPU (skips without one)
+    python -m benchmarks.decode_compare --threads 1         # full: contexts 64 .. 8192, the 0.8M ladder rung
+    python -m benchmarks.decode_compare --quick             # smoke test: contexts 64, 256 (< 1 min)
+    python -m benchmarks.decode_compare --rung 3.2M --max-recompute-ctx 1024
+    python -m benchmarks.decode_compare --device cuda --dtype bf16 --compile   # on a GPU (skips without one)
 
 Models: a parameter-matched pair of the CPU ladder (`bdh.baselines.ladders.CPU_LADDER`, default rung 0.8M:
 BDH d=64 L=2 h=4 n=4096 vs GPT L=4 d=128 h=4, ALiBi; counts within 5%, printed), random weights (speed does
@@ -35,15 +35,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
 
-from common import format_machine, human_bytes, machine_info, peak_rss_bytes, summarize, write_json  # noqa: E402
+from .common import format_machine, human_bytes, machine_info, peak_rss_bytes, summarize, write_json
 
-from bdh import BDH  # noqa: E402
-from bdh.baselines.gpt import GPT, GPTState  # noqa: E402
-from bdh.baselines.ladders import CPU_LADDER  # noqa: E402
+from bdh import BDH
+from bdh.baselines.gpt import GPT, GPTState
+from bdh.baselines.ladders import CPU_LADDER
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "decode_compare.json"

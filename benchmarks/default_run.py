@@ -1,8 +1,8 @@
 """The default `bdh train`, end to end, an earlier tree against this one: wall clock, tokens/s and final loss.
 
     git archive <commit> src | tar -x -C /tmp/bdh-base            # the baseline's source tree
-    python benchmarks/default_run.py --baseline /tmp/bdh-base/src --rounds 1
-    python benchmarks/default_run.py --baseline /tmp/bdh-base/src --quick    # 300 steps each (smoke run)
+    python -m benchmarks.default_run --baseline /tmp/bdh-base/src --rounds 1
+    python -m benchmarks.default_run --baseline /tmp/bdh-base/src --quick    # 300 steps each (smoke run)
 
 Each round runs the whole command `python -m bdh train` (its own config: `src/bdh/configs/default.toml` of each
 tree, two DDP processes of one thread) once per side, alternating which goes first, in fresh subprocesses with
@@ -59,8 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="300 steps per side, no periodic evals (smoke run)")
     p.add_argument("--out", default=None, help=f"JSON output (default results/{DEFAULT_OUT.name}; quick {QUICK_OUT.name})")
     a = p.parse_args(argv)
-    sys.path.insert(0, str(HERE))
-    from common import format_machine, machine_info, write_json
+    from .common import format_machine, machine_info, write_json
 
     for name in ("baseline", "current"):
         if not Path(getattr(a, name), "bdh", "__init__.py").is_file():

@@ -1,8 +1,8 @@
 """Speed of the BDH graph simulator: rounds/s and tokens/s vs neurons n and edges, on CPU.
 
-    python benchmarks/graph_speed.py                 # full: n up to 32768, up to ~1M edges (a few minutes)
-    python benchmarks/graph_speed.py --quick         # smoke test (< 30 s)
-    python benchmarks/graph_speed.py --threads 2 --out benchmarks/results/graph_speed.json
+    python -m benchmarks.graph_speed                 # full: n up to 32768, up to ~1M edges (a few minutes)
+    python -m benchmarks.graph_speed --quick         # smoke test (< 30 s)
+    python -m benchmarks.graph_speed --threads 2 --out benchmarks/results/graph_speed.json
 
 Part A, the BDH graph model (Def. 3, Table 1(b); `bdh.graph.BDHGraph`): five random non-negative graphs
 G_x^e, G_x^i, G_y^e, G_y^i, G_s with m edges each (5m edges in all), L = 4 layers (16 rounds per token),
@@ -26,15 +26,14 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
 
-from common import format_machine, human_bytes, machine_info, median_time, peak_rss_bytes, write_json  # noqa: E402
+from .common import format_machine, human_bytes, machine_info, median_time, peak_rss_bytes, write_json
 
-from bdh import BDH, BDHConfig  # noqa: E402
-from bdh.graph import random_bdh_graph  # noqa: E402
-from bdh.graph.from_gpu import BDHGPUGraph, GPUWeights  # noqa: E402
+from bdh import BDH, BDHConfig
+from bdh.graph import random_bdh_graph
+from bdh.graph.from_gpu import BDHGPUGraph, GPUWeights
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "graph_speed.json"
 QUICK_OUT = Path(__file__).resolve().parent / "results" / "graph_speed_quick.json"

@@ -1,7 +1,7 @@
 """CPU training step time in fp32 vs bf16 autocast (the trainer's `train.precision`), same weights, same process.
 
-    python benchmarks/precision_speed.py                       # default config and the L=4 d=128 n=4096 shape
-    python benchmarks/precision_speed.py --configs default --repeats 11
+    python -m benchmarks.precision_speed                       # default config and the L=4 d=128 n=4096 shape
+    python -m benchmarks.precision_speed --configs default --repeats 11
 
 For each shape two copies of one initial model take interleaved training steps (`common.train_step_fn`: forward
 + cross-entropy, backward, clip, AdamW; with `bf16` the forward under `torch.autocast("cpu", torch.bfloat16)`),
@@ -16,16 +16,13 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
 
-from common import format_machine, machine_info, train_step_fn, write_json  # noqa: E402
-from train_ab import shapes  # noqa: E402
+from .common import format_machine, interleaved_times, machine_info, train_step_fn, write_json
+from .train_ab import shapes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -66,15 +63,7 @@ def main(argv=None) -> int:
         model = BDH(BDHConfig(**kw, vocab_size=256))
         steps = {"fp32": train_step_fn(model, B, T, carry), "bf16": train_step_fn(copy.deepcopy(model), B, T, carry,
                                                                                   bf16=True)}
-        first = {k: s() for k, s in steps.items()}  # the first step's loss: same weights, same batch
-        for s in steps.values():
-            s()
-        times = {k: [] for k in steps}
-        for r in range(a.repeats):
-            for k in (("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32")):
-                t0 = time.perf_counter()
-                steps[k]()
-                times[k].append(time.perf_counter() - t0)
+        first, times = interleaved_times(steps, a.repeats)  # first: the first step's loss (same weights and batch)
         med = {k: statistics.median(v) for k, v in times.items()}
         row = {"config": name, "B": B, "T": T, "params": sum(q.numel() for q in model.parameters()),
                "fp32_ms": 1e3 * med["fp32"], "bf16_ms": 1e3 * med["bf16"], "bf16_over_fp32": med["bf16"] / med["fp32"],

@@ -1,8 +1,8 @@
 """Peak memory of `bdh generate` against the prompt length: flat, because prompts are prefilled in pieces.
 
-    python benchmarks/prompt_memory.py                  # prompts of 1k, 10k, 100k characters (~2-4 min on 2 cores)
-    python benchmarks/prompt_memory.py --quick          # 1k and 10k characters, no one-shot column (< 1 min)
-    python benchmarks/prompt_memory.py --model runs/default --sizes 1000 20000
+    python -m benchmarks.prompt_memory                  # prompts of 1k, 10k, 100k characters (~2-4 min on 2 cores)
+    python -m benchmarks.prompt_memory --quick          # 1k and 10k characters, no one-shot column (< 1 min)
+    python -m benchmarks.prompt_memory --model runs/default --sizes 1000 20000
 
 A small model (the shipped `default` config's model, random weights, unless `--model` names a saved one) is saved
 to a temporary folder; every measurement is a fresh `python -m bdh.cli generate --threads 1 --temperature 0`
@@ -23,9 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import format_machine, human_bytes, machine_info, write_json  # noqa: E402
+from .common import format_machine, human_bytes, machine_info, write_json
 
 FULL_SIZES = (1_000, 10_000, 100_000)
 QUICK_SIZES = (1_000, 10_000)

@@ -1,25 +1,35 @@
 #!/usr/bin/env python
 """Run every benchmark, then write results/summary.md + summary.json (headline numbers, targets met/missed).
 
-    python benchmarks/run_all.py --threads 1          # full suite (~25-40 min on the shared 2-core CPU)
-    python benchmarks/run_all.py --quick              # smoke run of every benchmark (< ~3 min): *_quick.json,
+    python -m benchmarks.run_all --threads 1          # full suite (~25-40 min on 2 cores for the first six of the
+                                                      # table below, measured before the others were added)
+    python -m benchmarks.run_all --quick              # smoke run of every benchmark (the first six: < ~3 min): *_quick.json,
                                                       # summary_quick.md / summary_quick.json
-    python benchmarks/run_all.py --summary-only       # rebuild the summary (and plots) from the existing JSON files
-    python benchmarks/run_all.py --only train_speed decode_compare
-    python benchmarks/run_all.py --device cuda --dtype bf16 --compile   # GPU variants of train_speed and
+    python -m benchmarks.run_all --summary-only       # rebuild the summary (and plots) from the existing JSON files
+    python -m benchmarks.run_all --only train_speed decode_compare
+    python -m benchmarks.run_all --device cuda --dtype bf16 --compile   # GPU variants of train_speed and
                                                       # decode_compare (written to *_cuda_bf16[_compiled].json;
                                                       # skipped cleanly without CUDA)
 
-Benchmarks (each a program in this folder that prints a table and saves JSON with machine info):
+Benchmarks (each a module of this package that prints a table and saves JSON with machine info; every one
+is run, or listed in the summary as skipped with the reason):
 
-| name | program | JSON (full / quick) |
+| name | what it measures | JSON (full; quick: *_quick.json) |
 |---|---|---|
-| train_speed | train_speed.py: BDH parallel vs chunked vs GPT training tok/s, peak RSS, FLOPs, MFU | train_speed.json |
-| decode_compare | decode_compare.py: BDH recurrent/quadratic vs GPT KV-cache/recompute decode, state bytes | decode_compare.json |
-| decode | decode.py: BDH recurrent vs quadratic decode at the issue's target config | decode.json |
-| graph_speed | graph_speed.py: the graph simulator's rounds/s vs n and edges | graph_speed.json |
-| sparse_decode | sparse_decode.py: sparse vs dense recurrent decode of a trained model (runs/default; skipped when absent) | sparse_decode_default.json |
-| allocators | allocators.py: CPU training speed and peak RSS per allocator (glibc default/tuned, jemalloc, tcmalloc; ~10-15 min) | allocators.json |
+| train_speed | BDH parallel vs chunked vs GPT training tok/s, peak RSS, FLOPs, MFU | train_speed.json |
+| decode_compare | BDH recurrent/quadratic vs GPT KV-cache/recompute decode, state bytes | decode_compare.json |
+| decode | BDH recurrent vs quadratic decode at the issue's target config | decode.json |
+| graph_speed | the graph simulator's rounds/s vs n and edges | graph_speed.json |
+| sparse_decode | sparse vs dense recurrent decode of a trained model (runs/default; skipped when absent) | sparse_decode_default.json |
+| allocators | CPU training speed and peak RSS per allocator (glibc default/tuned, jemalloc, tcmalloc; ~10-15 min) | allocators.json |
+| train_profile | where a training step's time goes: per-operator time, bytes and FLOPs | train_profile.json |
+| precision_speed | fp32 vs bf16 autocast training step on the CPU | precision_speed.json |
+| task_speed | reasoning-task example generation per task and size | task_speed.json |
+| view_speed | the viewer's data functions (recording, index, export) | view_speed.json |
+| prompt_memory | peak memory of `bdh generate` on long prompts | prompt_memory.json |
+| serve_bench | `bdh serve` throughput and latency | serve_bench.json |
+| core_regression, train_ab, default_run | this tree against another (`--baseline SRC`; skipped without it) | *.json |
+| activity_penalty | a sweep of training runs (an hour or more): skipped, run it on its own | activity_penalty.json |
 
 Each benchmark runs in its own process, one after another (never concurrently: they time the same cores). A
 failing benchmark is reported in the summary and makes the exit status 1; the others still run. Plots
@@ -37,12 +47,16 @@ import sys
 import time
 from pathlib import Path
 
+from .common import child_env, module_command
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
 
-NAMES = ("train_speed", "decode_compare", "decode", "graph_speed", "sparse_decode", "allocators")
+NAMES = ("train_speed", "decode_compare", "decode", "graph_speed", "sparse_decode", "allocators", "train_profile",
+         "precision_speed", "task_speed", "view_speed", "prompt_memory", "serve_bench", "core_regression", "train_ab",
+         "default_run", "activity_penalty")
+BASELINE = ("core_regression", "train_ab", "default_run")  # this tree against another: run only with --baseline
 
 # Why a target is usually missed on the shared 2-core CPU (keyed by the target's first two words).
 REASONS = {
@@ -72,40 +86,46 @@ def suffix(a) -> str:
 
 
 def commands(a) -> dict[str, tuple[list[str] | None, Path, str | None]]:
-    """name -> (argv or None when skipped, JSON path, skip reason)."""
-    py = sys.executable
+    """name -> (argv or None when skipped, JSON path, skip reason): every benchmark in this folder."""
     sfx = suffix(a)
+    qs = "_quick" if a.quick else ""
     th = ["--threads", str(a.threads)]
     dev = ["--device", a.device, "--dtype", a.dtype] + (["--compile"] if a.compile else [])
     q = ["--quick"] if a.quick else []
-    out = {}
-    p = RESULTS / f"train_speed{sfx}.json"
-    out["train_speed"] = ([py, str(HERE / "train_speed.py"), *q, *th, *dev, "--out", str(p)], p, None)
-    p = RESULTS / f"decode_compare{sfx}.json"
-    out["decode_compare"] = ([py, str(HERE / "decode_compare.py"), *q, *th, *dev, "--out", str(p)], p, None)
     cpu_only = a.device != "cpu" or a.dtype != "fp32" or a.compile
-    p = RESULTS / f"decode{'_quick' if a.quick else ''}.json"
-    extra = [] if a.quick else ["--max-quadratic-ctx", str(a.max_quadratic_ctx)]
-    out["decode"] = ((None, p, "CPU fp32 only") if cpu_only else
-                     ([py, str(HERE / "decode.py"), *q, *th, *extra, "--out", str(p)], p, None))
-    p = RESULTS / f"graph_speed{'_quick' if a.quick else ''}.json"
-    out["graph_speed"] = ((None, p, "CPU fp32 only") if cpu_only else
-                          ([py, str(HERE / "graph_speed.py"), *q, *th, "--out", str(p)], p, None))
-    # its own file name: results/sparse_decode.json belongs to sparse_decode.py's own runs (several models)
-    p = RESULTS / f"sparse_decode_default{'_quick' if a.quick else ''}.json"
-    if not (HERE / "sparse_decode.py").exists():
-        out["sparse_decode"] = (None, p, "benchmarks/sparse_decode.py not present")
-    elif not (SPARSE_MODEL / "config.json").exists():
-        out["sparse_decode"] = (None, p, f"no trained model at {SPARSE_MODEL.relative_to(ROOT)} (run `bdh train`)")
-    elif cpu_only:
-        out["sparse_decode"] = (None, p, "CPU fp32 only")
-    else:
-        qs = ["--batch", "1", "--tokens", "32", "--repeats", "3", "--rounds", "1"] if a.quick else []
-        out["sparse_decode"] = ([py, str(HERE / "sparse_decode.py"), "--model", str(SPARSE_MODEL), *qs, *th,
-                                 "--out", str(p)], p, None)
-    p = RESULTS / f"allocators{'_quick' if a.quick else ''}.json"  # always 1 thread (the CPU ladder's setting)
-    out["allocators"] = ((None, p, "CPU fp32 only") if cpu_only else
-                         ([py, str(HERE / "allocators.py"), *q, "--out", str(p)], p, None))
+    out = {}
+
+    def add(name: str, args: list, path: Path, skip: str | None = None, cpu: bool = True) -> None:
+        if skip is None and cpu and cpu_only:
+            skip = "CPU fp32 only"
+        out[name] = (None if skip else module_command(name, *args, "--out", path), path, skip)
+
+    add("train_speed", [*q, *th, *dev], RESULTS / f"train_speed{sfx}.json", cpu=False)
+    add("decode_compare", [*q, *th, *dev], RESULTS / f"decode_compare{sfx}.json", cpu=False)
+    add("decode", [*q, *th, *([] if a.quick else ["--max-quadratic-ctx", str(a.max_quadratic_ctx)])],
+        RESULTS / f"decode{qs}.json")
+    add("graph_speed", [*q, *th], RESULTS / f"graph_speed{qs}.json")
+    # its own file name: results/sparse_decode.json belongs to sparse_decode's own runs (several models)
+    no_model = (None if (SPARSE_MODEL / "config.json").exists()
+                else f"no trained model at {SPARSE_MODEL.relative_to(ROOT)} (run `bdh train`)")
+    add("sparse_decode", ["--model", SPARSE_MODEL, *(["--batch", "1", "--tokens", "32", "--repeats", "3", "--rounds", "1"]
+                                                      if a.quick else []), *th],
+        RESULTS / f"sparse_decode_default{qs}.json", no_model)
+    add("allocators", q, RESULTS / f"allocators{qs}.json")  # always 1 thread (the CPU ladder's setting)
+    add("train_profile", [*q, *th], RESULTS / f"train_profile{qs}.json")
+    add("precision_speed", [*th, *(["--configs", "default", "--repeats", "3"] if a.quick else [])],
+        RESULTS / f"precision_speed{qs}.json")  # fp32 vs bf16 autocast on the CPU
+    add("task_speed", q, RESULTS / f"task_speed{qs}.json")
+    add("view_speed", [*q, *th], RESULTS / f"view_speed{qs}.json")
+    add("prompt_memory", q, RESULTS / f"prompt_memory{qs}.json")
+    add("serve_bench", [*q, *th], RESULTS / f"serve_bench{qs}.json")
+    base = None if a.baseline else "compares this tree with another: pass --baseline SRC (another checkout's src/)"
+    add("core_regression", ["--baseline", a.baseline, *q, *th], RESULTS / f"core_regression{qs}.json", base)
+    add("train_ab", ["--baseline", a.baseline, *th, *(["--configs", "default", "--repeats", "3"] if a.quick else [])],
+        RESULTS / f"train_ab{qs}.json", base)
+    add("default_run", ["--baseline", a.baseline, *q], RESULTS / f"default_run{qs}.json", base)
+    add("activity_penalty", [], RESULTS / "activity_penalty.json",
+        "trains one model per penalty (800 steps each, an hour or more on 2 cores); run it on its own")
     return out
 
 
@@ -119,7 +139,7 @@ def load(path: Path):
 
 
 def fmt_bytes(n) -> str:
-    from common import human_bytes
+    from .common import human_bytes
 
     return human_bytes(n)
 
@@ -141,7 +161,7 @@ def summarize_all(a, runs: dict) -> tuple[str, dict]:
         js["files"][name] = str(cmds[name][1].relative_to(ROOT)) if data[name] is not None else None
     anyinfo = next((d["machine"] for d in data.values() if d and "machine" in d), None)
     if anyinfo:
-        from common import format_machine
+        from .common import format_machine
 
         md += [f"Machine: {format_machine(anyinfo)}", ""]
         js["machine"] = anyinfo
@@ -413,7 +433,7 @@ def plots(a) -> list[str]:
     return made
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="every benchmark in its quick mode (< ~3 min in all)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for every benchmark (default 1)")
@@ -423,8 +443,14 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", choices=NAMES, default=None, help="run only these (the summary reads every JSON)")
     p.add_argument("--skip", nargs="+", choices=NAMES, default=(), help="do not run these")
     p.add_argument("--summary-only", action="store_true", help="run nothing; rebuild the summary from existing JSON")
+    p.add_argument("--baseline", default=None, metavar="SRC",
+                   help="another checkout's src/: also run core_regression, train_ab and default_run against it")
     p.add_argument("--max-quadratic-ctx", type=int, default=1024, help="decode.py's quadratic limit in the full run (default 1024)")
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     runs: dict = {}
     failed = False
@@ -438,7 +464,7 @@ def main(argv=None) -> int:
                 continue
             print(f"== {name}: {' '.join(os.path.relpath(x) if x.startswith('/') else x for x in argv_[1:])}", flush=True)
             t0 = time.perf_counter()
-            rc = subprocess.run(argv_, cwd=ROOT).returncode
+            rc = subprocess.run(argv_, cwd=ROOT, env=child_env()).returncode
             wall = time.perf_counter() - t0
             runs[name] = {"status": "ok" if rc == 0 else f"failed (exit {rc})", "wall_s": wall,
                           "command": " ".join(argv_[1:])}
@@ -449,7 +475,7 @@ def main(argv=None) -> int:
     if js["plots"]:
         md += "\nPlots: " + ", ".join(f"`{x}`" for x in js["plots"]) + "\n"
     sfx = "_quick" if a.quick else suffix(a)
-    from common import write_json
+    from .common import write_json
 
     mdp = RESULTS / f"summary{sfx}.md"
     mdp.write_text(md, encoding="utf-8")

@@ -1,7 +1,7 @@
 """`bdh serve`: batched decode throughput, memory per session (BDH state vs GPT KV cache), a bounded load test.
 
-    python benchmarks/serve_bench.py --quick          # a few minutes on 2 CPU cores
-    python benchmarks/serve_bench.py                  # more requests and repeats
+    python -m benchmarks.serve_bench --quick          # a few minutes on 2 CPU cores
+    python -m benchmarks.serve_bench                  # more requests and repeats
 
 Models: the default BDH (`bdh/configs/default.toml`: d=64, L=2, h=8, n=1024, damping) and the GPT baseline at
 the same parameter count (`gpt-default.toml`: L=2, d=92, h=4, ALiBi; -1% params), random weights (speed and
@@ -36,19 +36,18 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
 
-from common import format_machine, human_bytes, machine_info, write_json  # noqa: E402
+from .common import format_machine, human_bytes, machine_info, write_json
 
-from bdh.generation import prefill_in_pieces  # noqa: E402
-from bdh.interface import build_model  # noqa: E402
-from bdh.serve.loadtest import httpx_module, load_test  # noqa: E402
-from bdh.checkpoint import model_fingerprint  # noqa: E402
-from bdh.serve.sessions import SessionStore  # noqa: E402
-from bdh.tokenization import ByteTokenizer  # noqa: E402
-from bdh.training.config import load_run_config  # noqa: E402
+from bdh.generation import prefill_in_pieces
+from bdh.interface import build_model
+from bdh.serve.loadtest import httpx_module, load_test
+from bdh.checkpoint import model_fingerprint
+from bdh.serve.sessions import SessionStore
+from bdh.tokenization import ByteTokenizer
+from bdh.training.config import load_run_config
 
 HERE = Path(__file__).resolve().parent
 MODELS = {"bdh": "default", "gpt": "gpt-default"}

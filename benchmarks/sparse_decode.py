@@ -1,8 +1,8 @@
 """Sparse vs dense recurrent decode (`model.step(..., inplace=True, sparse=...)`), on trained models.
 
-    python benchmarks/sparse_decode.py --model runs/default --model runs/sparse-large-ft3 --threads 1
-    python benchmarks/sparse_decode.py --model runs/default --batch 1 --tokens 32 --repeats 3 --rounds 1  # quick
-    python benchmarks/sparse_decode.py --synthetic 0.05 --synthetic 0.3 --threads 1   # speed vs activity probe
+    python -m benchmarks.sparse_decode --model runs/default --model runs/sparse-large-ft3 --threads 1
+    python -m benchmarks.sparse_decode --model runs/default --batch 1 --tokens 32 --repeats 3 --rounds 1  # quick
+    python -m benchmarks.sparse_decode --synthetic 0.05 --synthetic 0.3 --threads 1   # speed vs activity probe
 
 For every model (a `save_pretrained` directory, repeatable --model) and batch size (repeatable --batch):
 
@@ -30,18 +30,16 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
 
-from common import format_machine, machine_info, summarize, write_json  # noqa: E402
+from .common import format_machine, machine_info, summarize, write_json
 
-from bdh import BDH, BDHConfig  # noqa: E402
-from bdh.sparse import SPARSE_MAX_ACTIVITY, SPARSE_MIN_STATE, active_rows  # noqa: E402
+from bdh import BDH, BDHConfig
+from bdh.sparse import SPARSE_MAX_ACTIVITY, SPARSE_MIN_STATE, active_rows
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "sparse_decode.json"
 MODES = {"dense": False, "sparse": True, "auto": "auto"}

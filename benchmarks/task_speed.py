@@ -1,8 +1,8 @@
 """Speed of the task generators (bdh.tasks): examples/s and tokens/s per built-in task, at its train size and 8x.
 
-    python benchmarks/task_speed.py                   # ~1 s per task and size
-    python benchmarks/task_speed.py --quick           # ~0.2 s per task and size
-    python benchmarks/task_speed.py --tasks parity,sudoku9 --seconds 2 --out benchmarks/results/task_speed.json
+    python -m benchmarks.task_speed                   # ~1 s per task and size
+    python -m benchmarks.task_speed --quick           # ~0.2 s per task and size
+    python -m benchmarks.task_speed --tasks parity,sudoku9 --seconds 2 --out benchmarks/results/task_speed.json
 
 Each measurement times `Task.batch(rng, size, batch)` (generation, validation by `checked_example`, padding into
 tensors), repeated until `--seconds` have passed, single process, one thread. Sizes above a task's max_size
@@ -19,13 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
 
-from common import format_machine, machine_info, write_json  # noqa: E402
+from .common import format_machine, machine_info, write_json
 
-from bdh.tasks import TASKS, load_task  # noqa: E402
+from bdh.tasks import TASKS, load_task
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "task_speed.json"
 QUICK_OUT = Path(__file__).resolve().parent / "results" / "task_speed_quick.json"

@@ -1,8 +1,8 @@
 """A/B of the BDH training step: an earlier source tree against this one, in ONE process, repeats interleaved.
 
     git worktree add /tmp/bdh-base <commit>        # or: git archive <commit> src | tar -x -C /tmp/bdh-base
-    python benchmarks/train_ab.py --baseline /tmp/bdh-base/src --threads 1
-    python benchmarks/train_ab.py --baseline /tmp/bdh-base/src --configs default,3.2M --repeats 9
+    python -m benchmarks.train_ab --baseline /tmp/bdh-base/src --threads 1
+    python -m benchmarks.train_ab --baseline /tmp/bdh-base/src --configs default,3.2M --repeats 9
 
 The baseline's `bdh` package is copied to a temporary directory as `bdh_base` (its imports are relative), so
 both versions of the model run side by side in the same process, on the same machine load: every timed step of
@@ -25,14 +25,13 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
 
-from common import add_malloc_arg, apply_malloc, format_machine, machine_info, train_step_fn, write_json  # noqa: E402
+from .common import (add_malloc_arg, apply_malloc, format_machine, interleaved_times, machine_info, train_step_fn,
+                     write_json)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -87,15 +86,7 @@ def main(argv=None) -> int:
         kw, B, T, carry = known[name]
         steps = {"base": make_step(base_model, base_config, kw, B, T, carry),
                  "new": make_step(new_model, new_config, kw, B, T, carry)}
-        first = {k: s() for k, s in steps.items()}
-        for s in steps.values():
-            s()
-        times = {k: [] for k in steps}
-        for r in range(a.repeats):
-            for k in (("base", "new") if r % 2 == 0 else ("new", "base")):
-                t0 = time.perf_counter()
-                steps[k]()
-                times[k].append(time.perf_counter() - t0)
+        first, times = interleaved_times(steps, a.repeats)
         med = {k: statistics.median(v) for k, v in times.items()}
         paired = statistics.median(b / n for b, n in zip(times["base"], times["new"]))
         row = {"config": name, "B": B, "T": T, "carry": carry, "first_loss": first,

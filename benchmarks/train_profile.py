@@ -1,8 +1,8 @@
 """Where a BDH training step spends its time: per-operator time, memory traffic and FLOPs.
 
-    python benchmarks/train_profile.py                 # default config + CPU ladder rungs 0.8M and 3.2M, 1 thread
-    python benchmarks/train_profile.py --quick         # smaller shapes, a smoke test (~20 s)
-    python benchmarks/train_profile.py --configs default --steps 5
+    python -m benchmarks.train_profile                 # default config + CPU ladder rungs 0.8M and 3.2M, 1 thread
+    python -m benchmarks.train_profile --quick         # smaller shapes, a smoke test (~20 s)
+    python -m benchmarks.train_profile --configs default --steps 5
 
 One training step is the trainer's own: `bdh.training.trainer.LossModule` (forward, cross-entropy; the default
 config's carried TBPTT state), backward, gradient clipping and the AdamW step. Per aten operator (forward and
@@ -31,7 +31,6 @@ import argparse
 import collections
 import copy
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -39,8 +38,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_malloc_arg, apply_malloc, machine_info, train_step_fn, write_json  # noqa: E402
+from bdh.interface import token_flops
+
+from .common import add_malloc_arg, apply_malloc, machine_info, train_step_fn, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MATMUL_OPS = {"mm", "bmm", "addmm", "matmul", "linear", "baddbmm", "addbmm", "_scaled_dot_product_flash_attention_for_cpu",
@@ -145,7 +145,10 @@ def profile(name: str, spec: dict, steps: int) -> dict:
     return {"config": name, "model": cfg.to_dict(), "params": model.num_params(), "B": spec["B"], "T": spec["T"],
             "carry": spec["carry"], "step_s": statistics.median(plain), "metered_step_s": wall, "ops_s": total,
             "matmul_share": mm / total if total else 0, "bytes_per_step": sum(r["bytes"] for r in rows),
-            "flops_per_step": sum(flops.values()), "tokens_per_s": spec["B"] * spec["T"] / statistics.median(plain),
+            "flops_per_step": sum(flops.values()),
+            # the model interface's count of the same step (from an empty state; a carried state adds its read)
+            "analytic_flops_per_step": token_flops(cfg, spec["T"]).executed_training * spec["B"] * spec["T"],
+            "tokens_per_s": spec["B"] * spec["T"] / statistics.median(plain),
             "ops": rows}
 
 
@@ -155,7 +158,9 @@ def table(res: dict, top: int = 20) -> str:
              f"step {res['step_s'] * 1e3:.1f} ms median ({res['tokens_per_s']:,.0f} tokens/s; "
              f"{res['metered_step_s'] * 1e3:.1f} ms metered, {res['ops_s'] / res['metered_step_s']:.0%} of it in operators); "
              f"matmul-class operators {res['matmul_share']:.0%} of operator time; "
-             f"{res['bytes_per_step'] / 1e9:.2f} GB moved, {res['flops_per_step'] / 1e9:.2f} GFLOP per step", "",
+             f"{res['bytes_per_step'] / 1e9:.2f} GB moved, {res['flops_per_step'] / 1e9:.2f} GFLOP per step counted "
+             f"({res['analytic_flops_per_step'] / 1e9:.2f} by the model's FLOP model"
+             + (", from an empty state)" if res["carry"] else ")"), "",
              "| op | ms/step | share | calls | MB | MFLOP | GB/s | GFLOP/s |", "|---|---|---|---|---|---|---|---|"]
     for r in res["ops"][:top]:
         gbs = f"{r['GB_s']:.1f}" if r["GB_s"] else "–"
@@ -193,7 +198,7 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else RESULTS / ("train_profile_quick.json" if args.quick else "train_profile.json")
     write_json(out, {"machine": machine_info(), "threads": args.threads, "steps": args.steps, **malloc,
                      "results": results})
-    md = ["# BDH training step profile", "", f"`python benchmarks/train_profile.py{' --quick' if args.quick else ''}`"
+    md = ["# BDH training step profile", "", f"`python -m benchmarks.train_profile{' --quick' if args.quick else ''}`"
           f" ({args.threads} thread(s), {args.steps} profiled steps, malloc {args.malloc})", ""] + [table(r) + "\n" for r in results]
     out.with_suffix(".md").write_text("\n".join(md), encoding="utf-8")
     print(f"wrote {out} and {out.with_suffix('.md')}")

@@ -1,9 +1,9 @@
 """Training throughput: BDH parallel vs chunked form (same weights, same loss) vs GPT at equal parameters.
 
-    python benchmarks/train_speed.py --threads 1            # full: T = 256, 1024, 2048 at 4096 tokens/step
-    python benchmarks/train_speed.py --quick                # smoke test: T = 64, 256 at 512 tokens/step (~0.5-1 min)
-    python benchmarks/train_speed.py --device cuda --dtype bf16 --compile   # on a GPU (skips cleanly without one)
-    python benchmarks/train_speed.py --threads 1 --ladder 0.8M,1.6M,3.2M --no-memory   # BDH vs GPT per CPU-ladder rung
+    python -m benchmarks.train_speed --threads 1            # full: T = 256, 1024, 2048 at 4096 tokens/step
+    python -m benchmarks.train_speed --quick                # smoke test: T = 64, 256 at 512 tokens/step (~0.5-1 min)
+    python -m benchmarks.train_speed --device cuda --dtype bf16 --compile   # on a GPU (skips cleanly without one)
+    python -m benchmarks.train_speed --threads 1 --ladder 0.8M,1.6M,3.2M --no-memory   # BDH vs GPT per CPU-ladder rung
 
 `--ladder`: instead of the default config, the parameter-matched CPU-ladder rungs (`bdh.baselines.ladders`) at
 the shape `bdh compare --preset cpu` trains (T = 128, 16 sequences per step; `--seq-lens` / `--tokens-per-step`
@@ -34,30 +34,20 @@ two training steps, which reports its peak RSS (VmHWM; lifetime, includes the ~0
 the increase of the peak over the RSS right after building model and optimizer ("step peak"). On CUDA the
 child reports torch.cuda.max_memory_allocated instead.
 
-FLOPs (2 per multiply-add; matmuls only: LayerNorm, ReLU, RoPE, masks, softmax and the optimizer are not
-counted). Forward FLOPs per token, summed over layers, then training = 3 x forward (backward = 2 x forward):
-
-    BDH, per layer:  2*(3*n*d)                       encoder, encoder_v (h heads of d x N) and decoder (n x d)
-      parallel:      + 2*T*n + 2*T*h*d               scores QR QR^T (T keys of N dims per head, h heads)
-                                                     and the weighted values (T x T times T x d per head)
-      chunked:       + 2*C*n + 2*C*h*d               the same inside a chunk of C tokens
-                     + 2*n*d + 2*n*d*(T/C - 1)/(T/C) state read q @ S, state write K^T V (skipped after the last
-                                                     chunk when the final state is not needed)
-    BDH, once:       + 2*d*V                         lm_head
-    GPT, per layer:  2*(4*d^2 + 2*d*H) + 2*(2*T*d)   qkv/out projections, MLP (H = 4d); scores and values
-    GPT, once:       + 2*d*V                         tied output head
+FLOPs: the model interface's FLOP model of each type (`bdh.interface.token_flops`; the formulas are in the
+docstrings of `BDH.flops` and `GPT.flops`, tested against torch.utils.flop_counter by tests/test_flops.py):
+matmul FLOPs per token, 2 per multiply-add; LayerNorm, ReLU, RoPE, masks, softmax and the optimizer are not
+counted. Training model FLOPs per token = 3 x forward (backward = 2 x forward): what MFU counts, as usual.
 
 "Executed" counts use the full T (C) keys per query, because the parallel form (and GPT's SDPA with an
 ALiBi mask on CPU) computes the full T x T product and masks it afterwards: this is the work the hardware
 does, and what MFU is computed from. The "causal" counts use the (T-1)/2 (resp. (C-1)/2) earlier keys a query
 actually attends to on average (BDH is strictly causal; GPT's (T+1)/2 includes the token itself): the work a
-perfect causal kernel would do. The formulas are checked against torch.utils.flop_counter on small shapes by
-tests/test_benchmarks.py.
-
-Training FLOPs per token = 3 x forward (the model FLOPs: what MFU counts, as usual). BDH's backward executes
-fewer: its scores' gradient is one product (G + G^T) QR instead of two, since keys = queries
-(`bdh.attention.gram`; `bdh_backward_saving_per_token`); "HFU" (hardware FLOPs utilization) divides those
-executed FLOPs instead, so it is the lower, stricter figure for BDH (for GPT the two are equal).
+perfect causal kernel would do. BDH's backward executes fewer than 2 x forward: its scores' gradient is one
+product (G + G^T) QR instead of two, since keys = queries (`bdh.attention.gram`), and the chunked form skips
+the gradient of the first chunk's read of the constant initial state (`TokenFlops.executed_training`); "HFU"
+(hardware FLOPs utilization) divides those executed FLOPs instead, so it is the lower, stricter figure for
+BDH (for GPT the two are equal).
 
 MFU = achieved FLOP/s (training model FLOPs per token x tokens/s) / a measured matmul peak: the median
 FLOP/s of a large square fp32 GEMM (2048^3; bf16 with --dtype bf16) with the same thread count on the same
@@ -79,25 +69,27 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
 
-from common import (  # noqa: E402
+from .common import (
     add_malloc_arg,
     apply_malloc,
+    child_env,
     current_rss_bytes,
     format_machine,
     human_bytes,
     machine_info,
+    module_command,
     peak_rss_bytes,
     reset_peak_rss,
     summarize,
     write_json,
 )
 
-from bdh import BDH, BDHConfig  # noqa: E402
-from bdh.baselines.gpt import GPT, GPTConfig  # noqa: E402
+from bdh import BDH, BDHConfig
+from bdh.baselines.gpt import GPT, GPTConfig
+from bdh.interface import TokenFlops, token_flops
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "train_speed.json"
@@ -142,43 +134,11 @@ def gpt_at_params(target: int, vocab_size: int = 256, n_head: int = 4, layers=ra
 
 
 # ----------------------------------------------------------------------------- FLOPs
-def bdh_forward_flops_per_token(c: BDHConfig, T: int, form: str, causal: bool = False) -> float:
-    """Forward matmul FLOPs per token of BDH at sequence length T (see the module docstring)."""
-    n, d, h, L, V = c.n, c.D, c.n_head, c.n_layer, c.vocab_size
-    dense = 2 * 3 * n * d
-    if form == "parallel":
-        keys = (T - 1) / 2 if causal else T
-        attn = 2 * keys * n + 2 * keys * h * d
-    elif form == "chunked":
-        C = min(c.chunk_size, T)
-        chunks = -(-T // C)
-        if T % C:
-            raise ValueError("the FLOP formula of the chunked form assumes T a multiple of the chunk size")
-        keys = (C - 1) / 2 if causal else C
-        attn = 2 * keys * n + 2 * keys * h * d + 2 * n * d + 2 * n * d * (chunks - 1) / chunks
-    else:
-        raise ValueError(form)
-    return L * (dense + attn) + 2 * d * V
-
-
-def bdh_backward_saving_per_token(c: BDHConfig, T: int, form: str) -> float:
-    """Matmul FLOPs per token that BDH's backward does not execute: the scores' gradient is one product
-    (G + G^T) QR instead of two (keys = queries, `bdh.attention.gram`): 2*T*n (parallel) or 2*C*n (chunked)
-    per layer. Executed training FLOPs = 3 x forward - this."""
-    keys = T if form == "parallel" else min(c.chunk_size, T)
-    return c.n_layer * 2 * keys * c.n
-
-
-def gpt_forward_flops_per_token(c: GPTConfig, T: int, causal: bool = False) -> float:
-    d, L, V, H = c.n_embd, c.n_layer, c.vocab_size, c.hidden
-    keys = (T + 1) / 2 if causal else T
-    return L * (2 * (4 * d * d + 2 * d * H) + 2 * 2 * keys * d) + 2 * d * V
-
-
-def forward_flops_per_token(name: str, bcfg: BDHConfig, gcfg: GPTConfig, T: int, causal: bool = False) -> float:
+def flops_of(name: str, bcfg: BDHConfig, gcfg: GPTConfig, T: int, causal: bool = False) -> TokenFlops:
+    """The model interface's FLOP model (`bdh.interface.token_flops`) of one configuration at sequence length T."""
     if name == "gpt":
-        return gpt_forward_flops_per_token(gcfg, T, causal)
-    return bdh_forward_flops_per_token(bcfg, T, name.split("-")[1], causal)
+        return token_flops(gcfg, T, causal=causal)
+    return token_flops(bcfg, T, form=name.split("-")[1], causal=causal)
 
 
 # ----------------------------------------------------------------------------- device helpers
@@ -298,8 +258,8 @@ def run_one(spec: dict) -> dict:
 def measure_memory(name, T, B, a, bcfg, gcfg) -> dict:
     spec = {"name": name, "T": T, "B": B, "threads": a.threads, "device": a.device, "dtype": a.dtype, "malloc": a.malloc,
             "compile": a.compile, "seed": a.seed, "bdh": bcfg.to_dict(), "gpt": gcfg.to_dict()}
-    r = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec), "--malloc", a.malloc], capture_output=True,
-                       text=True)
+    r = subprocess.run(module_command("train_speed", "--one", json.dumps(spec), "--malloc", a.malloc),
+                       capture_output=True, text=True, env=child_env())
     if r.returncode != 0:
         return {"status": "failed", "stderr": r.stderr[-2000:]}
     return {"status": "ok", **json.loads(r.stdout.strip().splitlines()[-1])}
@@ -381,9 +341,9 @@ def ladder(a) -> int:
             for r in range(a.repeats):
                 for k in (("bdh", "gpt") if r % 2 == 0 else ("gpt", "bdh")):
                     trs[k].timed_step()
-            fl = {"bdh": 3 * bdh_forward_flops_per_token(bcfg, T, form), "gpt": 3 * gpt_forward_flops_per_token(gcfg, T)}
-            fl_causal = {"bdh": 3 * bdh_forward_flops_per_token(bcfg, T, form, causal=True),
-                         "gpt": 3 * gpt_forward_flops_per_token(gcfg, T, causal=True)}
+            f = {"bdh": token_flops(bcfg, T), "gpt": token_flops(gcfg, T)}  # BDH "auto": `form`
+            fl = {k: v.training for k, v in f.items()}
+            fl_causal = {"bdh": token_flops(bcfg, T, causal=True).training, "gpt": token_flops(gcfg, T, causal=True).training}
             med = {k: statistics.median(tr.times) for k, tr in trs.items()}
             paired = statistics.median(b / g for b, g in zip(trs["bdh"].times, trs["gpt"].times))
             row = {"rung": name, "T": T, "B": B, "bdh_form": form,
@@ -392,7 +352,7 @@ def ladder(a) -> int:
                    "timing": {k: summarize(tr.times, tr.cpu) for k, tr in trs.items()},
                    "train_flops_per_token": fl, "train_flops_per_token_causal": fl_causal,
                    "flop_ratio": fl["bdh"] / fl["gpt"], "flop_ratio_causal": fl_causal["bdh"] / fl_causal["gpt"],
-                   "flop_ratio_executed": (fl["bdh"] - bdh_backward_saving_per_token(bcfg, T, form)) / fl["gpt"],
+                   "flop_ratio_executed": f["bdh"].executed_training / f["gpt"].executed_training,
                    "time_ratio": med["bdh"] / med["gpt"], "time_ratio_paired_median": paired}
             row["time_over_flop_ratio"] = row["time_ratio"] / row["flop_ratio"]
             row["target_met"] = row["time_over_flop_ratio"] <= 1.5
@@ -493,8 +453,8 @@ def main(argv=None) -> int:
         for name, tr in trs.items():
             t = summarize(tr.times, tr.cpu)
             tps = B * T / t["median_s"]
-            fwd = forward_flops_per_token(name, bcfg, gcfg, T)
-            fwd_causal = forward_flops_per_token(name, bcfg, gcfg, T, causal=True)
+            f = flops_of(name, bcfg, gcfg, T)
+            fwd, fwd_causal = f.forward, flops_of(name, bcfg, gcfg, T, causal=True).forward
             row["configs"][name] = {
                 "timing": t, "tok_s": tps, "tok_s_best": B * T / t["min_s"],
                 "params": gpt_params if name == "gpt" else bdh_params,
@@ -502,15 +462,14 @@ def main(argv=None) -> int:
                 "train_flops_per_token": 3 * fwd, "train_flops_per_token_causal": 3 * fwd_causal,
                 "achieved_flop_s": 3 * fwd * tps,
             }
-            saved = 0.0 if name == "gpt" else bdh_backward_saving_per_token(bcfg, T, name.split("-")[1])
-            row["configs"][name]["executed_train_flops_per_token"] = 3 * fwd - saved
-            row["configs"][name]["executed_flop_s"] = (3 * fwd - saved) * tps
+            row["configs"][name]["executed_train_flops_per_token"] = f.executed_training
+            row["configs"][name]["executed_flop_s"] = f.executed_training * tps
             print(f"   {name:<13} {tps:>9.0f} tok/s  ({1e3 * t['median_s']:.0f} ms/step, cpu/wall {t['cpu_per_wall']:.2f}, "
                   f"{3 * fwd / 1e6:.2f} MFLOP/token, {3 * fwd * tps / 1e9:.2f} GFLOP/s)", flush=True)
         if a.profile and device.type == "cpu" and T == max(a.seq_lens):
             row["profile"] = [profile_step(trs[k]) for k in CONFIGS]
             for pr in row["profile"]:
-                flops = 3 * forward_flops_per_token(pr["config"], bcfg, gcfg, T) * B * T
+                flops = flops_of(pr["config"], bcfg, gcfg, T).training * B * T
                 pr["matmul_flop_s"] = flops / (pr["matmul_self_ms"] / 1e3)  # the counted FLOPs over matmul time only
                 print(f"   profile {pr['config']:<13}: matmul share of op time {100 * pr['matmul_share']:.0f}%, "
                       f"{pr['matmul_flop_s'] / 1e9:.1f} GFLOP/s inside matmuls "

@@ -1,8 +1,8 @@
 """Speed of `bdh view`: a 2,000-token text rendered end to end, and the neuron index over a validation set.
 
-    python benchmarks/view_speed.py                          # default-config model, random weights (see below)
-    python benchmarks/view_speed.py --model runs/default     # a trained model directory
-    python benchmarks/view_speed.py --quick                  # smoke test (< 1 min)
+    python -m benchmarks.view_speed                          # default-config model, random weights (see below)
+    python -m benchmarks.view_speed --model runs/default     # a trained model directory
+    python -m benchmarks.view_speed --quick                  # smoke test (< 1 min)
 
 Without `--model` the model is the `default` run config's BDH-GPU (src/bdh/configs/default.toml: L=2, d=64,
 h=8, N=128, ALiBi damping) with *random weights*, saved to a temporary directory: the cost of these views does
@@ -31,11 +31,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
 
-from common import format_machine, machine_info, median_time, summarize, write_json  # noqa: E402
+from .common import format_machine, machine_info, median_time, summarize, write_json
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "view_speed.json"
 QUICK_OUT = Path(__file__).resolve().parent / "results" / "view_speed_quick.json"

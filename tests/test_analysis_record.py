@@ -100,3 +100,28 @@ def test_rho_at_positions_is_the_prefill_state(models, kind):
         assert torch.allclose(c["blocks.1.rho"][:, q], state.rho[1][:, [0, 2]], atol=1e-5)
     with pytest.raises(ValueError, match="rho_positions"):
         run_with_cache(m, idx, ["blocks.1.rho"], rho_positions=[40])
+
+
+@pytest.mark.parametrize("kind", ["plain", "alibi"])
+@pytest.mark.parametrize("token_chunk", [None, 7])
+def test_rho_at_positions_is_the_recurrent_state_and_changes_nothing_else(models, kind, token_chunk):
+    """rho after chosen tokens (the model's own `states_at`, in the recording pass) == a float64 step-by-step
+    rebuild; recording it leaves every other cached activation and the logits bit-identical."""
+    import copy
+
+    m = copy.deepcopy(models[kind]).double()
+    idx = torch.randint(0, 256, (2, 30), generator=torch.Generator().manual_seed(5))
+    names = ["blocks.0.rho", "blocks.1.rho", "blocks.1.xy", "blocks.0.qr", "blocks.1.scores", "logits"]
+    positions = [0, 6, 7, 18, 29]
+    kw = dict(token_chunk=token_chunk, heads=[1, 3], neurons=[0, 4, 9], dtype=torch.float64)
+    logits, c = run_with_cache(m, idx, names, rho_positions=positions, **kw)
+    ref_logits, ref = run_with_cache(m, idx, [n for n in names if not n.endswith(".rho")], **kw)
+    assert torch.equal(logits, ref_logits) and all(torch.equal(c[n], ref[n]) for n in ref)
+    state, steps = None, []
+    with torch.no_grad():
+        for t in range(30):
+            _, state = m.prefill(idx[:, t : t + 1], state, form="recurrent")
+            steps.append(state)
+    for l in range(2):
+        want = torch.stack([steps[p].rho[l][:, [1, 3]][:, :, [0, 4, 9]] for p in positions], 1)
+        assert torch.allclose(c[f"blocks.{l}.rho"], want, rtol=1e-9, atol=1e-9)

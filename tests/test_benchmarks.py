@@ -1,82 +1,55 @@
-"""The analytic FLOP counts of benchmarks/train_speed.py against torch's FLOP counter, on tiny shapes (< 10 s);
-the training-step profile's accounting."""
+"""The benchmarks package: imported as modules (`python -m benchmarks.NAME` from the repository root, the way
+`python -m pytest` runs), its shared helpers, and the benchmarks that have a fast mode. The FLOP model they print
+is the model interface's, tested in tests/test_flops.py."""
 
-import sys
 from pathlib import Path
 
 import pytest
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
+from benchmarks import common
+from benchmarks import train_speed as ts
+from bdh import BDH
+from bdh.baselines.gpt import GPT
+from bdh.interface import token_flops
 
-import train_speed as ts  # noqa: E402
-
-from bdh import BDH, BDHConfig  # noqa: E402
-from bdh.baselines.gpt import GPT, GPTConfig  # noqa: E402
-
-
-def counted(model, x, y, form=None, backward=False) -> int:
-    kw = {} if form is None else {"form": form}
-    with FlopCounterMode(display=False) as fc:
-        if backward:
-            _, loss = model(x, y, **kw)
-            loss.backward()
-        else:
-            with torch.no_grad():
-                model(x, **kw)
-    return fc.get_total_flops()
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
 
 
-@pytest.mark.parametrize("form", ["parallel", "chunked"])
-@pytest.mark.parametrize("damping", [None, "alibi"])
-def test_bdh_flop_formula_matches_counter(form, damping):
-    cfg = BDHConfig(n_layer=2, n_embd=32, n_head=4, mlp_internal_dim_multiplier=8, vocab_size=64, dropout=0.0,
-                    chunk_size=16, damping=damping)
-    B, T = 1, 48  # three chunks
-    torch.manual_seed(0)
-    model = BDH(cfg)
-    x = torch.randint(0, 64, (B, T))
-    expected = B * T * ts.bdh_forward_flops_per_token(cfg, T, form)
-    assert counted(model, x, x, form) == pytest.approx(expected, rel=1e-12)
-    # training = forward + backward = 3 x forward (every matmul operand needs its gradient), less the scores'
-    # second backward product (keys = queries: one (G + G^T) QR, `bdh.attention.gram`), and in the chunked form
-    # the first chunk's read of the (zero, constant) initial state, whose gradient is not needed
-    fwd_bwd = counted(model, x, x, form, backward=True)
-    executed = 3 * expected - B * T * ts.bdh_backward_saving_per_token(cfg, T, form)
-    if form == "parallel":
-        assert fwd_bwd == pytest.approx(executed, rel=1e-12)
-    else:
-        first_read = cfg.n_layer * 2 * B * cfg.chunk_size * cfg.n * cfg.D
-        assert fwd_bwd == pytest.approx(executed - first_read, rel=1e-12)
+def test_train_speed_flops_are_the_model_interfaces():
+    bcfg = ts.default_bdh_config()
+    gcfg = ts.gpt_at_params(bcfg.num_params(), bcfg.vocab_size)
+    for name in ts.CONFIGS:
+        f = ts.flops_of(name, bcfg, gcfg, 512)
+        want = token_flops(gcfg, 512) if name == "gpt" else token_flops(bcfg, 512, form=name.split("-")[1])
+        assert f == want
 
 
-def test_bdh_causal_count_is_about_half_of_the_attention():
-    cfg = ts.default_bdh_config()
-    T = 2048
-    full = ts.bdh_forward_flops_per_token(cfg, T, "parallel")
-    causal = ts.bdh_forward_flops_per_token(cfg, T, "parallel", causal=True)
-    dense = cfg.n_layer * 6 * cfg.n * cfg.D + 2 * cfg.D * cfg.vocab_size
-    assert (causal - dense) / (full - dense) == pytest.approx((T - 1) / (2 * T))
+def test_interleaved_times_rotates_the_order():
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k) or k) for k in "ab"}
+    first, times = common.interleaved_times(fns, repeats=3, warmup=2)
+    assert first == {"a": "a", "b": "b"} and {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert "".join(calls) == "ab" + "ab" + "ab" + "ba" + "ab"  # two warm-up rounds, then A B, B A, A B
+    with pytest.raises(ValueError, match="repeats=0"):
+        common.interleaved_times(fns, repeats=0)
 
 
-def test_gpt_flop_formula_matches_counter():
-    cfg = GPTConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=64, dropout=0.0)
-    B, T = 2, 24
-    torch.manual_seed(0)
-    model = GPT(cfg)
-    x = torch.randint(0, 64, (B, T))
-    expected = B * T * ts.gpt_forward_flops_per_token(cfg, T)
-    attention = B * T * cfg.n_layer * 4 * T * cfg.n_embd  # scores + weighted values, full T keys
-    got = counted(model, x, x)
-    # torch's counter may not see the CPU SDPA kernel (ALiBi mask): then it counts everything but attention
-    assert got in (pytest.approx(expected), pytest.approx(expected - attention))
-    # the attention term itself, against an explicit softmax attention of the same shapes
-    q = torch.randn(B, cfg.n_head, T, cfg.head_dim)
-    with FlopCounterMode(display=False) as fc:
-        torch.softmax(q @ q.mT, -1) @ q
-    assert fc.get_total_flops() == attention // cfg.n_layer
+def test_run_all_runs_every_benchmark_or_says_why_not():
+    from benchmarks import run_all
+
+    progs = {p.stem for p in BENCH.glob("*.py")} - {"__init__", "common", "run_all"}
+    a = run_all.parse_args([])
+    cmds = run_all.commands(a)
+    assert set(cmds) == progs, "benchmarks/run_all.py: every benchmark is run or skipped with a reason"
+    for name, (argv, _path, reason) in cmds.items():
+        assert (argv is None) == bool(reason), name
+        if argv:
+            assert argv[1:3] == ["-m", f"benchmarks.{name}"]
+    skipped = {n for n, (argv, _, _) in cmds.items() if argv is None}
+    assert {"core_regression", "train_ab", "default_run"} <= skipped  # they need --baseline
+    with_base = run_all.commands(run_all.parse_args(["--baseline", str(ROOT / "src")]))
+    assert all(with_base[n][0] for n in ("core_regression", "train_ab", "default_run"))
 
 
 def test_gpt_at_equal_params_within_5_percent():
@@ -88,7 +61,7 @@ def test_gpt_at_equal_params_within_5_percent():
 def test_activity_penalty_sweep_trains_measures_and_reuses_runs(tmp_path, capsys):
     import json
 
-    import activity_penalty as ap
+    from benchmarks import activity_penalty as ap
 
     argv = ["--config", "tiny", "--steps", "2", "--penalty", "0", "--penalty", "1", "--runs", str(tmp_path / "runs"),
             "--out", str(tmp_path / "out.json"), "--set", "train.eval_every=0", "--set", "train.final_eval_tokens=256"]
@@ -106,16 +79,16 @@ def test_activity_penalty_sweep_trains_measures_and_reuses_runs(tmp_path, capsys
 
 
 def test_train_profile_accounts_for_the_step(tmp_path):
-    """benchmarks/train_profile.py --quick on the default config: the operators' times add up to most of the
+    """python -m benchmarks.train_profile --quick on the default config: the operators' times add up to most of the
     metered step, matmuls carry the counted FLOPs, views move no bytes, and the files are written."""
     import json
     import os
     import subprocess
 
     out = tmp_path / "p.json"
-    r = subprocess.run([sys.executable, str(BENCH / "train_profile.py"), "--quick", "--configs", "default",
-                        "--steps", "1", "--out", str(out)], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(common.module_command("train_profile", "--quick", "--configs", "default", "--steps", "1",
+                                             "--out", out), capture_output=True, text=True, timeout=300,
+                       env=common.child_env({**os.environ, "OMP_NUM_THREADS": "1"}))
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())["results"][0]
     ops = {o["op"]: o for o in res["ops"]}
@@ -127,19 +100,20 @@ def test_train_profile_accounts_for_the_step(tmp_path):
 
 
 def test_default_run_compares_two_trees_end_to_end(tmp_path):
-    """benchmarks/default_run.py with this tree on both sides (a shortened run): both runs finish, record the
+    """python -m benchmarks.default_run with this tree on both sides (a shortened run): both runs finish, record the
     command's wall clock and the summary, and, the run being deterministic, give the same validation loss."""
     import json
     import os
     import subprocess
 
-    src = str(BENCH.parent / "src")
+    src = str(ROOT / "src")
     out = tmp_path / "d.json"
     sets = ["train.steps=3", "train.processes=1", "train.batch_size=8", "train.eval_every=0",
             "train.final_eval_tokens=2048", "train.sample_tokens=0", "train.checkpoint_every=0", "train.threads=1"]
-    r = subprocess.run([sys.executable, str(BENCH / "default_run.py"), "--baseline", src, "--current", src,
-                        "--out", str(out)] + [x for kv in sets for x in ("--set", kv)],
-                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(common.module_command("default_run", "--baseline", src, "--current", src, "--out", out,
+                                             *[x for kv in sets for x in ("--set", kv)]),
+                       capture_output=True, text=True, timeout=600,
+                       env=common.child_env({**os.environ, "OMP_NUM_THREADS": "1"}))
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     rd = res["rounds"][0]
@@ -148,6 +122,14 @@ def test_default_run_compares_two_trees_end_to_end(tmp_path):
         assert rd[side]["wall_s"] > rd[side]["train_time_s"] > 0
     assert rd["baseline"]["val_loss"] == rd["current"]["val_loss"] and rd["loss_diff"] == 0.0
     assert res["ratios"]["wall_baseline_over_current"] == rd["wall_ratio"] > 0
-    r = subprocess.run([sys.executable, str(BENCH / "default_run.py"), "--baseline", str(tmp_path)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(common.module_command("default_run", "--baseline", tmp_path), capture_output=True, text=True,
+                       timeout=60, env=common.child_env())
     assert r.returncode == 2 and "expected a src/ directory holding bdh/__init__.py" in r.stderr
+
+
+def test_every_benchmark_imports_as_a_module():
+    import importlib
+
+    for p in sorted(BENCH.glob("*.py")):
+        mod = importlib.import_module(f"benchmarks.{p.stem}")
+        assert p.stem in ("__init__", "common") or callable(getattr(mod, "main", None)), p.name

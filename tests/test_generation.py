@@ -245,6 +245,36 @@ def test_prefill_runs_in_bounded_pieces_with_the_same_output(trained_tiny, monke
     assert sizes == [32] * 9 + [12] + [32, 18]
 
 
+
+def test_read_in_pieces_equals_one_prefill_for_every_keep_and_carry(trained_tiny, monkeypatch):
+    """The one home of prefill in pieces (generation, serve, the HF forward, lm_eval): the logits it keeps and
+    the state after equal one `prefill` of the whole input, from no state and from a state; `carry` passes the
+    state through `carry_state` after every piece; the state given is left unchanged."""
+    import bdh.generation as G
+    from conftest import english_bytes
+
+    monkeypatch.setattr(G, "PREFILL_PIECE", 40)  # 32-token pieces (chunk_size 16)
+    ids = english_bytes(100)[None]  # (1, 100): pieces of 32, 32, 32, 4
+    with torch.no_grad():
+        _, s0 = trained_tiny.prefill(ids[:, :20])
+        before = [r.clone() for r in s0.rho]
+        for state in (None, s0):
+            ref, ref_state = trained_tiny.prefill(ids, state)
+            for keep, want in ((0, ref), (1, ref[:, -1:]), (37, ref[:, -37:]), (100, ref), (500, ref)):
+                got, st = G.read_in_pieces(trained_tiny, ids, state, keep=keep)
+                assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4), keep
+                assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(st.rho, ref_state.rho))
+            last, st = G.prefill_in_pieces(trained_tiny, ids, state=state)
+            assert torch.allclose(last, ref[:, -1], atol=1e-4) and int(st.pos[0]) == int(ref_state.pos[0])
+        assert all(torch.equal(a, b) for a, b in zip(s0.rho, before))  # functional: the given state is unchanged
+        carried = []
+        real = trained_tiny.carry_state
+        monkeypatch.setattr(trained_tiny, "carry_state", lambda s: carried.append(s) or real(s))
+        got, _ = G.read_in_pieces(trained_tiny, ids, carry=True)
+        assert len(carried) == 4 and torch.allclose(got, trained_tiny.prefill(ids)[0], atol=1e-4)
+    with pytest.raises(ValueError, match="empty"):  # an empty input: the model's own check names it
+        G.read_in_pieces(trained_tiny, ids[:, :0])
+
 def _nan_model(trained_tiny):
     m = copy.deepcopy(trained_tiny)
     with torch.no_grad():

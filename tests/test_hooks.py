@@ -134,3 +134,90 @@ def test_sparse_step_with_hooks_runs_dense(monkeypatch):
         with m.hooks({"blocks.0.xy": lambda n, t, p: None}):
             m.step(torch.tensor([5]), s.clone(), inplace=True, sparse=True)
         assert not made
+
+
+# ----------------------------------------------------------------------------- rho after chosen tokens
+def _carried_state(m: BDH, gen: torch.Generator):
+    """A state whose two rows are at different positions (5 and 9 tokens in)."""
+    from bdh.state import BDHState
+
+    a, b = torch.randint(0, 256, (1, 5), generator=gen), torch.randint(0, 256, (1, 9), generator=gen)
+    return BDHState.cat([m.prefill(a)[1], m.prefill(b)[1]])
+
+
+def _rebuild(m: BDH, idx, state, detach_kv=False):
+    """Logits and the state after every token, one recurrent step per token (functional steps)."""
+    logits, states = [], []
+    for t in range(idx.shape[1]):
+        lt, state = m.prefill(idx[:, t : t + 1], state, form="recurrent", detach_kv=detach_kv)
+        logits.append(lt)
+        states.append(state)
+    return torch.cat(logits, 1), states
+
+
+@pytest.mark.parametrize("damping", [None, "alibi"])
+@pytest.mark.parametrize("form", ["parallel", "chunked", "recurrent"])
+def test_states_at_equals_a_step_by_step_rebuild(damping, form):
+    """`BDH.states_at`: the state after chosen tokens (any order, repeats, from a carried state with rows at
+    different positions) == the recurrent rebuild in float64; logits and final state == prefill."""
+    m = _model(damping=damping).double()
+    gen = torch.Generator().manual_seed(7)
+    state = _carried_state(m, gen)
+    idx = torch.randint(0, 256, (2, 37), generator=gen)  # chunked: chunks of 16, 16, 5
+    positions = [20, 0, 15, 16, 36, 3, 15]
+    with torch.no_grad():
+        logits, kept, final = m.states_at(idx, positions, state, form=form)
+        ref_logits, ref = _rebuild(m, idx, state)
+        pre_logits, pre = m.prefill(idx, state, form=form)
+    assert len(kept) == len(positions)
+    for p, s in zip(positions, kept):
+        assert torch.equal(s.pos, ref[p].pos) and s.pos.tolist() == (state.pos + p + 1).tolist()
+        for l in range(m.config.n_layer):
+            assert torch.allclose(s.rho[l], ref[p].rho[l], rtol=1e-9, atol=1e-9), (p, l)
+    assert torch.allclose(logits, ref_logits, rtol=1e-9, atol=1e-9)
+    assert torch.equal(logits, pre_logits) and all(torch.equal(a, b) for a, b in zip(final.rho, pre.rho))
+    assert all(torch.equal(a, b) for a, b in zip(state.rho, _carried_state(m, torch.Generator().manual_seed(7)).rho))
+
+
+@pytest.mark.parametrize("damping", [None, "alibi"])
+@pytest.mark.parametrize("detach_kv", [False, True])
+def test_states_at_gradients_equal_the_step_by_step_rebuild(damping, detach_kv):
+    """Gradients of a loss on the kept states and the logits, for every parameter: chunked `states_at` == the
+    recurrent rebuild (float64, 1e-9 relative)."""
+    m = _model(damping=damping).double()
+    gen = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        state = _carried_state(m, gen)
+    idx = torch.randint(0, 256, (2, 21), generator=gen)
+    positions = [2, 16, 19]
+    L = m.config.n_layer
+    w = [[torch.randn(state.rho[l].shape, generator=gen, dtype=torch.float64) for l in range(L)] for _ in positions]
+    wl = torch.randn((2, 21, 256), generator=gen, dtype=torch.float64)
+
+    def grads(run):
+        m.zero_grad()
+        logits, kept = run()
+        loss = (wl * logits).sum() + sum((w[i][l] * s.rho[l]).sum() for i, s in enumerate(kept) for l in range(L))
+        loss.backward()
+        return {k: p.grad.clone() for k, p in m.named_parameters()}
+
+    def rebuilt():
+        logits, states = _rebuild(m, idx, state, detach_kv)
+        return logits, [states[p] for p in positions]
+
+    got = grads(lambda: m.states_at(idx, positions, state, form="chunked", detach_kv=detach_kv)[:2])
+    ref = grads(rebuilt)
+    for k in ref:
+        scale = ref[k].abs().max().clamp(min=1e-30)
+        assert ((got[k] - ref[k]).abs().max() / scale) < 1e-9, k
+
+
+def test_states_at_checks_positions():
+    m = _model()
+    idx = torch.randint(0, 256, (1, 6))
+    with pytest.raises(ValueError, match="positions: 6 is outside"):
+        m.states_at(idx, [2, 6])
+    with pytest.raises(ValueError, match="positions: -1 is outside"):
+        m.states_at(idx, torch.tensor([-1]))
+    logits, kept, final = m.states_at(idx, [])
+    assert kept == [] and final.pos.tolist() == [6]

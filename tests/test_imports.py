@@ -137,3 +137,61 @@ def test_low_level_modules_do_not_import_the_layers_above(low):
                 seen.add(t)
                 todo.append(t)
     assert not bad, f"{low} imports the layers above it: " + "; ".join(sorted(bad))
+
+
+def _is_command_module(name: str) -> bool:
+    """The command line's own modules: `bdh.cli` and every `*.cli` (plus `bdh.__main__`, the entry point)."""
+    return name in ("bdh.cli", "bdh.__main__") or name.endswith(".cli")
+
+
+def test_only_command_modules_import_the_command_line():
+    """The command line is the top floor: a library module never imports a cli module (what commands share,
+    `--device` / `--threads` and the argparse types, lives in `bdh.runtime`)."""
+    g = _graph()
+    assert "bdh.cli" in g["bdh.serve.cli"] and "bdh.runtime" in g["bdh.cli"]  # the walker sees these imports
+    bad = [f"{a} -> {b} ({_modules()[a].relative_to(SRC)}:{line})" for a, e in sorted(g.items())
+           if not _is_command_module(a) for b, line in sorted(e.items()) if _is_command_module(b)]
+    assert not bad, "library modules import the command line: " + "; ".join(bad)
+
+
+def test_only_the_model_side_calls_the_attention_forms():
+    """The attention functions of `bdh.attention` (the three forms and their state write) are called from
+    `bdh.forms` only: analysis, viewers and tools read rho through the model (its states, `BDH.states_at`,
+    the `rho` hook point), never by re-running the attention themselves."""
+    forms = {"attention_parallel", "attention_chunked", "attention_step", "attention_step_scaled", "_advance_state"}
+    allowed = {"bdh.attention", "bdh.forms"}
+    users = {}
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[-1] == "attention":
+                hit = forms & {a.name for a in node.names}
+            elif isinstance(node, ast.Attribute) and node.attr in forms:
+                hit = {node.attr}
+            else:
+                continue
+            if hit:
+                users.setdefault(name, set()).update(hit)
+    assert "bdh.forms" in users  # the walker sees the one allowed user
+    bad = {m: sorted(h) for m, h in users.items() if m not in allowed}
+    assert not bad, f"modules other than bdh.forms use the attention forms: {bad}"
+
+
+# packages that must not import others of the same layer (module-level or function-local, directly or through any
+# other module): the trainer knows data only through bdh.training.data_source; bdh.tasks registers its source
+NEVER_IMPORTS = [("bdh.training", "bdh.tasks")]
+
+
+@pytest.mark.parametrize("user,used", NEVER_IMPORTS)
+def test_package_never_imports_another(user, used):
+    g, modules = _graph(), _modules()
+    starts = [m for m in g if m == user or m.startswith(user + ".")]
+    seen, todo, bad = set(starts), list(starts), []
+    while todo:
+        m = todo.pop()
+        for t in g[m]:
+            if t == used or t.startswith(used + "."):
+                bad.append(f"{m} -> {t} ({modules[m].relative_to(SRC)}:{g[m][t]})")
+            elif t not in seen:
+                seen.add(t)
+                todo.append(t)
+    assert starts and not bad, f"{user} imports {used}: " + "; ".join(sorted(bad))

@@ -19,6 +19,7 @@ from .model import BDH
 from .state import BDHState
 
 from .baselines import gpt as _gpt  # noqa: E402, F401  (registers the builtin model type "gpt"; .model registers "bdh")
+from . import tasks as _tasks  # noqa: E402, F401  (registers the data source of data.corpus = "task:REF")
 
 __all__ = ["BDH", "BDHConfig", "BDHState", "CheckpointError", "build_model", "generate", "load_model", "stream",
            "__version__"]

@@ -9,14 +9,18 @@ attention call and where the new state goes:
     form.rho                                  # the new state per layer (functional forms), or None
 
 Forms are created per model call and hold the call's state; they never modify the state passed in, except the
-in-place step (`inplace=True`), which updates it (a decode loop that owns it).
+in-place step (`inplace=True`), which updates it (a decode loop that owns it). The block forms can also keep rho
+after chosen tokens of the call (`keep_at`, for `BDH.states_at`).
+
+This module is the only caller of the attention functions of `bdh.attention` (tests/test_imports.py): the rest
+of the package reads rho through the model (its states, `BDH.states_at`, the `rho` hook point).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .attention import attention_chunked, attention_parallel, attention_step, attention_step_scaled
+from .attention import _advance_state, attention_chunked, attention_parallel, attention_step, attention_step_scaled
 from .state import BDHState
 
 
@@ -38,18 +42,36 @@ class AttentionForm:
         return self.rho[l]
 
 
+def states_after(qr: torch.Tensor, v: torch.Tensor, S0: torch.Tensor | None, log_gamma: torch.Tensor | None,
+                 counts: list[int], detach_kv: bool = False) -> list[torch.Tensor]:
+    """rho after the first k tokens of a block, for each k in `counts` (increasing, in [1, T]): (B, h, N, d) each.
+
+    qr (B, h, T, N), v (B, 1, T, d), S0 the state before the block (None: empty). S0 is advanced segment by segment
+    (tokens [k_{i-1}, k_i)) with the block forms' state write: O(T n d) for all counts together.
+    """
+    K, V = (qr.detach(), v.detach()) if detach_kv else (qr, v)
+    out, S, a = [], S0, 0
+    for b in counts:
+        S = _advance_state(K[:, :, a:b], V[:, :, a:b], S, log_gamma).contiguous()
+        out.append(S)
+        a = b
+    return out
+
+
 class ParallelForm(AttentionForm):
     """The parallel (T x T, `chunk_size=None`) or chunked (C x C + carried state) form over a block of T tokens.
 
-    state: the BDHState continued from (None: empty); need_state: return the new rho (else rho[l] is None).
+    state: the BDHState continued from (None: empty); need_state: return the new rho (else rho[l] is None);
+    keep_at: token counts k (increasing, in [1, T]) after which rho is also kept, `kept[l][i]` after k_i tokens.
     """
 
     def __init__(self, state: BDHState | None, log_gamma: torch.Tensor | None, need_state: bool,
-                 detach_kv: bool = False, chunk_size: int | None = None):
+                 detach_kv: bool = False, chunk_size: int | None = None, keep_at: list[int] | None = None):
         super().__init__()
         self.state, self.log_gamma, self.need_state = state, log_gamma, need_state
         self.detach_kv, self.chunk_size = detach_kv, chunk_size
         self.cache: dict = {}  # causal masks and decay powers, built once for all chunks and layers of the call
+        self.keep_at, self.kept = keep_at, []
 
     def attend(self, l, qr, v, x_sparse):
         S0 = None if self.state is None else self.state.layer_rho(l)  # (B, h, N, d)
@@ -59,6 +81,8 @@ class ParallelForm(AttentionForm):
             a, S = attention_chunked(qr, v, S0, self.log_gamma, self.chunk_size, self.need_state, self.detach_kv,
                                      cache=self.cache)
         self.rho.append(S if S is None else S.contiguous())  # (a head-major S from head-major keys: see _bmm)
+        if self.keep_at:
+            self.kept.append(states_after(qr, v, S0, self.log_gamma, self.keep_at, self.detach_kv))
         return a  # (B, h, T, d)
 
 

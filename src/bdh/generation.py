@@ -245,17 +245,36 @@ def prefill_piece(model) -> int:
     return PREFILL_PIECE
 
 
-def prefill_in_pieces(model, idx: torch.Tensor, form: str = "auto", state=None):
-    """Last logits (B, V) and the state after the prompt idx (B, T), prefilled `prefill_piece(model)` tokens at
-    a time with the state carried: the same state as one `model.prefill(idx)`, with peak memory flat in T.
-    `state`: continue from this state (a session's), which is left unchanged (prefill is functional)."""
-    n = prefill_piece(model)
-    for a in range(0, idx.shape[1], n):
+def read_in_pieces(model, idx: torch.Tensor, state=None, *, form: str = "auto", keep: int = 0,
+                   carry: bool = False):
+    """Logits and the state after reading idx (B, T) `prefill_piece(model)` tokens at a time, the state carried
+    from piece to piece: the same logits and state as one `model.prefill(idx, state)`, peak memory flat in T.
+
+    The one home of "prefill in pieces" (generation, the server, the transformers forward pass, lm_eval).
+    `state`: continue from it (a session's); it is left unchanged (prefill is functional). `keep`: the logits of
+    the last `keep` positions, (B, keep, V) (0: of every position, (B, T, V)). `carry`: pass the state through
+    `model.carry_state` after every piece (windows of a document read as one stream, as `bdh eval --carry`).
+    An empty idx (T = 0) goes to `model.prefill` once, whose input check names it."""
+    n, T = prefill_piece(model), idx.shape[1]
+    keep_from = T - keep if 0 < keep < T else 0
+    out = []
+    for a in range(0, T, n) or [0]:
         logits, state = model.prefill(idx[:, a : a + n], state, form=form)
+        if carry:
+            state = model.carry_state(state)
+        if a + logits.shape[1] > keep_from:
+            out.append(logits[:, max(0, keep_from - a) :])
+    return (out[0] if len(out) == 1 else torch.cat(out, 1)), state
+
+
+def prefill_in_pieces(model, idx: torch.Tensor, form: str = "auto", state=None):
+    """Last logits (B, V) and the state after the prompt idx (B, T): `read_in_pieces` keeping the last position.
+    `state`: continue from this state (a session's), which is left unchanged (prefill is functional)."""
+    logits, state = read_in_pieces(model, idx, state, form=form, keep=1)
     return logits[:, -1], state
 
 
-def _check_finite(logits: torch.Tensor, n: int) -> None:
+def check_finite(logits: torch.Tensor, n: int) -> None:
     """ValueError when the model produced nan/inf logits (a diverged or corrupt model): never sample from them."""
     if not bool(torch.isfinite(logits).all()):
         where = "the prompt" if n == 0 else f"generated token {n}"
@@ -282,7 +301,7 @@ def _token_loop(model, ids, max_new_tokens, params, seed, eos_token_id, form, ro
         for n in range(max_new_tokens):
             if not active:
                 break
-            _check_finite(last, n)
+            check_finite(last, n)
             nxt = sample(last, params, gen)  # (b,)
             deltas = [""] * len(ids)
             tokens: list[int | None] = [None] * len(ids)

@@ -94,7 +94,56 @@ class LanguageModel(Protocol):
     def num_params(self) -> int: ...
 
     def flops_per_token(self) -> int:
-        """Forward FLOPs per token (2 per multiply-add) of one decode step."""
+        """Forward FLOPs per token (2 per multiply-add) of one decode step (`type(self).flops(config, 1,
+        form="recurrent").forward` for a type with a FLOP model)."""
+
+    # The FLOP model of the type (optional: `token_flops` names a type without one):
+    #     @classmethod
+    #     def flops(cls, config, T: int, *, form: str = "auto", causal: bool = False) -> TokenFlops
+    # matmul FLOPs per token of a sequence of T tokens in `form` ("recurrent": one decode step after T - 1 tokens).
+    # A classmethod of the model class taking a config, so planners size runs without building a model.
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenFlops:
+    """Matmul FLOPs per token (2 per multiply-add) of a model type at one sequence length and form.
+
+    The count of a model type's `flops` (its one FLOP model), tested against `torch.utils.flop_counter` in
+    tests/test_flops.py. Elementwise work (LayerNorm, ReLU, RoPE, masks, softmax, the loss) and the optimizer
+    are not counted, as in MFU.
+
+    forward: the forward pass. training: the model FLOPs of one training token, 3 x forward (backward = 2 x
+    forward; what MFU counts, as usual). executed_training: what forward + backward actually execute
+    (<= training where the backward skips products, e.g. BDH's scores with keys = queries); HFU counts these.
+    """
+
+    forward: float
+    executed_backward: float
+
+    @property
+    def training(self) -> float:
+        return 3 * self.forward
+
+    @property
+    def executed_training(self) -> float:
+        return self.forward + self.executed_backward
+
+
+def token_flops(config, T: int, *, form: str = "auto", causal: bool = False) -> TokenFlops:
+    """Matmul FLOPs per token of `config`'s registered model type at sequence length T (`Model.flops`).
+
+    `form`: "auto" (what `forward` runs at T), or a form the type declares ("parallel", "chunked", "recurrent"
+    for BDH); `causal`: count only the keys a query attends to (the work of a perfect causal kernel) instead
+    of the full T x T product the kernels execute."""
+    config = getattr(config, "config", config)  # a model or its config
+    mt = model_type_of(config)
+    fn = getattr(mt.model_class, "flops", None)
+    if not callable(fn):
+        raise ValueError(f"model type {mt.name!r}: {mt.model_class.__name__} declares no FLOP model "
+                         "(a classmethod flops(config, T, form=..., causal=...) -> bdh.interface.TokenFlops)")
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"T={T!r}: expected a positive integer (tokens in the sequence)")
+    return fn(config, T, form=form, causal=causal)
 
 
 @dataclasses.dataclass(frozen=True)

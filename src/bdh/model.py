@@ -150,12 +150,48 @@ class BDH(HookPoints, PretrainedMixin, nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self) -> int:
-        """Forward FLOPs per token of recurrent decode: 2 FLOPs per multiply-add.
+        """Forward FLOPs per token of recurrent decode (2 per multiply-add): `BDH.flops(config, 1, form="recurrent")`."""
+        return int(self.flops(self.config, 1, form="recurrent").forward)
 
-        Per layer: encoder, encoder_v, decoder (3 nd) + state read and write (2 nd); plus lm_head (dV).
+    @classmethod
+    def flops(cls, config: BDHConfig, T: int, *, form: str = "auto", causal: bool = False):
+        """BDH's FLOP model: matmul FLOPs per token (2 per multiply-add) of T tokens in `form` (bdh.interface.TokenFlops).
+
+            per layer, every form:  2*3*n*d            encoder, encoder_v (h heads of d x N), decoder (n x d)
+            parallel:               + 2*K*(n + h*d)    scores QR QR^T (K keys of N dims, h heads) and the
+                                                       weighted values (K keys x d per head); K = T
+            chunked (chunks c_i):   + 2*K*(n + h*d)    the same inside each chunk: K = sum(c_i^2) / T
+                                    + 2*n*d            state read q @ S (every chunk, the first's zero state too)
+                                    + 2*n*d*(T-c_last)/T  state write K^T V (not after the last chunk)
+            recurrent (one step):   + 2*n*d + 2*n*d    state read and write (the write is an addcmul)
+            once:                   + 2*d*V            lm_head
+
+        "auto" is what `forward` runs (parallel up to chunk_size tokens). `causal`: K counts only the earlier keys
+        ((T-1)/2, sum(c_i(c_i-1)/2)/T) instead of the full products the kernels execute. The executed backward is
+        2 x forward less the scores' second product (keys = queries: one (G + G^T) QR, `bdh.attention.gram`; 2*K*n)
+        and, chunked, the gradient of the first chunk's read of the constant initial state (2*c_1*n*d/T).
         """
-        c = self.config
-        return 2 * (5 * c.n * c.D * c.n_layer + c.D * c.vocab_size)
+        from .interface import TokenFlops
+
+        n, d, h, L, V = config.n, config.D, config.n_head, config.n_layer, config.vocab_size
+        if form == "auto":
+            form = "parallel" if T <= config.chunk_size else "chunked"
+        dense, state, saving = 2 * 3 * n * d, 0.0, 0.0
+        if form == "recurrent":
+            keys, state = 0.0, 4 * n * d
+        elif form == "parallel":
+            keys = (T - 1) / 2 if causal else T
+        elif form == "chunked":
+            C = min(config.chunk_size, T)
+            sizes = [C] * (T // C) + ([T % C] if T % C else [])
+            keys = sum(c * (c - 1) / 2 if causal else c * c for c in sizes) / T
+            state = 2 * n * d + 2 * n * d * (T - sizes[-1]) / T
+            saving = 2 * n * d * sizes[0] / T
+        else:
+            raise ValueError(f"form={form!r}: expected one of {FORMS}")
+        attn = 2 * keys * (n + h * d)
+        fwd = L * (dense + attn + state) + 2 * d * V
+        return TokenFlops(fwd, 2 * fwd - L * (2 * keys * n + saving))
 
     # ------------------------------------------------------------------ the layer (paper eq. 8)
     def layer(self, l: int, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, form: AttentionForm,
@@ -278,6 +314,31 @@ class BDH(HookPoints, PretrainedMixin, nn.Module):
             self._check_state(state, B)
         return self._run(idx, state, self._resolve_form(form, T), True, detach_kv, x_sparse_out)
 
+    def states_at(
+        self, idx: torch.Tensor, positions, state: BDHState | None = None, *, form: str = "auto",
+        detach_kv: bool = False,
+    ) -> tuple[torch.Tensor, list[BDHState], BDHState]:
+        """`prefill` that also returns the state after each token of `positions` (indices into the T tokens).
+
+        Returns logits (B, T, V), one BDHState per entry of `positions` (what the token after it reads; rho of
+        every layer) and the state after the last token. One pass (hooks see the call once), differentiable; the
+        block forms advance the call's starting state to each position with their own state write (`bdh.forms`),
+        the recurrent form copies its state after those tokens. Each kept state is a full state: keep few.
+        """
+        idx = self._check_ids(idx, "idx", 2)
+        B, T = idx.shape
+        ps = [int(p) for p in (positions.tolist() if isinstance(positions, torch.Tensor) else positions)]
+        bad = [p for p in ps if not 0 <= p < T]
+        if bad:
+            raise ValueError(f"positions: {bad[0]} is outside the call's tokens [0, T={T})")
+        if state is None:
+            state = self.init_state(B)
+        else:
+            self._check_state(state, B)
+        keep = dict.fromkeys(sorted(set(ps)))
+        logits, final = self._run(idx, state, self._resolve_form(form, T), True, detach_kv, keep=keep)
+        return logits, [keep[p] for p in ps], final
+
     def step(
         self, token_ids: torch.Tensor, state: BDHState, *, inplace: bool = False, sparse: bool | str = "auto",
         check_ids: bool = True,
@@ -298,18 +359,21 @@ class BDH(HookPoints, PretrainedMixin, nn.Module):
 
     def _run(
         self, idx: torch.Tensor, state: BDHState | None, form: str, need_state: bool, detach_kv: bool = False,
-        x_sparse_out: list | None = None,
+        x_sparse_out: list | None = None, keep: dict | None = None,
     ) -> tuple[torch.Tensor, BDHState | None]:
-        """The parallel / chunked forms over a block of tokens (B, T); the recurrent form steps through it."""
+        """The parallel / chunked forms over a block of tokens (B, T); the recurrent form steps through it.
+
+        `keep`: {position: None} (sorted), filled with the BDHState after each of these tokens (`states_at`).
+        """
         if x_sparse_out is not None:  # a user of the hook points
             if form == "recurrent":
                 raise ValueError("x_sparse_out is an option of the parallel and chunked forms")
-            keep = lambda name, t, pos: x_sparse_out.append(t)  # noqa: E731
-            with self.hooks({hook_name(l, "x_sparse"): keep for l in range(self.config.n_layer)}):
-                return self._run(idx, state, form, need_state, detach_kv)
+            append = lambda name, t, pos: x_sparse_out.append(t)  # noqa: E731
+            with self.hooks({hook_name(l, "x_sparse"): append for l in range(self.config.n_layer)}):
+                return self._run(idx, state, form, need_state, detach_kv, keep=keep)
         B, T = idx.shape
         if form == "recurrent":
-            return self._run_recurrent(idx, state, detach_kv)
+            return self._run_recurrent(idx, state, detach_kv, keep)
         pos0 = state.pos if state is not None else torch.zeros(B, dtype=torch.long, device=idx.device)
         if state is None:
             positions = torch.arange(T, device=idx.device).view(1, T)  # shared by all rows
@@ -322,15 +386,18 @@ class BDH(HookPoints, PretrainedMixin, nn.Module):
         emit = self._emitter(pos0)
         rho_hooked = emit is not None and any(k.endswith(".rho") for k in self._hook_table)
         chunk = self.config.chunk_size if form == "chunked" else None
-        attn = ParallelForm(state, self.log_gamma, need_state or rho_hooked, detach_kv, chunk)
+        keep_at = [p + 1 for p in keep] if keep else None
+        attn = ParallelForm(state, self.log_gamma, need_state or rho_hooked, detach_kv, chunk, keep_at)
         for l in range(self.config.n_layer):
             v = self.layer(l, v, cos, sin, attn, emit)
         logits = self._logits(v, emit)
+        for i, p in enumerate(keep or ()):
+            keep[p] = BDHState([rho_l[i] for rho_l in attn.kept], pos0 + p + 1)
         if not need_state:
             return logits, None
         return logits, BDHState(attn.rho, pos0 + T)
 
-    def _run_recurrent(self, idx: torch.Tensor, state: BDHState | None, detach_kv: bool):
+    def _run_recurrent(self, idx: torch.Tensor, state: BDHState | None, detach_kv: bool, keep: dict | None = None):
         B, T = idx.shape
         if state is None:
             state = self.init_state(B)
@@ -340,6 +407,8 @@ class BDH(HookPoints, PretrainedMixin, nn.Module):
             lt, state = self._step(idx[:, t], state, inplace=own, detach_kv=detach_kv)
             own = not torch.is_grad_enabled()
             logits.append(lt)
+            if keep and t in keep:
+                keep[t] = state.clone() if own else state  # a state updated in place by later steps is copied
         return torch.stack(logits, 1), state  # (B, T, V)
 
     def _step(

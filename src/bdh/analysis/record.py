@@ -2,8 +2,9 @@
 
 The recorder attaches to the hook points the model itself emits (`BDH.hooks`, bdh.model) and runs the model's
 own forward / prefill (in eval mode, without gradients; the weights are untouched), so the logits it returns
-are those of `model(idx)` (tested bit-for-bit). Scores and rho at chosen positions are derived from the hooked
-queries and layer inputs. Hook points per layer l, in the order they are computed:
+are those of `model(idx)` (tested bit-for-bit). Scores are derived from the hooked queries; rho is the model's
+own state (after the last token, or with `rho_positions` after chosen tokens: `BDH.states_at`, in the same
+pass). Hook points per layer l, in the order they are computed:
 
 | name                  | shape             | paper                                                        |
 |-----------------------|-------------------|--------------------------------------------------------------|
@@ -33,7 +34,6 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from ..attention import attention_chunked, attention_parallel
 from ..hooks import parse_hook_name as _parse_model_hook
 from ..model import HOOK_KINDS
 from ..pretrained import check_token_ids
@@ -135,6 +135,14 @@ def _index_list(values, size: int, what: str) -> list[int] | None:
     return out
 
 
+def _check_positions(rho_positions, T: int) -> list[int]:
+    """Sorted distinct token positions in [0, T); ValueError otherwise."""
+    positions = sorted({int(p) for p in rho_positions})
+    if not positions or positions[0] < 0 or positions[-1] >= T:
+        raise ValueError(f"rho_positions={rho_positions!r}: expected token positions in [0, T={T})")
+    return positions
+
+
 def run_with_hooks(
     model,
     idx: torch.Tensor,
@@ -143,12 +151,16 @@ def run_with_hooks(
     token_chunk: int | None = None,
     form: str = "auto",
     need_rho: bool = False,
+    rho_positions: Sequence[int] | None = None,
+    on_state: Callable[[int, object], None] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """Run `model` on ids (B, T) from an empty state, calling `hooks[name](name, tensor, t0)` at each hook point.
 
     Hook tensors cover the token piece [t0, t0 + piece) (the whole input unless `token_chunk`); hooks must not
     modify them. `scores` and `rho` are not hook points here (see `run_with_cache`). Returns the logits
     (B, T, V) and, with `need_rho`, the attention state per layer after the last token (B, h, N, d).
+    `rho_positions` with `on_state`: `on_state(p, state)` gets the model's state after token p (a BDHState of
+    every layer, from `model.states_at` in the same pass), for each of these positions in increasing order.
     """
     check_ids(model, idx)
     idx = idx.to(model.device)
@@ -158,6 +170,9 @@ def run_with_hooks(
         raise ValueError(f"token_chunk={token_chunk!r}: expected a positive integer or None")
     if form not in ("auto", "parallel", "chunked"):
         raise ValueError(f"form={form!r}: expected 'auto', 'parallel' or 'chunked'")
+    positions = [] if rho_positions is None else _check_positions(rho_positions, T)
+    if positions and not callable(on_state):
+        raise ValueError("run_with_hooks: rho_positions needs on_state(position, state)")
     hooks = {k: (list(v) if isinstance(v, (list, tuple)) else [v]) for k, v in (hooks or {}).items()}
     for name in hooks:
         layer, kind = parse_hook_name(name, c.n_layer)
@@ -178,11 +193,17 @@ def run_with_hooks(
     model.eval()  # recording runs without dropout
     try:
         with torch.no_grad(), model.hooks(model_hooks):
-            if piece >= T and not need_rho:
+            if piece >= T and not need_rho and not positions:
                 return model(idx, form=form)[0], None
             state, all_logits = None, []
             for t0 in range(0, T, piece):
-                logits, state = model.prefill(idx[:, t0 : t0 + piece], state, form=form)
+                at = [p - t0 for p in positions if t0 <= p < t0 + piece]
+                if not at:
+                    logits, state = model.prefill(idx[:, t0 : t0 + piece], state, form=form)
+                else:  # the model's own states after these tokens (bdh.model.BDH.states_at)
+                    logits, kept, state = model.states_at(idx[:, t0 : t0 + piece], at, state, form=form)
+                    for p, s in zip(at, kept):
+                        on_state(t0 + p, s)
                 all_logits.append(logits)
     finally:
         model.train(was_training)
@@ -211,6 +232,114 @@ def estimate_cache_bytes(config, names: Sequence[str], B: int, n_tokens: int, n_
     return total * itemsize
 
 
+class _Selection:
+    """What `run_with_cache` keeps of each recorded tensor: tokens [a, b), heads, neurons (within a head), dtype."""
+
+    def __init__(self, config, T: int, layers, heads, neurons, tokens, dtype: torch.dtype, device):
+        self.layers = _index_list(layers, config.n_layer, "layers")
+        self.heads = _index_list(heads, config.n_head, "heads")
+        self.neurons = _index_list(neurons, config.N, "neurons")
+        self.a, self.b = _resolve_tokens(tokens, T)
+        self.dtype, self.device = dtype, device
+        self.h_idx = None if self.heads is None else torch.tensor(self.heads, device=device)
+        self.n_idx = None if self.neurons is None else torch.tensor(self.neurons, device=device)
+        self.n_heads = config.n_head if self.heads is None else len(self.heads)
+        self.n_neurons = config.N if self.neurons is None else len(self.neurons)
+
+    def overlap(self, t0: int, n: int) -> tuple[int, int] | None:
+        """The kept positions [lo, hi) of a piece of n tokens from t0, or None when it has none."""
+        lo, hi = max(self.a, t0), min(self.b, t0 + n)
+        return (lo, hi) if lo < hi else None
+
+    def take(self, kind: str, t: torch.Tensor, t0: int) -> torch.Tensor | None:
+        """The kept part of a hooked tensor of the piece starting at t0 (a copy in `dtype`), or None."""
+        span = self.overlap(t0, t.shape[-2])
+        if span is None:
+            return None
+        lo, hi = span[0] - t0, span[1] - t0
+        if kind in D_KINDS or kind == "logits":
+            t = t[:, lo:hi]
+        else:
+            t = t[:, :, lo:hi]
+            if self.h_idx is not None:
+                t = t.index_select(1, self.h_idx)
+            if self.n_idx is not None and kind in NEURON_KINDS:
+                t = t.index_select(3, self.n_idx)
+        return t.detach().to(dtype=self.dtype, copy=True)
+
+    def rho(self, r: torch.Tensor) -> torch.Tensor:
+        """The kept heads and neurons of a state (..., h, N, d), in `dtype`."""
+        hd = r.dim() - 3
+        if self.h_idx is not None:
+            r = r.index_select(hd, self.h_idx)
+        if self.n_idx is not None:
+            r = r.index_select(hd + 1, self.n_idx)
+        return r.to(self.dtype)
+
+
+class _Scores:
+    """Hook on `qr`: the scores gamma^(t-s) <qr_t, qr_s> (s < t) of the token range, per layer (B, hs, Tr, Tr)."""
+
+    def __init__(self, sel: _Selection, log_gamma: torch.Tensor | None, B: int):
+        self.sel, self.B = sel, B
+        self.log_gamma = log_gamma if log_gamma is None or sel.h_idx is None else log_gamma.index_select(0, sel.h_idx)
+        self.keys: dict[int, list[torch.Tensor]] = {}  # the range's keys seen so far, per layer
+        self.scores: dict[int, torch.Tensor] = {}
+
+    def hook(self, name: str, qr: torch.Tensor, t0: int) -> None:
+        sel, l = self.sel, int(name.split(".")[1])
+        span = sel.overlap(t0, qr.shape[2])
+        if span is None:
+            return
+        lo, hi = span
+        q = qr[:, :, lo - t0 : hi - t0]
+        if sel.h_idx is not None:
+            q = q.index_select(1, sel.h_idx)
+        keys = self.keys.setdefault(l, [])
+        keys.append(q)
+        s = q @ torch.cat(keys, 2).mT  # (B, hs, Tq, Tk): keys of the range so far, queries included
+        dev = s.device
+        dist = torch.arange(lo, hi, device=dev).view(-1, 1) - torch.arange(sel.a, hi, device=dev).view(1, -1)
+        mask = (dist > 0).to(s.dtype)
+        if self.log_gamma is not None:
+            decay = torch.exp(self.log_gamma.view(-1, 1, 1).to(torch.float64) * dist.clamp(min=0).to(torch.float64))
+            mask = decay.to(s.dtype) * mask
+        n = sel.b - sel.a
+        full = self.scores.setdefault(l, s.new_zeros((self.B, s.shape[1], n, n), dtype=sel.dtype))
+        full[:, :, lo - sel.a : hi - sel.a, : hi - sel.a] = (s * mask).to(sel.dtype)
+
+
+def _resolve_names(config, names, layer_sel: list[int] | None) -> list[str]:
+    """The hook names to record: `names` (names, a filter, or None for the default kinds) within `layer_sel`."""
+    L = config.n_layer
+    if names is None:
+        names = [hook_name(l, k) for l in range(L) for k in ("x_sparse", "attn", "y_sparse", "xy")]
+    elif callable(names):
+        names = [n for n in all_hook_names(L) if names(n)]
+    else:
+        names = [names] if isinstance(names, str) else list(names)
+        for n in names:
+            parse_hook_name(n, L)
+    names = [n for n in names if n == "logits" or layer_sel is None or parse_hook_name(n, L)[0] in layer_sel]
+    if not names:
+        raise ValueError("run_with_cache: the selection (names, layers) leaves no hook to record")
+    return names
+
+
+def _check_budget(config, names: list[str], B: int, sel: _Selection, n_positions: int | None, max_bytes: int) -> None:
+    """ValueError when the cache of this selection would exceed `max_bytes` (rho: once per position)."""
+    itemsize = torch.empty((), dtype=sel.dtype).element_size()
+    need = estimate_cache_bytes(config, names, B, sel.b - sel.a, sel.n_heads, sel.n_neurons, itemsize)
+    if n_positions is not None:
+        n_rho = sum(n.endswith(".rho") for n in names)
+        need += (n_positions - 1) * n_rho * B * sel.n_heads * sel.n_neurons * config.D * itemsize
+    if need > max_bytes:
+        raise ValueError(
+            f"run_with_cache would store {need / 2**20:.1f} MiB (> max_bytes={max_bytes / 2**20:.1f} MiB): narrow the "
+            "selection (names, layers, heads, neurons, tokens) or raise max_bytes"
+        )
+
+
 def run_with_cache(
     model,
     idx: torch.Tensor,
@@ -230,133 +359,48 @@ def run_with_cache(
 
     `names`: hook names, a filter `name -> bool`, or None for x_sparse, y_sparse, xy, attn of every layer.
     `layers`, `heads`, `neurons` (indices within a head), `tokens` (slice / range / (start, stop)) narrow what is
-    kept; `rho_positions` records rho after each of these tokens instead of after the last. A cache larger than
-    `max_bytes` is refused before running.
+    kept; `rho_positions` records rho after each of these tokens instead of after the last (the model's own
+    states, `BDH.states_at`). A cache larger than `max_bytes` is refused before running.
     """
     check_ids(model, idx)
     idx = idx.to(model.device)
     c = model.config
     B, T = idx.shape
-    layer_sel = _index_list(layers, c.n_layer, "layers")
-    head_sel = _index_list(heads, c.n_head, "heads")
-    neuron_sel = _index_list(neurons, c.N, "neurons")
-    a_tok, b_tok = _resolve_tokens(tokens, T)
-    if names is None:
-        names = [hook_name(l, k) for l in range(c.n_layer) for k in ("x_sparse", "attn", "y_sparse", "xy")]
-    elif callable(names):
-        names = [n for n in all_hook_names(c.n_layer) if names(n)]
-    else:
-        names = [names] if isinstance(names, str) else list(names)
-        for n in names:
-            parse_hook_name(n, c.n_layer)
-    names = [n for n in names if n == "logits" or layer_sel is None or parse_hook_name(n, c.n_layer)[0] in layer_sel]
-    if not names:
-        raise ValueError("run_with_cache: the selection (names, layers) leaves no hook to record")
-    nh_sel = c.n_head if head_sel is None else len(head_sel)
-    nn_sel = c.N if neuron_sel is None else len(neuron_sel)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    need = estimate_cache_bytes(c, names, B, b_tok - a_tok, nh_sel, nn_sel, itemsize)
-    if rho_positions is not None:
-        need += (len(rho_positions) - 1) * sum(n.endswith(".rho") for n in names) * B * nh_sel * nn_sel * c.D * itemsize
-    if need > max_bytes:
-        raise ValueError(
-            f"run_with_cache would store {need / 2**20:.1f} MiB (> max_bytes={max_bytes / 2**20:.1f} MiB): narrow the "
-            "selection (names, layers, heads, neurons, tokens) or raise max_bytes"
-        )
-    dev = idx.device
-    h_idx = None if head_sel is None else torch.tensor(head_sel, device=dev)
-    n_idx = None if neuron_sel is None else torch.tensor(neuron_sel, device=dev)
+    sel = _Selection(c, T, layers, heads, neurons, tokens, dtype, idx.device)
+    names = _resolve_names(c, names, sel.layers)
+    _check_budget(c, names, B, sel, None if rho_positions is None else len(rho_positions), max_bytes)
+    positions = None if rho_positions is None else _check_positions(rho_positions, T)
     pieces: dict[str, list[torch.Tensor]] = {n: [] for n in names}
 
-    def select(name: str, t: torch.Tensor, t0: int) -> None:
-        _, kind = parse_hook_name(name, c.n_layer)
-        lo, hi = max(a_tok, t0), min(b_tok, t0 + t.shape[-2])
-        if lo >= hi:
-            return
-        if kind in D_KINDS or kind == "logits":
-            t = t[:, lo - t0 : hi - t0]
-        else:
-            t = t[:, :, lo - t0 : hi - t0]
-            if h_idx is not None:
-                t = t.index_select(1, h_idx)
-            if n_idx is not None and kind in NEURON_KINDS:
-                t = t.index_select(3, n_idx)
-        pieces[name].append(t.detach().to(dtype=dtype, copy=True))
+    def keep(name: str, t: torch.Tensor, t0: int) -> None:
+        t = sel.take(parse_hook_name(name, c.n_layer)[1], t, t0)
+        if t is not None:
+            pieces[name].append(t)
 
-    hooks: dict[str, list[Hook]] = {n: [select] for n in names if not n.endswith((".scores", ".rho"))}
-    log_gamma = model.log_gamma
-    lg_sel = None if log_gamma is None or h_idx is None else log_gamma.index_select(0, h_idx)
-
-    # scores: queries of the token range against the keys of the range seen so far
-    score_layers = [parse_hook_name(n, c.n_layer)[0] for n in names if n.endswith(".scores")]
-    keys: dict[int, list[torch.Tensor]] = {l: [] for l in score_layers}
-    scores: dict[int, torch.Tensor] = {}
-
-    def score_hook(name: str, qr: torch.Tensor, t0: int) -> None:
-        l = int(name.split(".")[1])
-        lo, hi = max(a_tok, t0), min(b_tok, t0 + qr.shape[2])
-        if lo >= hi:
-            return
-        q = qr[:, :, lo - t0 : hi - t0]
-        if h_idx is not None:
-            q = q.index_select(1, h_idx)
-        keys[l].append(q)
-        s = q @ torch.cat(keys[l], 2).mT  # (B, hs, Tq, Tk): keys of the range so far, queries included
-        dist = torch.arange(lo, hi, device=dev).view(-1, 1) - torch.arange(a_tok, hi, device=dev).view(1, -1)
-        mask = (dist > 0).to(s.dtype)
-        lg = log_gamma if h_idx is None else lg_sel
-        if lg is not None:
-            mask = torch.exp(lg.view(-1, 1, 1).to(torch.float64) * dist.clamp(min=0).to(torch.float64)).to(s.dtype) * mask
-        full = scores.setdefault(l, s.new_zeros((B, s.shape[1], b_tok - a_tok, b_tok - a_tok), dtype=dtype))
-        full[:, :, lo - a_tok : hi - a_tok, : hi - a_tok] = (s * mask).to(dtype)
-
-    for l in score_layers:
-        hooks.setdefault(hook_name(l, "qr"), []).append(score_hook)
-
-    # rho after chosen tokens: a running state per layer, advanced piece by piece
+    hooks: dict[str, list[Hook]] = {n: [keep] for n in names if not n.endswith((".scores", ".rho"))}
+    scores = _Scores(sel, model.log_gamma, B)
+    for n in names:
+        if n.endswith(".scores"):
+            hooks.setdefault(hook_name(parse_hook_name(n, c.n_layer)[0], "qr"), []).append(scores.hook)
     rho_layers = [parse_hook_name(n, c.n_layer)[0] for n in names if n.endswith(".rho")]
-    positions = None if rho_positions is None else sorted({int(p) for p in rho_positions})
-    if positions is not None and (not positions or positions[0] < 0 or positions[-1] >= T):
-        raise ValueError(f"rho_positions={rho_positions!r}: expected token positions in [0, T={T})")
-    v_piece: dict[int, torch.Tensor] = {}
-    running: dict[int, torch.Tensor | None] = {l: None for l in rho_layers}
     rho_at: dict[int, list[torch.Tensor]] = {l: [] for l in rho_layers}
 
-    def v_hook(name: str, v: torch.Tensor, t0: int) -> None:
-        v_piece[int(name.split(".")[1])] = v.unsqueeze(1)  # (B, 1, Tc, d)
-
-    def rho_hook(name: str, qr: torch.Tensor, t0: int) -> None:
-        l = int(name.split(".")[1])
-        v = v_piece.pop(l)
-        for p in positions:
-            if t0 <= p < t0 + qr.shape[2]:
-                k = p - t0 + 1
-                rho_at[l].append(attention_parallel(qr[:, :, :k], v[:, :, :k], running[l], log_gamma, True)[1])
-        running[l] = attention_chunked(qr, v, running[l], log_gamma, c.chunk_size, True)[1]
-
-    if positions is not None:
+    def on_state(p: int, state) -> None:  # the model's state after token p: keep the selection of it
         for l in rho_layers:
-            hooks.setdefault(hook_name(l, "v_in"), []).append(v_hook)
-            hooks.setdefault(hook_name(l, "qr"), []).append(rho_hook)
+            rho_at[l].append(sel.rho(state.layer_rho(l)))
 
-    need_rho = bool(rho_layers) and positions is None
-    logits, rho = run_with_hooks(model, idx, hooks, token_chunk=token_chunk, form=form, need_rho=need_rho)
-    cache = ActivationCache(tokens=(a_tok, b_tok), heads=head_sel, neurons=neuron_sel, token_ids=idx)
+    logits, rho = run_with_hooks(model, idx, hooks, token_chunk=token_chunk, form=form,
+                                 need_rho=bool(rho_layers) and positions is None,
+                                 rho_positions=positions if rho_layers else None, on_state=on_state)
+    cache = ActivationCache(tokens=(sel.a, sel.b), heads=sel.heads, neurons=sel.neurons, token_ids=idx)
     for n in names:
         layer, kind = parse_hook_name(n, c.n_layer)
         if kind == "scores":
-            cache[n] = scores[layer]
-        elif kind == "rho":
-            r = rho[layer] if positions is None else torch.stack(rho_at[layer], 1)  # (B, [P,] h, N, d)
-            hd = r.dim() - 3
-            if h_idx is not None:
-                r = r.index_select(hd, h_idx)
-            if n_idx is not None:
-                r = r.index_select(hd + 1, n_idx)
-            cache[n] = r.to(dtype)
+            cache[n] = scores.scores[layer]
+        elif kind == "rho":  # (B, h, N, d), or (B, P, h, N, d) with rho_positions
+            cache[n] = sel.rho(rho[layer]) if positions is None else torch.stack(rho_at[layer], 1)
         else:
-            dim = 1 if (kind in D_KINDS or kind == "logits") else 2
-            cache[n] = torch.cat(pieces[n], dim)
+            cache[n] = torch.cat(pieces[n], 1 if (kind in D_KINDS or kind == "logits") else 2)
     return logits, cache
 
 

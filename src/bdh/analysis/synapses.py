@@ -272,6 +272,74 @@ def _split(n: int, test_fraction: float, rng: random.Random, what: str) -> tuple
     return idx[n_test:], idx[:n_test]
 
 
+def _active_neurons(concept: Sequence[SynapseInputs], members: list[int], r_all: torch.Tensor, c_all: torch.Tensor,
+                    n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows (y-neurons) and cols (x-neurons) active in some concept sentence of `members` (others give sigma
+    = 0 there)."""
+    y_act = torch.zeros(n, dtype=torch.bool)
+    x_act = torch.zeros(n, dtype=torch.bool)
+    for s in members:
+        y_act |= (concept[s].y > 0).any(0)
+        x_act |= (concept[s].x > 0).any(0)
+    r, c = r_all[y_act[r_all]], c_all[x_act[c_all]]
+    if r.numel() == 0 or c.numel() == 0:
+        raise ValueError("rank_synapses: no y-neuron (rows) or x-neuron (cols) is active in the concept sentences")
+    return r, c
+
+
+def _block_stats(group: Sequence[SynapseInputs], members: list[int], keys: list[torch.Tensor],
+                 rb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Mean and (unbiased) variance over `members` of sigma at the sentence end, rows `rb` x the keys' cols."""
+    s1 = torch.zeros((rb.numel(), keys[0].shape[1]), dtype=torch.float64)
+    s2 = torch.zeros_like(s1)
+    for s, k in zip(members, keys):
+        m = group[s].y[:, rb].to(torch.float64).T @ k
+        s1 += m
+        s2 += m * m
+    n_g = len(members)
+    mean = s1 / n_g
+    var = (s2 / n_g - mean * mean).clamp(min=0) * (n_g / max(n_g - 1, 1))
+    return mean, var, n_g
+
+
+def _t_shortlist(concept, contrast, c_search: list[int], k_search: list[int], r: torch.Tensor, c: torch.Tensor,
+                 spec: SigmaSpec, shortlist: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `shortlist` pairs (i in r, j in c) of largest Welch t (concept minus contrast) on the search part,
+    computed in row blocks: t values (P,) and pairs (P, 2)."""
+    def keys(group, members):  # x_tau^T U^(T - tau) of each sentence, cols c: (T, |c|)
+        return [keys_at(group[s].x, spec, group[s].T)[:, c].to(torch.float64) for s in members]
+
+    kc, kk = keys(concept, c_search), keys(contrast, k_search)
+    best_t = torch.empty(0, dtype=torch.float64)
+    best_i = torch.empty(0, dtype=torch.long)
+    best_j = torch.empty(0, dtype=torch.long)
+    for b0 in range(0, r.numel(), block):
+        rb = r[b0 : b0 + block]
+        mc, vc, nc = _block_stats(concept, c_search, kc, rb)
+        mk, vk, nk = _block_stats(contrast, k_search, kk, rb)
+        se = torch.sqrt(vc / nc + vk / nk) + 1e-3 * (mc.abs() + mk.abs()) + 1e-12
+        tstat = (mc - mk) / se
+        v, flat = torch.topk(tstat.flatten(), min(shortlist, tstat.numel()))
+        allv = torch.cat([best_t, v])
+        keep = torch.topk(allv, min(shortlist, allv.numel())).indices
+        best_t = allv[keep]
+        best_i = torch.cat([best_i, rb[flat // c.numel()]])[keep]
+        best_j = torch.cat([best_j, c[flat % c.numel()]])[keep]
+    return best_t, torch.stack([best_i, best_j], 1)
+
+
+def _candidate(spec: SigmaSpec, i: int, j: int, t_stat: float, rb_search: float, test_c: np.ndarray,
+               test_k: np.ndarray, lengths: np.ndarray) -> dict:
+    """One ranked synapse: its neurons, search statistics and the held-out test."""
+    return {
+        "i": i, "j": j, "head_i": i // spec.N, "head_j": j // spec.N, "neuron_i": i % spec.N, "neuron_j": j % spec.N,
+        "t_stat": t_stat, "search_rank_biserial": rb_search,
+        "test": mann_whitney(test_c, test_k),
+        "mean_concept": float(test_c.mean()), "mean_contrast": float(test_k.mean()),
+        "length_spearman": _spearman(np.concatenate([test_c, test_k]), lengths),
+    }
+
+
 def rank_synapses(
     concept: Sequence[SynapseInputs],
     contrast: Sequence[SynapseInputs],
@@ -304,46 +372,8 @@ def rank_synapses(
     c_search, c_test = _split(len(concept), test_fraction, rng, "concept")
     k_search, k_test = _split(len(contrast), test_fraction, rng, "contrast")
     r_all, c_all = _check_neurons(rows, spec.n, "rows"), _check_neurons(cols, spec.n, "cols")
-    # restrict to neurons active in some concept sentence of the search part (others give sigma = 0 there)
-    y_act = torch.zeros(spec.n, dtype=torch.bool)
-    x_act = torch.zeros(spec.n, dtype=torch.bool)
-    for s in c_search:
-        y_act |= (concept[s].y > 0).any(0)
-        x_act |= (concept[s].x > 0).any(0)
-    r = r_all[y_act[r_all]]
-    c = c_all[x_act[c_all]]
-    if r.numel() == 0 or c.numel() == 0:
-        raise ValueError("rank_synapses: no y-neuron (rows) or x-neuron (cols) is active in the concept sentences")
-    keys = {("c", s): keys_at(concept[s].x, spec, concept[s].T)[:, c].to(torch.float64) for s in c_search}
-    keys.update({("k", s): keys_at(contrast[s].x, spec, contrast[s].T)[:, c].to(torch.float64) for s in k_search})
-    best_t = torch.empty(0, dtype=torch.float64)
-    best_i = torch.empty(0, dtype=torch.long)
-    best_j = torch.empty(0, dtype=torch.long)
-    for b0 in range(0, r.numel(), block):
-        rb = r[b0 : b0 + block]
-        stats = {}
-        for g, group, members in (("c", concept, c_search), ("k", contrast, k_search)):
-            s1 = torch.zeros((rb.numel(), c.numel()), dtype=torch.float64)
-            s2 = torch.zeros_like(s1)
-            for s in members:
-                m = group[s].y[:, rb].to(torch.float64).T @ keys[(g, s)]
-                s1 += m
-                s2 += m * m
-            n_g = len(members)
-            mean = s1 / n_g
-            var = (s2 / n_g - mean * mean).clamp(min=0) * (n_g / max(n_g - 1, 1))
-            stats[g] = (mean, var, n_g)
-        (mc, vc, nc), (mk, vk, nk) = stats["c"], stats["k"]
-        se = torch.sqrt(vc / nc + vk / nk) + 1e-3 * (mc.abs() + mk.abs()) + 1e-12
-        tstat = (mc - mk) / se
-        kk = min(shortlist, tstat.numel())
-        v, flat = torch.topk(tstat.flatten(), kk)
-        allv = torch.cat([best_t, v])
-        keep = torch.topk(allv, min(shortlist, allv.numel())).indices
-        best_t = allv[keep]
-        best_i = torch.cat([best_i, rb[flat // c.numel()]])[keep]
-        best_j = torch.cat([best_j, c[flat % c.numel()]])[keep]
-    pairs = torch.stack([best_i, best_j], 1)
+    r, c = _active_neurons(concept, c_search, r_all, c_all, spec.n)
+    best_t, pairs = _t_shortlist(concept, contrast, c_search, k_search, r, c, spec, shortlist, block)
 
     def values(group, members):
         return np.stack([sigma_pairs(group[s], spec, pairs).to(torch.float64).numpy() for s in members], 1)  # (P, n)
@@ -352,16 +382,8 @@ def rank_synapses(
     order = sorted(range(len(pairs)), key=lambda q: (-rb_search[q], -float(best_t[q])))[:top]
     test_c, test_k = values(concept, c_test), values(contrast, k_test)
     lengths = np.array([concept[s].T for s in c_test] + [contrast[s].T for s in k_test], dtype=float)
-    cands = []
-    for q in order:
-        i, j = int(pairs[q, 0]), int(pairs[q, 1])
-        cands.append({
-            "i": i, "j": j, "head_i": i // spec.N, "head_j": j // spec.N, "neuron_i": i % spec.N, "neuron_j": j % spec.N,
-            "t_stat": float(best_t[q]), "search_rank_biserial": float(rb_search[q]),
-            "test": mann_whitney(test_c[q], test_k[q]),
-            "mean_concept": float(test_c[q].mean()), "mean_contrast": float(test_k[q].mean()),
-            "length_spearman": _spearman(np.concatenate([test_c[q], test_k[q]]), lengths),
-        })
+    cands = [_candidate(spec, int(pairs[q, 0]), int(pairs[q, 1]), float(best_t[q]), float(rb_search[q]), test_c[q],
+                        test_k[q], lengths) for q in order]
     best = order[0]
     return ConceptSearchResult(
         layer=concept[0].layer,

@@ -241,7 +241,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         print(param_table(PRESETS[args.preset]["ladder"] if args.preset in PRESETS else args.preset))
         return 0
-    from ..cli import apply_run_options
+    from ..runtime import apply_run_options
 
     apply_run_options(args)  # --threads range check
     overrides = ([f"train.threads={args.threads}"] if args.threads is not None else []) + (args.set or [])
@@ -254,7 +254,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from ..cli import add_run_options, positive_int
+    from ..runtime import add_run_options, positive_int
 
     c = sub.add_parser("compare", help="train the BDH and GPT ladders on equal tokens; CSV, markdown and plots",
                        description="Train parameter-matched BDH and GPT models (same data, order, schedule, seeds).")

@@ -296,13 +296,30 @@ class GPT(HookPoints, PretrainedMixin, nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, context: int = 0) -> int:
-        """Forward FLOPs (2 per multiply-add) for one token attending to `context` earlier tokens.
+        """Forward FLOPs (2 per multiply-add) for one token attending to `context` earlier tokens:
+        `GPT.flops(config, context + 1, form="recurrent")`."""
+        return int(self.flops(self.config, context + 1, form="recurrent").forward)
 
-        Matmuls: L (4 d^2 + 2 d H) + d V; attention: 2 L d (context + 1) for the scores and the weighted values.
+    @classmethod
+    def flops(cls, config: GPTConfig, T: int, *, form: str = "auto", causal: bool = False):
+        """The GPT's FLOP model: matmul FLOPs per token (2 per multiply-add) of T tokens (bdh.interface.TokenFlops).
+
+            per layer:  2*(4*d^2 + 2*d*H)   qkv and output projections, MLP (H = mlp width)
+                        + 2*2*K*d           scores and weighted values over K keys
+            once:       + 2*d*V             the tied output head
+
+        K = T ("auto": SDPA with an ALiBi / causal mask computes the full T x T product; "recurrent": one decode
+        step at position T attends to T cached keys, itself included); `causal`: K = (T+1)/2, the keys a query
+        attends to. Backward = 2 x forward.
         """
-        c = self.config
-        return 2 * (c.n_layer * (4 * c.n_embd**2 + 2 * c.n_embd * c.hidden) + c.n_embd * c.vocab_size
-                    + 2 * c.n_layer * c.n_embd * (context + 1))
+        from ..interface import TokenFlops
+
+        d, L, V, H = config.n_embd, config.n_layer, config.vocab_size, config.hidden
+        if form not in ("auto", "recurrent"):
+            raise ValueError(f"form={form!r}: the GPT runs 'auto' (a sequence) or 'recurrent' (a decode step)")
+        keys = (T + 1) / 2 if causal and form == "auto" else T
+        fwd = L * (2 * (4 * d * d + 2 * d * H) + 2 * 2 * keys * d) + 2 * d * V
+        return TokenFlops(fwd, 2 * fwd)
 
     # ------------------------------------------------------------------ state
     def init_state(self, batch_size: int, device=None) -> GPTState:

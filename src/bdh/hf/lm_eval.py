@@ -33,8 +33,9 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
 from ..checkpoint import load_model
-from ..generation import prefill_piece, stream
-from .modeling import _torch_dtype, default_prefix_token
+from ..generation import read_in_pieces, stream
+from ..runtime import resolve_device
+from .modeling import as_torch_dtype, default_prefix_token
 
 __all__ = ["BDHLM", "main"]
 
@@ -62,14 +63,12 @@ class BDHLM(TemplateLM):
         if unknown:
             raise ValueError(f"--model_args {', '.join(unknown)}: not options of model 'bdh' (expected pretrained, "
                              "device, dtype, prefix_token_id, max_length)")
-        from ..cli import resolve_device
-
         device = "cpu" if device is None else str(device)
         if device.startswith("cuda") and not torch.cuda.is_available():  # lm_eval's default is cuda:0
             logging.getLogger(__name__).warning("device %s: CUDA is not available, using the CPU", device)
             device = "cpu"
         # (load_model refuses a saved tokenizer of another size than the model's vocab_size)
-        self.model = load_model(pretrained, device=resolve_device(device), dtype=_torch_dtype(dtype))
+        self.model = load_model(pretrained, device=resolve_device(device), dtype=as_torch_dtype(dtype))
         self.tok = self.model.tokenizer
         V = self.model.config.vocab_size
         self.batch_size = batch_size  # requests are scored one at a time (states are never padded)
@@ -104,15 +103,9 @@ class BDHLM(TemplateLM):
     @torch.no_grad()
     def _read(self, ids: list[int], state=None, carry: bool = False):
         """Logits (T, V) of ids read from `state` in pieces with the state carried, and the state after."""
-        m = self.model
-        x = torch.tensor([ids], dtype=torch.long, device=m.device)
-        n, out = prefill_piece(m), []
-        for a in range(0, x.shape[1], n):
-            lg, state = m.prefill(x[:, a : a + n], state)
-            if carry:
-                state = m.carry_state(state)
-            out.append(lg[0].float())
-        return torch.cat(out, 0), state
+        x = torch.tensor([ids], dtype=torch.long, device=self.model.device)
+        logits, state = read_in_pieces(self.model, x, state, carry=carry)
+        return logits[0].float(), state
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         res, cached = [], {}  # context -> (logits after it, state): multiple choice reads the context once

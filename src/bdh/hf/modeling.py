@@ -12,9 +12,9 @@
 
 Loading and saving go through `bdh.checkpoint` (one home for checkpoints: the same checks, files and names), so a
 directory moves both ways between `bdh` and transformers. The forward pass is the model's own: a prompt is
-prefilled in pieces with the state carried (`bdh.generation.prefill_piece`), one new token is one in-place
+prefilled in pieces with the state carried (`bdh.generation.read_in_pieces`), one new token is one in-place
 `model.step` under inference mode, exactly as `bdh.generation` does, so greedy `generate()` gives the ids `bdh
-generate` gives; without autograd, non-finite logits are its error too (`bdh.generation._check_finite`).
+generate` gives; without autograd, non-finite logits are its error too (`bdh.generation.check_finite`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from ..checkpoint import (
     save_pretrained,
     save_tokenizer,
 )
-from ..generation import _check_finite, prefill_piece
+from ..generation import check_finite, read_in_pieces
 from ..interface import build_model, get_model_type, load_config
 from ..tokenization import load_tokenizer
 
@@ -156,7 +156,8 @@ class BDHCache(Cache):
 
 
 # ----------------------------------------------------------------------------------------------- models
-def _torch_dtype(dtype) -> torch.dtype | None:
+def as_torch_dtype(dtype) -> torch.dtype | None:
+    """A `dtype` argument (None / 'auto': as saved, a torch.dtype, or its name) as a torch.dtype or None."""
     if dtype is None or dtype == "auto":
         return None
     if isinstance(dtype, torch.dtype):
@@ -241,7 +242,7 @@ class _FamilyForCausalLM(PreTrainedModel, GenerationMixin):
         if unknown:
             raise TypeError(f"{cls.__name__}.from_pretrained: unsupported argument(s) {unknown}")
         directory = local_dir(pretrained_model_name_or_path, **kwargs)
-        model = load_pretrained(directory, device=_device(device_map), dtype=_torch_dtype(dtype or torch_dtype))
+        model = load_pretrained(directory, device=_device(device_map), dtype=as_torch_dtype(dtype or torch_dtype))
         want = cls.config_class.model_type
         got = type(model.config).MODEL_TYPE
         if want and got != want:
@@ -320,7 +321,7 @@ class _FamilyForCausalLM(PreTrainedModel, GenerationMixin):
             if logits_to_keep:
                 logits = logits[:, -logits_to_keep:]
         if not torch.is_grad_enabled():  # (the check bdh.generation makes before every token)
-            _check_finite(logits, cache.steps if cache is not None else 0)
+            check_finite(logits, cache.steps if cache is not None else 0)
         loss = None
         if labels is not None:
             if logits.shape[1] != labels.shape[1]:
@@ -337,14 +338,7 @@ class _FamilyForCausalLM(PreTrainedModel, GenerationMixin):
             with torch.inference_mode():  # as bdh.generation's loop (the state's tensors stay usable outside it)
                 logits, state = m.step(idx[:, 0], state, inplace=True)
             return logits[:, None].clone(), state  # (a normal tensor: the caller may update it in place)
-        n, T = prefill_piece(m), idx.shape[1]
-        keep_from = T - logits_to_keep if 0 < logits_to_keep < T else 0
-        out = []
-        for a in range(0, T, n):
-            lg, state = m.prefill(idx[:, a : a + n], state)
-            if a + lg.shape[1] > keep_from:
-                out.append(lg[:, max(0, keep_from - a) :])
-        return torch.cat(out, 1), state
+        return read_in_pieces(m, idx, state, keep=logits_to_keep)
 
 
 class BDHForCausalLM(_FamilyForCausalLM):

@@ -21,9 +21,10 @@ from .base import (MAX_BATCH_TOKENS, MAX_EXAMPLE_TOKENS, MAX_SIZE, MAX_VOCAB, PA
 from .evaluate import MAX_PASSES, evaluate_task, with_layers
 from .loading import load_task
 from .run import task_run_config
+from .source import TaskSource  # registers the data source of data.corpus = "task:REF"
 
 get_task = load_task
 
 __all__ = ["MAX_BATCH_TOKENS", "MAX_EXAMPLE_TOKENS", "MAX_PASSES", "MAX_SIZE", "MAX_VOCAB", "PAD", "TASKS", "Example",
-           "Task", "TaskError", "check_task", "evaluate_task", "exact_match", "get_task", "load_task", "masked_loss",
-           "register_task", "task_run_config", "with_layers"]
+           "Task", "TaskError", "TaskSource", "check_task", "evaluate_task", "exact_match", "get_task", "load_task",
+           "masked_loss", "register_task", "task_run_config", "with_layers"]

@@ -117,8 +117,9 @@ class Streams:
 
 
 class TaskSampler:
-    """Task runs: each micro-step draws one size uniformly in [min_size, max_size] and `batch_size` examples of it
-    (right-padded) from a `random.Random(seed)`; targets are the task's targets with IGNORE_INDEX (-100) at every
+    """Task runs (made by `bdh.tasks.source.TaskSource`; `task`: anything with `batch(rng, size, n)`): each
+    micro-step draws one size uniformly in [min_size, max_size] and `batch_size` examples of it (right-padded)
+    from a `random.Random(seed)`; targets are the task's targets with IGNORE_INDEX (-100) at every
     non-answer and padding position, so the models' own cross-entropy is the masked loss. Every process draws the
     global batch and takes its rows. `step_tokens`: the global batch's tokens (padded) in the last step."""
 
@@ -156,12 +157,9 @@ def _check_kind(kind: str, meta: dict) -> None:
         raise ValueError(f"checkpoint was written with data.batching = {meta.get('kind')!r}, this run uses {kind!r}")
 
 
-def make_sampler(tokens: np.ndarray, data_cfg, train_cfg, rank: int = 0, world: int = 1, task=None):
-    """The run's sampler: `TaskSampler` when `task` is given (a task run; `tokens` unused), else by data.batching."""
+def make_sampler(tokens: np.ndarray, data_cfg, train_cfg, rank: int = 0, world: int = 1):
+    """The sampler of a corpus run, by data.batching (a task run's `TaskSampler` is made by `bdh.tasks.source`)."""
     T, B = data_cfg.block_size, train_cfg.batch_size
-    if task is not None:
-        lo, hi = data_cfg.task_sizes(task)
-        return TaskSampler(task, lo, hi, B, train_cfg.data_seed, rank, world)
     if data_cfg.batching == "tbptt":
         return Streams(tokens, T, B, train_cfg.grad_accum, rank, world)
     return RandomCrops(tokens, T, B, train_cfg.data_seed, rank, world)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..interface import get_model_type, model_types
+from .sources import data_source_kind
 
 SHIPPED_CONFIGS = ("tiny", "default", "reference-25m", "gpt-default", "task-tiny")
 TASK_PREFIX = "task:"  # data.corpus = "task:REF": train on a bdh.tasks task (REF as bdh.tasks.load_task takes it)
@@ -196,10 +197,7 @@ class RunConfig:
         """Every section, the model config, and the train options against the model type's capabilities."""
         self.data.validate()
         self.train.validate()
-        if self.data.task_ref is not None:  # the task loads, its sizes exist, its examples are well-formed
-            from ..tasks.validation import task_for_run
-
-            task_for_run(self.data)
+        data_source_kind(self.data.corpus).check(self)  # e.g. a task run: the task loads, its examples are well-formed
         cfg = self.model_config(self.model.get("vocab_size", 256))  # raises ValueError naming the bad field
         cfg.check_training(batching=self.data.batching)  # type-specific data constraints (e.g. the GPT's positions)
         self._check_capabilities(get_model_type(self.model_type).model_class)

@@ -1,5 +1,5 @@
-"""The training loop, for any registered model type: AdamW, warmup + decay, grad clipping and accumulation,
-random crops or TBPTT streams, periodic evaluation and samples, metrics, checkpoints with exact resume, DDP.
+"""The training loop, for any registered model type and any data source: AdamW or Muon, warmup + decay, grad
+clipping and accumulation, periodic evaluation and samples, metrics, checkpoints with exact resume, DDP.
 
     from bdh.training import load_run_config, train
     result = train(load_run_config("tiny"), "runs/tiny")      # result.model, result.summary
@@ -7,7 +7,9 @@ random crops or TBPTT streams, periodic evaluation and samples, metrics, checkpo
 `train` = `Trainer(run, out).run()`: `setup` (processes, data, model, optimizer, resume), then `loop` over
 `train_step` (forward / backward / accumulate / clip / step) with `maybe_log`, `maybe_eval`, `maybe_sample` and
 `maybe_checkpoint`, then `finish` (final evaluation and model). The model is used only through
-`bdh.interface.LanguageModel`: its carried TBPTT states go into checkpoints as `model.state_to_tensors`.
+`bdh.interface.LanguageModel`: its carried TBPTT states go into checkpoints as `model.state_to_tensors`. The data
+is used only through `bdh.training.data_source.DataSource` (the batch stream and its state, validation, the words
+about it): a text corpus (`bdh.training.corpus`) or a registered kind such as the tasks' "task:REF".
 
 Run directory `OUT`:
 
@@ -24,13 +26,11 @@ CUDA), `train.batch_size` is the global batch and every process takes its slice 
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 import math
 import os
 import random
-import signal
 import sys
 import time
 from pathlib import Path
@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..allocator import keep_freed_memory
@@ -46,13 +45,19 @@ from ..attention import cpu_bf16_supported
 from .._version import __version__
 from ..checkpoint import CheckpointError, check_output_dir
 from ..interface import build_model, load_config
-from ..io import atomic_path, atomic_write_json, atomic_write_text
-from ..sparse import hoyer_activity
+from ..io import atomic_write_json, atomic_write_text
 from . import checkpointing as ckpt
-from .batching import make_sampler
 from .config import RunConfig
-from .evaluation import evaluate, token_byte_lengths
+from .processes import Dist, die_with_parent, pick_device
+from .resume import (check_resume, init_from_config, read_resume_checkpoint, states_from_tensors,
+                     states_to_tensors)
+from .runfiles import Metrics, fmt_time, peak_rss_mib
 from .schedule import make_scheduler
+from .sources import data_source_kind
+from .step import LossModule, make_optimizer
+
+__all__ = ["EMULATED_BF16_ENV", "LossModule", "Metrics", "Trainer", "TrainingDiverged", "TrainResult", "launch",
+           "make_optimizer", "train"]  # LossModule, Metrics, make_optimizer: re-exported from their modules
 
 
 class TrainingDiverged(ValueError):
@@ -66,312 +71,14 @@ class TrainResult:
     summary: dict
 
 
-# ----------------------------------------------------------------------------------------------- processes
-@dataclasses.dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owns_group: bool = False
-
-    @classmethod
-    def from_env(cls, device_pref: str) -> "Dist":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        import torch.distributed as dist
-
-        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        owns = False
-        if not dist.is_initialized():
-            cuda = device_pref != "cpu" and torch.cuda.is_available()
-            if cuda:
-                torch.cuda.set_device(local)
-            dist.init_process_group("nccl" if cuda else "gloo")
-            owns = True
-        return cls(rank, world, local, owns)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def mean(self, x: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            x = x.clone()
-            torch.distributed.all_reduce(x)
-            x /= self.world
-        return x
-
-    def close(self) -> None:
-        if self.owns_group:
-            torch.distributed.destroy_process_group()
-
-
-def pick_device(pref: str, dist: Dist) -> torch.device:
-    if pref == "auto":
-        pref = "cuda" if torch.cuda.is_available() else "cpu"
-    if pref.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"train.device = {pref!r}: CUDA is not available on this machine; use cpu or auto")
-        return torch.device(f"cuda:{dist.local_rank}" if dist.world > 1 or pref == "cuda" else pref)
-    return torch.device("cpu")
-
-
-# ----------------------------------------------------------------------------------------------- data
-def prepare_data(run: RunConfig, out: Path, dist: Dist, tokenizer=None, expect_sha256: dict | None = None):
-    """(tokenizer, train tokens, val tokens, {split: source SHA-256}) for the run; tokens are memmaps of a cache
-    in OUT/data. `expect_sha256` (on resume: the hashes the run started with) are checked before anything is
-    written: a corpus that changed since is a ValueError."""
-    from ..data.cache import build_token_cache, cached_source_hash, source_hash
-    from ..data.corpora import resolve_corpus
-    from ..tokenization import BPETokenizer, get_tokenizer, load_tokenizer
-
-    d = run.data
-    splits = resolve_corpus(
-        d.corpus, jsonl_field=d.jsonl_field, encoding_errors=d.encoding_errors, val_fraction=d.val_fraction,
-        seed=run.train.data_seed,
-    )
-    if not splits.train.strip():
-        raise ValueError(f"data.corpus = {d.corpus!r}: the training split is empty")
-    hashes = {"train": source_hash(splits.train), "val": source_hash(splits.val)}
-    cache = out / "data"
-    for split, want in (expect_sha256 or {}).items():
-        where = "the checkpoint"
-        if want is None and tokenizer is not None:  # a checkpoint from before data_sha256: the token cache's manifest
-            want, where = cached_source_hash(cache, split, tokenizer.name), f"the token cache in {cache}"
-        if want is not None and hashes.get(split) != want:
-            raise ValueError(
-                f"data.corpus = {d.corpus!r} changed since the run started: its {split} split has SHA-256 "
-                f"{hashes.get(split, '')[:12]}..., {where} records {want[:12]}...; resume with the original corpus "
-                "(and data.val_fraction, train.data_seed), or start a new run in another --out"
-            )
-    if tokenizer is None:
-        if d.tokenizer == "bpe":
-            if dist.main:
-                BPETokenizer.train([splits.train], d.bpe_vocab_size).save(out / "tokenizer")
-            dist.barrier()
-            tokenizer = load_tokenizer(out / "tokenizer")
-        else:
-            tokenizer = get_tokenizer(d.tokenizer)
-    data = {}
-    for rank_turn in (True, False):  # process 0 builds the cache, the others reuse it
-        if dist.main == rank_turn:
-            for split, text in (("train", splits.train), ("val", splits.val)):
-                data[split] = build_token_cache(text, tokenizer, cache, split, source_id=d.corpus)
-        dist.barrier()
-    T = d.block_size
-    if len(data["train"]) < T + 1:
-        raise ValueError(
-            f"data.corpus = {d.corpus!r}: the training split has {len(data['train'])} tokens, fewer than "
-            f"data.block_size + 1 = {T + 1}; use a longer corpus or a smaller data.block_size"
-        )
-    if len(data["val"]) < 2:
-        raise ValueError(f"data.corpus = {d.corpus!r}: the validation split has {len(data['val'])} token(s); need >= 2")
-    return tokenizer, data["train"], data["val"], hashes
-
-
-# ----------------------------------------------------------------------------------------------- the step
-class LossModule(nn.Module):
-    """The function DDP wraps: (x, y, state) -> (objective, mean cross-entropy, new state or None).
-
-    The objective is the cross-entropy plus, with `activity_penalty` > 0, that weight times the mean Hoyer
-    activity of x_sparse over layers (`bdh.sparse.hoyer_activity`); without it the two are the same tensor.
-    """
-
-    def __init__(self, model: nn.Module, form: str, detach_kv: bool, carry: bool, activity_penalty: float = 0.0):
-        super().__init__()
-        self.model, self.form, self.detach_kv, self.carry = model, form, detach_kv, carry
-        self.activity_penalty = activity_penalty
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, state: Any = None):
-        xs = [] if self.activity_penalty else None
-        kw = {} if xs is None else {"x_sparse_out": xs}  # the "activity_penalty" capability
-        if self.form != "auto":
-            kw["form"] = self.form  # the "forms" capability
-        if self.detach_kv:
-            kw["detach_kv"] = True  # the "no_bptt" capability
-        new = None
-        if not self.carry:
-            _, loss = self.model(x, y, **kw)
-        else:
-            logits, new = self.model.prefill(x, state, **kw)  # (B, T, V)
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-        if xs is None:
-            return loss, loss, new
-        penalty = torch.stack([hoyer_activity(xl.float()) for xl in xs]).mean()
-        return loss + self.activity_penalty * penalty, loss, new
-
-
 EMULATED_BF16_ENV = "BDH_ALLOW_EMULATED_BF16"  # "1": train.precision = "bf16" on a CPU without native bf16
-
-
-def make_optimizer(model: nn.Module, t) -> torch.optim.Optimizer:
-    """AdamW with decoupled weight decay on matrices and embeddings (every BDH parameter), none on vectors; or,
-    with train.optimizer = "muon", Muon on the hidden weight matrices and AdamW on the rest (`bdh.training.muon`)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if t.optimizer == "muon":
-        from .muon import MuonAdamW, is_hidden_matrix
-
-        groups = [
-            {"params": [p for n, p in named if is_hidden_matrix(n, p)], "weight_decay": t.weight_decay, "muon": True},
-            {"params": [p for n, p in named if p.dim() >= 2 and not is_hidden_matrix(n, p)], "weight_decay": t.weight_decay},
-            {"params": [p for n, p in named if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        return MuonAdamW([g for g in groups if g["params"]], lr=t.lr, betas=(t.beta1, t.beta2))
-    groups = [
-        {"params": [p for _, p in named if p.dim() >= 2], "weight_decay": t.weight_decay},
-        {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, betas=(t.beta1, t.beta2))
-
-
-def _config_diff(saved, model_cfg, where: str) -> list[str]:
-    """'key=<saved value> <where>, <run value> now' for every model config field that differs (bdh_version aside)."""
-    a, b = saved.to_dict(), model_cfg.to_dict()
-    return [f"{k}={a.get(k)!r} {where}, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
-            if k != "bdh_version" and a.get(k) != b.get(k)]
-
-
-def _init_from_config(path: str, model_cfg=None):
-    """`train.init_from`: the model config saved in `path`; when `model_cfg` is given, checked equal to it.
-    Raises ValueError for a directory without a saved model, or naming the fields that differ."""
-    cfg_file = Path(path, "config.json")
-    if not cfg_file.is_file():
-        raise ValueError(f"train.init_from = {path!r}: expected a model directory with config.json and "
-                         "model.safetensors (save_pretrained or a finished run's OUT)")
-    saved = load_config(cfg_file)
-    if model_cfg is not None and (diff := _config_diff(saved, model_cfg, "saved")):
-        raise ValueError(f"train.init_from = {path!r}: the saved model is another config: " + "; ".join(diff))
-    return saved
-
-
-# ----------------------------------------------------------------------------------------------- metrics
-CSV_FIELDS = ("step", "split", "loss", "bpb", "lr", "grad_norm", "tokens", "tok_per_s", "elapsed_s")
-
-
-class Metrics:
-    """metrics.jsonl (every record) and metrics.csv (losses), plus TensorBoard when it imports."""
-
-    def __init__(self, out: Path, resume_step: int | None, finish_step: int | None = None):
-        """`resume_step`: keep the records up to that step (None: a new run, no records); `finish_step`: also drop
-        the records `Trainer.finish` wrote at `resume_step` (its "final" and its sample at the run's last step),
-        because the resumed run finishes again."""
-        self.jsonl, self.csv = out / "metrics.jsonl", out / "metrics.csv"
-        self.failed = False
-        kept = []
-        if resume_step is not None and self.jsonl.is_file():  # drop what a killed run logged after its checkpoint
-            for line in self.jsonl.read_text(encoding="utf-8").splitlines():
-                with contextlib.suppress(ValueError):
-                    r = json.loads(line)
-                    step = r.get("step", 0)
-                    by_finish = finish_step is not None and step == resume_step and (
-                        r.get("split") == "final" or ("sample" in r and step == finish_step))
-                    if step <= resume_step and not by_finish:
-                        kept.append(r)
-        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in kept))
-        with atomic_path(self.csv) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-            w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(r for r in kept if "loss" in r)
-        self._j = open(self.jsonl, "a", encoding="utf-8")
-        self._c = open(self.csv, "a", encoding="utf-8", newline="")
-        self._cw = csv.DictWriter(self._c, CSV_FIELDS, extrasaction="ignore")
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out / "tb"), purge_step=None if resume_step is None else resume_step + 1)
-        except Exception:  # TensorBoard is optional
-            self.tb = None
-
-    def write(self, record: dict) -> None:
-        path = self.jsonl
-        try:
-            self._j.write(json.dumps(record) + "\n")
-            self._j.flush()
-            if "loss" in record:
-                path = self.csv
-                self._cw.writerow(record)
-                self._c.flush()
-        except OSError as e:  # a full disk: one line naming the file and the errno
-            self.failed = True
-            raise OSError(e.errno, f"could not write {path} ({e.strerror or e})") from e
-        if "loss" in record and self.tb is not None:
-            for k in ("loss", "bpb", "lr", "grad_norm", "tok_per_s"):
-                if record.get(k) is not None:
-                    self.tb.add_scalar(f"{record['split']}/{k}", record[k], record["step"])
-
-    def close(self) -> None:
-        for f in (self._j, self._c):
-            try:
-                f.close()
-            except OSError:
-                if not self.failed:  # after a failed write the error is already on its way
-                    raise
-        if self.tb is not None:
-            self.tb.close()
-
-
-# ----------------------------------------------------------------------------------------------- training
-def _peak_rss_mib() -> float | None:
-    """Peak resident memory of this process so far (MiB), None where `resource` is unavailable."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / 2**20  # Linux: KiB, macOS: bytes
-
-
-def _fmt_time(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-def states_to_tensors(model, states: list) -> dict[str, torch.Tensor]:
-    """The carried TBPTT states of this process (one per micro-step, None where empty) as named tensors
-    `stream.<m>.*` (`model.state_to_tensors`)."""
-    out = {}
-    for m, st in enumerate(states):
-        if st is not None:
-            out.update(model.state_to_tensors(st, f"stream.{m}."))
-    return out
-
-
-def states_from_tensors(model, tensors: dict[str, torch.Tensor], n: int, device) -> list:
-    """The inverse of `states_to_tensors`: n states (None for a stream without tensors)."""
-    states = []
-    for m in range(n):
-        prefix = f"stream.{m}."
-        mine = {k: v for k, v in tensors.items() if k.startswith(prefix)}
-        states.append(model.state_from_tensors(mine, prefix, device=device) if mine else None)
-    return states
-
-
-def _check_resume(run: RunConfig, saved: dict, model_cfg, path: Path) -> None:
-    saved_cfg = load_config(path / "config.json")
-    if type(saved_cfg) is not type(model_cfg):
-        raise CheckpointError(f"--resume {path}: the checkpoint holds a {type(saved_cfg).__name__} model, "
-                              f"the config a {type(model_cfg).__name__}")
-    diff = _config_diff(saved_cfg, model_cfg, "in the checkpoint")
-    if diff:
-        raise CheckpointError(f"--resume {path}: the checkpoint is for another model config: " + "; ".join(diff))
-    sd = saved["run_config"]["data"]
-    for key in ("corpus", "tokenizer", "block_size", "batching", "task_size", "task_min_size"):
-        if sd.get(key, 0 if key.startswith("task_") else None) != getattr(run.data, key):
-            raise CheckpointError(
-                f"--resume {path}: data.{key} = {sd.get(key)!r} in the checkpoint, {getattr(run.data, key)!r} now"
-            )
 
 
 # ----------------------------------------------------------------------------------------------- the trainer
 class Trainer:
     """One training run: `Trainer(run, out).run()` sets up (processes, data, model, optimizer, resume), loops
     over `train_step` with `maybe_log` / `maybe_eval` / `maybe_sample` / `maybe_checkpoint`, then `finish`es.
+    The data (`self.data`, a `bdh.training.data_source.DataSource`) gives batches, its state, validation and words.
 
     The host waits for the device only at log, eval, sample and checkpoint steps: losses and gradient norms stay
     tensors in between, and a NaN/Inf is reported there, naming the first step it appeared at
@@ -380,7 +87,7 @@ class Trainer:
 
     def __init__(self, run: RunConfig, out_dir: str | os.PathLike, *, resume=None, progress: bool | None = None,
                  echo=None, overwrite: bool = False):
-        self.run_cfg, self.t, self.T = run, run.train, run.data.block_size
+        self.run_cfg, self.t = run, run.train
         self.out, self.resume, self.progress, self.overwrite = Path(out_dir), resume, progress, overwrite
         self.root = self.out / "checkpoints"
         self.dist = Dist.from_env(run.train.device)
@@ -388,11 +95,10 @@ class Trainer:
         self.metrics, self.bar, self._threads = None, None, torch.get_num_threads()
         self.saved: dict | None = None  # the checkpoint resumed from (read once, in _resume_path)
         self.finished: TrainResult | None = None  # resuming a run that is already finished: nothing to do
-        self.data_sha256: dict = {}
         self._finished_at_ckpt = False  # OUT holds the finished run of the checkpoint resumed from
         self.step, self.best, self.elapsed, self.tokens_seen = 0, math.inf, 0.0, 0
         self.window_tokens, self.window_time = 0, 0.0
-        self.task = None  # a task run (data.corpus = "task:REF"): the bdh.tasks.Task
+        self.data = data_source_kind(run.data.corpus)(run)  # what the run trains on (bdh.training.data_source)
 
     def say(self, msg: str) -> None:
         if self.dist.main:
@@ -411,7 +117,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
-        """Device and threads, data and tokenizer, model, optimizer, schedule, sampler, resume, DDP, run files."""
+        """Device and threads, data source and tokenizer, model, optimizer, schedule, batch stream, resume, DDP,
+        run files."""
         self.run_cfg.validate()
         self._setup_device()
         resume_path = self._resume_path()
@@ -449,7 +156,8 @@ class Trainer:
         """The checkpoint to resume from (None: a new run); init_from and --out checked before anything is written."""
         t, out = self.t, self.out
         if self.resume is not None:
-            path = self._read_resume_checkpoint(out if str(self.resume) == "latest" else self.resume)
+            path, self.saved = read_resume_checkpoint(out if str(self.resume) == "latest" else self.resume, self.dist,
+                                                      self.device, self.echo)
             if not path.resolve().is_relative_to(out.resolve()):  # another run's checkpoint: OUT's model is not ours
                 check_output_dir(out, overwrite=self.overwrite)
             return path
@@ -459,35 +167,9 @@ class Trainer:
         # a saved model in OUT is replaced only with --overwrite, and never when it is the run's own init_from
         check_output_dir(out, overwrite=self.overwrite, inputs=[t.init_from] if t.init_from else [])
         if t.init_from:  # the vocabulary is checked again once the tokenizer is known
-            saved_cfg = _init_from_config(t.init_from)
-            _init_from_config(t.init_from, self.run_cfg.model_config(saved_cfg.vocab_size))
+            saved_cfg = init_from_config(t.init_from)
+            init_from_config(t.init_from, self.run_cfg.model_config(saved_cfg.vocab_size))
         return None
-
-    def _read_resume_checkpoint(self, spec) -> Path:
-        """Read the checkpoint to resume from into `self.saved`: `spec` itself, or the newest readable checkpoint of
-        the run directory `spec`, falling back past damaged ones (saying so). Processes agree on one checkpoint."""
-        candidates, error, read_at = ckpt.resume_candidates(spec), None, None
-        i, agreed = 0, None
-        while True:
-            while i < len(candidates) and read_at != i:  # the first checkpoint from i on that this process reads
-                try:
-                    self.saved, read_at = ckpt.read_checkpoint(candidates[i], self.dist.rank), i
-                except CheckpointError as e:
-                    error, i = e, i + 1
-                    if i < len(candidates):
-                        self.echo(f"warning: checkpoint {candidates[i - 1]} is damaged ({str(e).splitlines()[0]}); "
-                                  f"falling back to the previous one, {candidates[i]}")
-            if self.dist.world == 1:
-                prev, agreed = i, i
-            else:  # one all_reduce per round on every process: the oldest checkpoint any process needs
-                t = torch.tensor([i], dtype=torch.int64, device=self.device)
-                torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-                prev, agreed = agreed, int(t)
-            if agreed == len(candidates):
-                raise error or CheckpointError(f"--resume {spec}: no checkpoint that every process can read")
-            if prev == agreed:
-                return candidates[agreed]
-            i = agreed
 
     def _check_finished(self, path: Path) -> bool:
         """True (with `self.finished` set) when checkpoint `path` is the last step of a run that finished in OUT
@@ -504,7 +186,7 @@ class Trainer:
         if not self._finished_at_ckpt or step < self.t.steps:
             return False
         saved_cfg = load_config(path / "config.json")  # the model config asked for now, at the run's vocabulary
-        _check_resume(self.run_cfg, self.saved["meta"], self.run_cfg.model_config(saved_cfg.vocab_size), path)
+        check_resume(self.run_cfg, self.saved["meta"], self.run_cfg.model_config(saved_cfg.vocab_size), path)
         self.say(f"the run in {self.out} is already finished (step {step}, train.steps = {self.t.steps}): nothing "
                  "to do; raise train.steps to train further")
         model = load_model(self.out)
@@ -512,25 +194,11 @@ class Trainer:
         return True
 
     def _setup_data(self, resume_path: Path | None) -> None:
-        """The tokenizer (the checkpoint's on resume, the saved model's for a trained one with init_from)."""
-        from ..tokenization import load_tokenizer
-
-        if self.run_cfg.data.task_ref is not None:
-            return self._setup_task_data(resume_path)
-        self.out.mkdir(parents=True, exist_ok=True)
-        tokenizer = None
-        if resume_path is not None:
-            tokenizer = load_tokenizer(resume_path)
-        elif self.t.init_from and self.run_cfg.data.tokenizer == "bpe":  # fine-tuning keeps the trained BPE
-            tokenizer = load_tokenizer(self.t.init_from)
-        expect = None
-        if resume_path is not None:  # checked against the corpus the run started with (None: ask the token cache)
-            recorded = self.saved["meta"].get("data_sha256")
-            expect = recorded if isinstance(recorded, dict) else {"train": None, "val": None}
-        self.tokenizer, self.train_tokens, self.val_tokens, self.data_sha256 = prepare_data(
-            self.run_cfg, self.out, self.dist, tokenizer, expect)
+        """The data source's tokenizer (the checkpoint's on resume) and data; the tokenizer into OUT."""
+        meta = None if resume_path is None else self.saved["meta"]
+        self.data.setup(self.out, self.dist, resume=resume_path, saved_meta=meta)
+        self.tokenizer = self.data.tokenizer
         self._save_tokenizer()
-        self.byte_lengths = token_byte_lengths(self.tokenizer)
 
     def _save_tokenizer(self) -> None:
         """The tokenizer into OUT (process 0) as the final `save_pretrained` writes it, so a resume rewrites the
@@ -539,28 +207,6 @@ class Trainer:
 
         if self.dist.main:
             save_tokenizer(self.tokenizer, self.out, hf=bool(hf_fields(self.run_cfg.model_type)))
-
-    def _setup_task_data(self, resume_path: Path | None) -> None:
-        """A task run: the task (checked), its vocabulary as the tokenizer, the fixed validation set."""
-        from ..tasks.validation import task_for_run, validation_set
-        from ..tokenization import WordTokenizer
-
-        self.task, lo, hi = task_for_run(self.run_cfg.data)  # before anything is written
-        self.tokenizer = WordTokenizer(self.task.vocab)
-        if resume_path is not None:
-            from ..tokenization import load_tokenizer
-
-            saved = getattr(load_tokenizer(resume_path), "vocab", None)
-            if saved is not None and list(saved) != list(self.task.vocab):
-                raise CheckpointError(f"--resume {resume_path}: task {self.task.name!r} has another vocabulary now "
-                                      f"({len(self.task.vocab)} tokens) than when the run started ({len(saved)})")
-        self.val_batches = validation_set(self.task, lo, hi, self.t.eval_batch_size)  # user code: before any write
-        self.task_sizes = (lo, hi)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._save_tokenizer()
-        self.train_tokens = self.val_tokens = None
-        self.byte_lengths = None
-        self.data_sha256 = {}
 
     def _setup_model(self) -> None:
         t, dist = self.t, self.dist
@@ -572,12 +218,10 @@ class Trainer:
         torch.manual_seed(t.seed + dist.rank)  # dropout differs between processes
         self.optimizer = make_optimizer(self.model, t)
         self.scheduler = make_scheduler(self.optimizer, t)
-        self.sampler = make_sampler(self.train_tokens, self.run_cfg.data, t, dist.rank, dist.world, task=self.task)
-        self.carry = self.run_cfg.data.batching == "tbptt"
+        self.data.start(dist.rank, dist.world)  # the batch stream of this process
+        self.carry = self.data.carries_state
         self.states: list = [None] * t.grad_accum  # the carried TBPTT state of each micro-step's streams
-        self.tokens_per_step = t.batch_size * t.grad_accum * self.T
-        if self.task is not None:  # updated every step from the sampler (lengths vary with the sizes)
-            self.tokens_per_step = t.batch_size * t.grad_accum * int(self.val_batches[-1][0].shape[1])
+        self.tokens_per_step = self.data.tokens_per_step()  # updated every step (task lengths vary with the sizes)
         self._bad = torch.zeros(3, dtype=torch.float64, device=self.device)  # first non-finite (step, loss, norm)
         self._lrs: dict[int, float] = {}  # lr of every step since the last check_finite
 
@@ -585,7 +229,7 @@ class Trainer:
         """`train.init_from`: start from a saved model's weights (fine-tuning)."""
         from ..checkpoint import load_model
 
-        _init_from_config(self.t.init_from, self.model_cfg)
+        init_from_config(self.t.init_from, self.model_cfg)
         self.model.load_state_dict(load_model(self.t.init_from).state_dict(), strict=True)
         self.say(f"initialised the weights from {self.t.init_from}")
 
@@ -594,7 +238,7 @@ class Trainer:
         dist = self.dist
         saved = self.saved
         meta = saved["meta"]
-        _check_resume(self.run_cfg, meta, self.model_cfg, path)
+        check_resume(self.run_cfg, meta, self.model_cfg, path)
         if meta["world_size"] != dist.world:
             raise CheckpointError(f"--resume {path}: written by {meta['world_size']} process(es), now {dist.world}; "
                                   "resume with the same number of processes")
@@ -608,7 +252,7 @@ class Trainer:
                 raise TypeError(f"scheduler state is {type(meta['scheduler']).__name__}, expected an object")
             self.scheduler.load_state_dict(meta["scheduler"])
             rt = saved["rank_tensors"]
-            self.sampler.load_state_dict(meta["sampler"], {k[8:]: v for k, v in rt.items() if k.startswith("sampler.")})
+            self.data.load_state_dict(meta["sampler"], {k[8:]: v for k, v in rt.items() if k.startswith("sampler.")})
             what = f"{path}/rank{dist.rank}.json, rank{dist.rank}.safetensors"
             ckpt.set_rng_state(saved["rank_meta"], rt)
             self.states = states_from_tensors(self.model, rt, self.t.grad_accum, self.device)
@@ -650,14 +294,7 @@ class Trainer:
             if resumed and not self._finished_at_ckpt:  # a run killed while finishing: it finishes again
                 finish_step = self.saved["meta"]["run_config"].get("train", {}).get("steps")
             self.metrics = Metrics(self.out, self.step if resumed else None, finish_step)
-        if self.task is not None:
-            lo, hi = self.task_sizes
-            data = (f"task {self.task.name!r}: {self.task.size_name} {lo}..{hi}, {self.task.vocab_size} tokens | "
-                    f"{t.steps} steps x {t.batch_size * t.grad_accum} examples")
-        else:
-            data = (f"{run.data.corpus}: {len(self.train_tokens):,} train / {len(self.val_tokens):,} val tokens "
-                    f"({self.tokenizer.name}) | {t.steps} steps x {self.tokens_per_step:,} tokens")
-        self.say(f"{type(model).__name__} {model.extra_repr()} | {data} | {self.device}"
+        self.say(f"{type(model).__name__} {model.extra_repr()} | {self.data.describe()} | {self.device}"
                  + (f" x {dist.world} processes" if dist.world > 1 else ""))
         if self.carry and getattr(self.model_cfg, "damping", 0) is None:
             self.say("note: data.batching = 'tbptt' with model.damping = none: the carried state sums every past token "
@@ -685,7 +322,7 @@ class Trainer:
             loss_sum += loss.detach().float()
             if t.activity_penalty:
                 hoyer_sum += (objective - loss).detach().float() / t.activity_penalty
-        self.sampler.end_step()
+        self.data.end_step()
         loss = self.dist.mean(loss_sum / t.grad_accum)
         lr = self.optimizer.param_groups[0]["lr"]
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or math.inf)
@@ -697,7 +334,7 @@ class Trainer:
 
     def _micro_step(self, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward and backward of micro-step `micro` (gradients all-reduced on the last one under DDP)."""
-        x, y, reset = self.sampler.next(micro)
+        x, y, reset = self.data.next(micro)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         last = micro == self.t.grad_accum - 1
         sync = contextlib.nullcontext() if self.dist.world == 1 or last else self.step_fn.no_sync()
@@ -740,8 +377,7 @@ class Trainer:
             t0 = time.perf_counter()
             loss, hoyer, grad_norm, lr = self.train_step()
             self.step += 1
-            if self.task is not None:
-                self.tokens_per_step = self.sampler.step_tokens
+            self.tokens_per_step = self.data.tokens_per_step()
             if self._sync_point():
                 self.check_finite()  # waits for the device: the step's time includes its work
             dt = time.perf_counter() - t0
@@ -784,22 +420,14 @@ class Trainer:
         elif t.log_every:
             eta = (t.steps - self.step) * self.tokens_per_step / tps
             self.say(f"step {self.step}/{t.steps} | loss {record['loss']:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s | "
-                     f"eta {_fmt_time(eta)}")
+                     f"eta {fmt_time(eta)}")
         self.window_tokens, self.window_time = 0, 0.0
 
     def evaluate(self, max_tokens: int) -> dict:
-        """Validation loss and bits/byte (`bdh.training.evaluate`), leaving the training RNG untouched."""
-        t, dist = self.t, self.dist
-        if self.task is not None:  # masked loss and exact-match accuracy on the fixed validation examples
-            from ..tasks.run import evaluate_validation
-
-            with torch.random.fork_rng(devices=[]):
-                return evaluate_validation(self.model, self.val_batches, batch_size=t.eval_batch_size, form=t.form,
-                                           autocast=self.autocast)
+        """The data source's validation metrics ("loss", ...), leaving the training RNG untouched."""
         with torch.random.fork_rng(devices=[]):
-            return evaluate(self.model, self.val_tokens, self.byte_lengths, self.T, batch_size=t.eval_batch_size,
-                            max_tokens=max_tokens, carry=self.carry, form=t.form, rank=dist.rank, world=dist.world,
-                            autocast=self.autocast)
+            return self.data.evaluate(self.model, max_tokens, autocast=self.autocast, rank=self.dist.rank,
+                                      world=self.dist.world)
 
     def maybe_eval(self) -> None:
         """Every `eval_every` steps and at the end: a val record; the best model so far into checkpoints/best."""
@@ -807,21 +435,16 @@ class Trainer:
             return
         res = self.evaluate(self.t.eval_tokens)
         self.log({"step": self.step, "split": "val", **res, "elapsed_s": self.elapsed})
-        self.note(f"step {self.step}: val {self._val_text(res)}")
+        self.note(f"step {self.step}: val {self.data.eval_text(res)}")
         if res["loss"] < self.best:
             self.best = res["loss"]
             if self.dist.main:
                 ckpt.save_best(self.root, self.step, res, self.model, self.tokenizer)
 
-    def _val_text(self, res: dict) -> str:
-        if "accuracy" in res:
-            return f"loss {res['loss']:.4f} nats/answer, accuracy {res['accuracy']:.3f} ({res['examples']} examples)"
-        return f"loss {res['loss']:.4f} nats/token, {res['bpb']:.4f} bits/byte"
-
     def sample(self) -> None:
-        """A text sample from `train.sample_prompt` (process 0), printed and logged (none for a task run)."""
+        """A text sample from `train.sample_prompt` (process 0), printed and logged (where the data is text)."""
         t = self.t
-        if not self.dist.main or not t.sample_tokens or self.task is not None:
+        if not self.dist.main or not t.sample_tokens or not self.data.samples_text:
             return
         text = self.model.generate(t.sample_prompt, t.sample_tokens, tokenizer=self.tokenizer,
                                    temperature=t.sample_temperature, top_k=t.sample_top_k or None, seed=t.seed)
@@ -837,11 +460,12 @@ class Trainer:
         if not self._every(self.t.checkpoint_every, last=True):
             return
         t, dist = self.t, self.dist
-        rank_tensors = {f"sampler.{k}": v for k, v in self.sampler.state_dict()[1].items()}
+        stream_meta, stream_tensors = self.data.state_dict()  # the data stream's position ("sampler" in the files)
+        rank_tensors = {f"sampler.{k}": v for k, v in stream_tensors.items()}
         rank_tensors.update(states_to_tensors(self.model, self.states))
         meta = {"run_config": self.run_cfg.to_dict(), "scheduler": self.scheduler.state_dict(),
-                "sampler": self.sampler.state_dict()[0], "best_val": None if math.isinf(self.best) else self.best,
-                "elapsed_s": self.elapsed, "tokens": self.tokens_seen, "data_sha256": self.data_sha256}
+                "sampler": stream_meta, "best_val": None if math.isinf(self.best) else self.best,
+                "elapsed_s": self.elapsed, "tokens": self.tokens_seen, "data_sha256": self.data.sha256}
         ckpt.save_checkpoint(self.root, self.step, model=self.model, tokenizer=self.tokenizer,
                              optimizer=self.optimizer, rank_tensors=rank_tensors, trainer_meta=meta, rank=dist.rank,
                              world=dist.world, barrier=dist.barrier, keep_last=t.keep_last)
@@ -850,11 +474,7 @@ class Trainer:
     def finish(self) -> TrainResult:
         """Full validation, a sample, the final model and summary.json in OUT."""
         final = self.evaluate(self.t.final_eval_tokens)
-        if self.task is not None:
-            self.say(f"final val {self._val_text(final)}")
-        else:
-            self.say(f"final val loss {final['loss']:.4f} nats/token, {final['bpb']:.4f} bits/byte "
-                     f"({final['tokens']:,} tokens, {final['bytes']:,} bytes)")
+        self.say(f"final val {self.data.eval_text(final, final=True)}")
         self.log({"step": self.step, "split": "final", **final, "elapsed_s": self.elapsed})
         self.sample()
         cuda = self.device.type == "cuda"
@@ -862,10 +482,9 @@ class Trainer:
                    "val_tokens": final["tokens"], "val_bytes": final.get("bytes"), "train_time_s": self.elapsed,
                    "tokens": self.tokens_seen, "tok_per_s": self.tokens_seen / max(self.elapsed, 1e-9),
                    "best_periodic_val_loss": None if math.isinf(self.best) else self.best,
-                   "params": self.model.num_params(), "peak_rss_mib": _peak_rss_mib(),
+                   "params": self.model.num_params(), "peak_rss_mib": peak_rss_mib(),
                    "peak_cuda_mib": torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else None}
-        if self.task is not None:
-            summary.update(val_accuracy=final["accuracy"], task=self.task.name, task_sizes=list(self.task_sizes))
+        summary.update(self.data.summary(final))
         if self.dist.main:
             self.model.save_pretrained(self.out, tokenizer=self.tokenizer)
             atomic_write_json(self.out / "summary.json", summary)
@@ -955,27 +574,10 @@ def launch(run: RunConfig, out_dir: str | os.PathLike, *, resume=None, progress:
     return json.loads((Path(out_dir) / "summary.json").read_text(encoding="utf-8"))
 
 
-def _die_with_parent(parent: int) -> None:
-    """Linux: have the kernel SIGTERM this process when `parent` (the launching `bdh train`) dies
-    (PR_SET_PDEATHSIG), so that killing it never leaves its training processes running on. torch.multiprocessing
-    asks for SIGINT, which a process started as a background job (`bdh train ... &`, nohup) ignores. Elsewhere
-    nothing."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # it died before the request was in place
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def _spawned(rank: int, world: int, port: int, run: RunConfig, out: str, resume, progress, errors: str,
              overwrite: bool = False, parent: int | None = None) -> None:
     if parent is not None:
-        _die_with_parent(parent)
+        die_with_parent(parent)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     try:

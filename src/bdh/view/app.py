@@ -142,14 +142,10 @@ def json_response(obj, status: int = 200):
                     media_type="application/json")
 
 
-def create_app(viewer: Viewer, token: str | None = None):
-    """The FastAPI app serving `viewer` (`token`: every request needs it, see `TokenGuard`)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse
-    from fastapi.staticfiles import StaticFiles
-
-    app = FastAPI(title="bdh view", docs_url=None, redoc_url=None, openapi_url=None)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+def add_error_handlers(app) -> None:
+    """Bad input is a 4xx with `{"error": "one line"}` (a RequestError with its status, a ValueError 400, too large
+    413); anything else a 500 with one JSON line, never a bare error page (the server keeps running)."""
+    from fastapi.responses import JSONResponse
 
     @app.exception_handler(RequestError)
     async def _request_error(request, exc: RequestError):
@@ -161,35 +157,49 @@ def create_app(viewer: Viewer, token: str | None = None):
         return JSONResponse({"error": msg}, status_code=413 if isinstance(exc, data.TooLarge) else 400)
 
     @app.exception_handler(Exception)
-    async def _internal(request, exc: Exception):  # never a bare 500 page: one JSON line, the server keeps running
+    async def _internal(request, exc: Exception):
         return JSONResponse({"error": f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"},
                             status_code=500)
 
-    async def body_json(request: Request) -> dict:
-        n = request.headers.get("content-length")
-        declared = int(n) if n is not None and n.isdigit() else None
-        raw, seen = b"", 0
-        async for chunk in request.stream():
-            seen += len(chunk)
-            if seen <= MAX_BODY:
-                raw += chunk
-            elif seen > DRAIN_MAX:  # stop reading: the client may see the connection close before the 413
-                break
-        # an oversized body is read (up to DRAIN_MAX) and dropped, so the client reliably gets the 413 rather than
-        # a connection reset while it is still sending
-        if seen > MAX_BODY:
-            raise RequestError(413, f"request body of {declared or seen} bytes; at most {MAX_BODY}")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise RequestError(400, f"request body is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
-        try:
-            body = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise RequestError(400, f"request body is not JSON ({e.msg} at offset {e.pos})") from None
-        if not isinstance(body, dict):
-            raise RequestError(400, "request body: expected a JSON object")
-        return body
+
+async def body_json(request) -> dict:
+    """The request body as a JSON object, or a RequestError: over MAX_BODY bytes (413), not UTF-8 or not a JSON
+    object (400)."""
+    n = request.headers.get("content-length")
+    declared = int(n) if n is not None and n.isdigit() else None
+    raw, seen = b"", 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen <= MAX_BODY:
+            raw += chunk
+        elif seen > DRAIN_MAX:  # stop reading: the client may see the connection close before the 413
+            break
+    # an oversized body is read (up to DRAIN_MAX) and dropped, so the client reliably gets the 413 rather than
+    # a connection reset while it is still sending
+    if seen > MAX_BODY:
+        raise RequestError(413, f"request body of {declared or seen} bytes; at most {MAX_BODY}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError(400, f"request body is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RequestError(400, f"request body is not JSON ({e.msg} at offset {e.pos})") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, "request body: expected a JSON object")
+    return body
+
+
+def create_app(viewer: Viewer, token: str | None = None):
+    """The FastAPI app serving `viewer` (`token`: every request needs it, see `TokenGuard`)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app = FastAPI(title="bdh view", docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    add_error_handlers(app)
 
     def run(fn, *args, **kw):
         with viewer.lock:

@@ -1,0 +1,86 @@
+"""`bdh tasks compare`: its arguments, parsed and checked here, and the command (the plan, or `running.compare`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .planning import plan, plan_table
+from .running import compare
+
+# ----------------------------------------------------------------------------------------------- CLI
+def _parse_seeds(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        v = int(text)
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected a positive integer") from None
+    if v < 1:
+        raise ValueError(f"--seeds {text}: expected a positive integer")
+    return v
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ...runtime import apply_run_options
+
+    apply_run_options(argparse.Namespace(threads=args.threads, device=args.device))  # --threads/--device checked
+    tasks = None
+    if args.tasks is not None:
+        tasks = [t.strip() for t in args.tasks.split(",")]
+        if not all(tasks):
+            raise ValueError(f"--tasks {args.tasks!r}: expected comma-separated task names")
+    seeds = _parse_seeds(args.seeds)
+    preset, runs = plan(args.preset, tasks, seeds)
+    if args.list:
+        print(plan_table(args.preset, runs))
+        return 0
+    out = args.out or f"runs/tasks-compare-{args.preset}"
+    command = " ".join(["bdh", "tasks", "compare"] + sys.argv[3:]) if sys.argv[1:3] == ["tasks", "compare"] \
+        else f"bdh tasks compare --preset {args.preset}"
+    progress = not args.no_progress
+    compare(args.preset, out, tasks=tasks, seeds=seeds, overwrite=args.overwrite, device=args.device,
+            threads=args.threads, jobs=args.jobs, progress=progress, command=command)
+    md = (Path(out) / "summary.md").read_text(encoding="utf-8")
+    print("\n".join(line for line in md.splitlines() if not line.startswith("![")))
+    print(f"\nreports in {out} (results.csv, summary.json, summary.md, *.png, report.html)")
+    return 0
+
+
+def add_compare_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `compare` to the `bdh tasks` sub-commands."""
+    c = subparsers.add_parser(
+        "compare", help="BDH vs GPT (ALiBi, RoPE) at matched parameters on the tasks: CSV, markdown, plots, HTML",
+        description="Train BDH, GPT-ALiBi and GPT-RoPE at matched parameters (+-5%%) on equal tokens, several "
+                    "seeds, and evaluate them at 1x..8x the training size (BDH further, and at other depths).")
+    c.add_argument("--preset", default="cpu", help="cpu (2 cores, < 1 h) or gpu (larger, sudoku9 included)")
+    c.add_argument("--tasks", default=None, help="comma-separated tasks (default: the preset's)")
+    c.add_argument("--seeds", default=None, help="seeds per model (default: the preset's, 3)")
+    c.add_argument("--out", default=None, help="output directory (default runs/tasks-compare-PRESET)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="retrain a run directory that holds a model from other settings (refused otherwise)")
+    c.add_argument("--list", action="store_true", help="print the plan (runs, parameters, estimated time) and exit")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--device", default=None, help="training device (default: the trainer's auto)")
+    c.add_argument("--threads", type=str, default=None, help="torch CPU threads per run (1 on a shared CPU)")
+    c.add_argument("--jobs", type=str, default="1",
+                   help="training runs at once, each in its own process (default 1; 2 on 2 cores with --threads 1)")
+    c.set_defaults(func=_cmd_compare_checked)
+    return c
+
+
+def _cmd_compare_checked(args: argparse.Namespace) -> int:
+    try:
+        args.jobs = int(args.jobs)
+    except ValueError:
+        raise ValueError(f"--jobs {args.jobs!r}: expected a positive integer (runs at once)") from None
+    if args.threads is not None:
+        try:
+            args.threads = int(args.threads)
+        except ValueError:
+            raise ValueError(f"--threads {args.threads!r}: expected a positive integer") from None
+    return cmd_compare(args)
+
+
+register = add_compare_parser

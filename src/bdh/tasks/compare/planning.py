@@ -1,0 +1,210 @@
+"""`bdh tasks compare`, the plan: presets, the three models at matched parameters, sizes and passes, and each
+run's estimated time from the model types' FLOP models (`bdh.interface.token_flops`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import re
+
+from ...baselines.ladders import MAX_PARAM_GAP
+
+MODELS = ("bdh", "gpt-alibi", "gpt-rope")
+
+# Each preset: tasks, seeds, the BDH shape, the GPT depth/heads (width and MLP solved to match BDH), training
+# (steps, batch, lr; the rest from the shipped task-tiny config), and the evaluation grid.
+PRESETS: dict[str, dict] = {
+    # the test suite's: one task, two seeds, seconds
+    "smoke": {
+        "tasks": ["parity"], "seeds": 2,
+        "bdh": {"n_layer": 2, "n_embd": 16, "n_head": 2, "mlp_internal_dim_multiplier": 4, "dropout": 0.0},
+        "gpt": {"n_layer": 2, "n_head": 2, "dropout": 0.0},
+        "train": {"steps": 8, "batch_size": 8, "lr": 3e-3, "warmup": 2},
+        "mults": [1, 2], "bdh_mults": [4], "passes": ["L-1", "L+1"], "pass_mults": [1],
+        "n_examples": 16, "eval_batch_size": 16,
+    },
+    # 2 CPU cores (--jobs 2 --threads 1): the 7 small tasks, 3 seeds, 2000 steps (1500 for the three slowest)
+    "cpu": {
+        "tasks": ["parity", "mqar", "copy", "vartrack", "addition", "eca", "sudoku4"], "seeds": 3,
+        "bdh": {"n_layer": 3, "n_embd": 64, "n_head": 4, "mlp_internal_dim_multiplier": 8, "dropout": 0.0},
+        "gpt": {"n_layer": 3, "n_head": 4, "dropout": 0.0},
+        "train": {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup": 100},
+        "task_train": {"vartrack": {"steps": 1500}, "eca": {"steps": 1500}, "sudoku4": {"steps": 1500}},
+        "mults": [1, 2, 4, 8], "bdh_mults": [16, 32], "passes": ["L-1", "L+1", "2L"], "pass_mults": [1, 2],
+        "n_examples": 256, "eval_batch_size": 64,
+    },
+    # one GPU: every task including reverse and 9x9 Sudoku, larger models, longer training, further extrapolation
+    "gpu": {
+        "tasks": ["parity", "mqar", "copy", "reverse", "vartrack", "addition", "eca", "sudoku4", "sudoku9"],
+        "seeds": 3,
+        "bdh": {"n_layer": 6, "n_embd": 256, "n_head": 4, "mlp_internal_dim_multiplier": 32, "dropout": 0.0},
+        "gpt": {"n_layer": 6, "n_head": 8, "dropout": 0.0},
+        "train": {"steps": 5000, "batch_size": 64, "lr": 1e-3, "warmup": 250},
+        "mults": [1, 2, 4, 8], "bdh_mults": [16, 32, 64, 128], "passes": ["L-1", "L+1", "2L"],
+        "pass_mults": [1, 2], "n_examples": 1024, "eval_batch_size": 128,
+    },
+}
+# effective training/eval speed used for the time estimate of `--list` and the progress bar's weights
+# (floating-point operations per second of one CPU thread, measured on this project's 2-core machine)
+CPU_FLOPS = 2.5e10
+
+# ----------------------------------------------------------------------------------------------- the plan
+@dataclasses.dataclass
+class Run:
+    task_ref: str
+    task_name: str
+    model: str  # bdh | gpt-alibi | gpt-rope
+    seed: int
+    model_cfg: dict  # model fields incl. model_type
+    params: int
+    train_size: int
+    eval_sizes: list[int]  # at the trained number of passes
+    pass_evals: list[tuple[int, int]]  # (passes, size): BDH at other depths
+    est_s: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.task_name}/{self.model}/seed{self.seed}"
+
+
+def match_gpt(bdh_params: int, vocab: int, gpt: dict, positions: str) -> dict:
+    """A GPT of `gpt`'s depth and heads with parameters matched to `bdh_params`: the width (a multiple of 2 x heads,
+    so RoPE's head dimension is even) whose solved MLP width is closest to 4x, then the MLP width solved exactly."""
+    from ...baselines.gpt import GPTConfig
+
+    L, h = gpt["n_layer"], gpt["n_head"]
+    best = None
+    for d in range(2 * h, 4097, 2 * h):
+        fixed = GPTConfig(n_layer=L, n_embd=d, n_head=h, vocab_size=vocab, mlp_dim=1, positions=positions).num_params()
+        H = 1 + round((bdh_params - fixed) / (2 * L * d))  # each MLP unit: d in + d out weights per layer
+        if H < d:  # an MLP narrower than the width: d too large
+            break
+        score = abs(math.log(H / (4 * d)))
+        if best is None or score < best[0]:
+            best = (score, d, H)
+    if best is None:
+        raise ValueError(f"no GPT with n_layer={L}, n_head={h} has about {bdh_params:,} parameters at vocabulary "
+                         f"{vocab}: expected a larger BDH or a shallower GPT in the preset")
+    _, d, H = best
+    return {"model_type": "gpt", **gpt, "n_embd": d, "mlp_dim": H, "positions": positions}
+
+
+def model_configs(preset: dict, vocab: int) -> dict[str, tuple[dict, int]]:
+    """model name -> (model config fields incl. model_type, parameters) at `vocab`; ValueError beyond +-5%."""
+    from ...baselines.gpt import GPTConfig
+    from ...config import BDHConfig
+
+    bdh = {"model_type": "bdh", **preset["bdh"]}
+    pb = BDHConfig(**preset["bdh"], vocab_size=vocab).num_params()
+    out = {"bdh": (bdh, pb)}
+    for pos in ("alibi", "rope"):
+        g = match_gpt(pb, vocab, preset["gpt"], pos)
+        pg = GPTConfig(**{k: v for k, v in g.items() if k != "model_type"}, vocab_size=vocab).num_params()
+        if abs(pg - pb) / pb > MAX_PARAM_GAP:
+            raise ValueError(f"GPT ({pos}) has {pg:,} parameters, BDH {pb:,} at vocabulary {vocab}: more than "
+                             f"{MAX_PARAM_GAP:.0%} apart; expected a preset whose models can be matched")
+        out[f"gpt-{pos}"] = (g, pg)
+    return out
+
+
+def passes_list(spec: list[str], L: int) -> list[int]:
+    """["L-1", "L+1", "2L"] at L -> [L-1, L+1, 2L], without L itself, values < 1 or repeats."""
+    out = []
+    for s in spec:
+        m = re.fullmatch(r"(\d*)L([+-]\d+)?", s)
+        v = (int(m.group(1) or 1) * L + int(m.group(2) or 0)) if m else int(s)
+        if v >= 1 and v != L and v not in out:
+            out.append(v)
+    return out
+
+
+def scaled_sizes(task, mults) -> list[int]:
+    """train_size x each multiple, clipped to the task's largest size, without repeats."""
+    out = []
+    for m in mults:
+        s = min(task.train_size * m, task.largest_size)
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def _seq_len(task, size: int) -> int:
+    return len(task.checked_example(random.Random(0), size).inputs)
+
+
+def _flops_per_token(cfg: dict, vocab: int, T: int, passes: int | None = None):
+    """Matmul FLOPs per token of a sequence of T tokens (`bdh.interface.token_flops`: the form `forward` runs),
+    at `passes` layer passes (BDH's weights shared across layers) when given."""
+    from ...interface import config_from_dict, token_flops
+
+    config = config_from_dict({**cfg, "vocab_size": vocab, **({"n_layer": passes} if passes else {})})
+    return token_flops(config, T)
+
+
+def plan(preset_name: str, tasks: list[str] | None = None, seeds: int | None = None) -> tuple[dict, list[Run]]:
+    """The preset and every run of the comparison, validated (tasks, sizes, parameter matching) before anything
+    runs or is written."""
+    from .. import load_task
+
+    if preset_name not in PRESETS:
+        raise ValueError(f"--preset {preset_name!r}: expected one of {', '.join(p for p in PRESETS if p != 'smoke')}"
+                         " (or smoke, the test suite's)")
+    preset = PRESETS[preset_name]
+    refs = list(tasks) if tasks else list(preset["tasks"])
+    if len(set(refs)) != len(refs):
+        raise ValueError(f"--tasks {','.join(refs)!r}: a task is named twice")
+    n_seeds = preset["seeds"] if seeds is None else seeds
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ValueError(f"--seeds {n_seeds!r}: expected a positive integer")
+    runs: list[Run] = []
+    for ref in refs:
+        task = load_task(ref)  # TaskError (a ValueError) names an unknown task
+        task.check_size(task.train_size)
+        t = train_settings(preset, task.name)
+        steps, batch = t["steps"], t["batch_size"]
+        cfgs = model_configs(preset, task.vocab_size)
+        sizes = scaled_sizes(task, preset["mults"])
+        far = [s for s in scaled_sizes(task, preset["bdh_mults"]) if s not in sizes]
+        L = preset["bdh"]["n_layer"]
+        pass_sizes = scaled_sizes(task, preset["pass_mults"])
+        lens = {s: _seq_len(task, s) for s in dict.fromkeys(sizes + far + pass_sizes + [task.train_size])}
+        T_train = lens[task.train_size]
+        for model, (cfg, params) in cfgs.items():
+            is_bdh = model == "bdh"
+            ev = sizes + (far if is_bdh else [])
+            pe = [(p, s) for p in passes_list(preset["passes"], L) for s in pass_sizes] if is_bdh else []
+            V = task.vocab_size
+            flops = steps * batch * T_train * _flops_per_token(cfg, V, T_train).training
+            flops += sum(preset["n_examples"] * lens[s] * _flops_per_token(cfg, V, lens[s]).forward for s in ev)
+            flops += sum(preset["n_examples"] * lens[s] * _flops_per_token(cfg, V, lens[s], p).forward for p, s in pe)
+            for seed in range(n_seeds):
+                runs.append(Run(ref, task.name, model, seed, cfg, params, task.train_size, ev, pe,
+                                flops / CPU_FLOPS + 2.0))
+    return preset, runs
+
+
+def plan_table(preset_name: str, runs: list[Run]) -> str:
+    """A markdown table of the plan: per task and model, the parameters, the shape, the sizes and the estimate."""
+    lines = [f"preset {preset_name}: {len(runs)} runs, estimated {sum(r.est_s for r in runs) / 60:.1f} min "
+             "(one CPU thread)", "",
+             "| task | model | params | shape | seeds | eval sizes | other passes | est. min |", "|---|---|---|---|---|---|---|---|"]
+    seen: dict[tuple, list[Run]] = {}
+    for r in runs:
+        seen.setdefault((r.task_name, r.model), []).append(r)
+    for (task, model), rs in seen.items():
+        r = rs[0]
+        c = r.model_cfg
+        shape = (f"L={c['n_layer']} d={c['n_embd']} h={c['n_head']} n={c['mlp_internal_dim_multiplier'] * c['n_embd']}"
+                 if model == "bdh" else f"L={c['n_layer']} d={c['n_embd']} h={c['n_head']} mlp={c['mlp_dim']}")
+        passes = ", ".join(sorted({str(p) for p, _ in r.pass_evals})) or "-"
+        lines.append(f"| {task} | {model} | {r.params:,} | {shape} | {len(rs)} | {', '.join(map(str, r.eval_sizes))} | "
+                     f"{passes} | {sum(x.est_s for x in rs) / 60:.1f} |")
+    return "\n".join(lines)
+
+
+
+def train_settings(preset: dict, task_name: str) -> dict:
+    """The preset's training settings for one task: `train`, updated by `task_train[task_name]` where given."""
+    return {**preset["train"], **preset.get("task_train", {}).get(task_name, {})}
+

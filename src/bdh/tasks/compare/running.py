@@ -1,0 +1,191 @@
+"""`bdh tasks compare`, the runs: one training run per task, model and seed (reused when finished), its
+evaluation at sizes and passes, and `compare`, which runs the plan (`--jobs` processes) and writes the reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from ...io import atomic_write_text
+from .planning import Run, plan, train_settings
+from .reporting import write_reports
+
+def _task_api():
+    """`task_run_config` and `evaluate_task` from bdh.tasks (a clear error while they are missing)."""
+    from ... import tasks
+
+    try:
+        return tasks.task_run_config, tasks.evaluate_task
+    except AttributeError as e:  # pragma: no cover
+        raise ValueError(f"bdh.tasks has no {e.name!r}: the task training/evaluation API is missing") from None
+
+
+def run_config(r: Run, preset: dict, device: str | None = None, threads: int | None = None):
+    task_run_config, _ = _task_api()
+    t = train_settings(preset, r.task_name)
+    over = [f"train.{k}={json.dumps(v)}" for k, v in t.items() if k != "steps"]
+    over += ["train.sample_tokens=0", "train.checkpoint_every=0"]  # seed: train.seed = train.data_seed
+    if device is not None:
+        over.append(f"train.device={json.dumps(device)}")
+    if threads is not None:
+        over.append(f"train.threads={threads}")
+    model = {k: v for k, v in r.model_cfg.items() if k != "model_type"}
+    run = task_run_config(r.task_ref, model_type=r.model_cfg["model_type"], model=model, steps=t["steps"],
+                          seed=r.seed, overrides=over)
+    run.name = f"tasks-compare-{r.task_name}-{r.model}-seed{r.seed}"
+    return run
+
+
+def _finished(run_toml: str, where: Path) -> bool:
+    """`where` holds the finished run of exactly this config (its model saved): reused, never retrained."""
+    t = where / "compare-run.toml"
+    return (where / "model.safetensors").is_file() and (where / "config.json").is_file() and t.is_file() \
+        and t.read_text(encoding="utf-8") == run_toml
+
+
+def _eval_key(r: Run, preset: dict) -> dict:
+    return {"sizes": r.eval_sizes, "passes": [list(p) for p in r.pass_evals], "n_examples": preset["n_examples"],
+            "batch_size": preset["eval_batch_size"], "seed": 1234, "fields": "token_accuracy"}
+
+
+def execute(r: Run, preset: dict, where: Path, *, overwrite: bool, device=None, threads=None) -> list[dict]:
+    """Train (or reuse) one run and evaluate it (or reuse its evaluation); its result rows."""
+    import torch
+
+    from ...checkpoint import load_model
+    from ...training import train
+
+    _, evaluate_task = _task_api()
+    from .. import load_task
+
+    task = load_task(r.task_ref)
+    run = run_config(r, preset, device, threads)
+    toml = run.to_toml()
+    ev_path = where / "compare-eval.json"
+    key = _eval_key(r, preset)
+    if _finished(toml, where):
+        info = json.loads((where / "compare-train.json").read_text(encoding="utf-8"))
+        if ev_path.is_file():
+            saved = json.loads(ev_path.read_text(encoding="utf-8"))
+            if saved.get("key") == key:
+                return saved["rows"]
+        dev = device if device not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_model(where, device=dev)
+    else:
+        check = where / "config.json"
+        if (check.exists() or (where / "model.safetensors").exists()) and not overwrite:
+            raise ValueError(f"output {str(where)!r} already holds a model from other settings: pass --overwrite "
+                             "to replace it")
+        where.mkdir(parents=True, exist_ok=True)
+        for stale in ("summary.json", "checkpoints", "compare-eval.json", "compare-train.json", "compare-run.toml"):
+            p = where / stale
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        t0 = time.time()
+        result = train(run, where, progress=False, echo=lambda *a, **k: None, overwrite=True)
+        info = {"train_time_s": round(time.time() - t0, 2), "train_tokens": result.summary.get("tokens"),
+                "params": result.model.num_params()}
+        atomic_write_text(where / "compare-train.json", json.dumps(info, indent=2))
+        atomic_write_text(where / "compare-run.toml", toml)  # last: marks the run finished
+        model = result.model
+    model.eval()
+    L = r.model_cfg["n_layer"]
+    base = {"task": r.task_name, "model": r.model, "seed": r.seed, "trained_passes": L, "params": info["params"],
+            "train_tokens": info["train_tokens"], "train_time_s": info["train_time_s"],
+            "eval_examples": preset["n_examples"]}
+    rows = []
+    kw = {"n_examples": preset["n_examples"], "seed": 1234, "batch_size": preset["eval_batch_size"]}
+    groups = [(None, r.eval_sizes)] + [(p, [s for q, s in r.pass_evals if q == p])
+                                       for p in dict.fromkeys(q for q, _ in r.pass_evals)]
+    for passes, sizes in groups:
+        with torch.no_grad():
+            res = evaluate_task(model, task, sizes, n_layer=passes, **kw)
+        for e in res:
+            rows.append({**base, "size": e["size"], "mult": round(e["size"] / r.train_size, 4),
+                         "passes": passes or L, "accuracy": e["accuracy"], "token_accuracy": e["token_accuracy"],
+                         "loss": e["loss"], "tokens": e["tokens"],
+                         "state_bytes": e["state_bytes"]})
+    atomic_write_text(ev_path, json.dumps({"key": key, "rows": rows}, indent=1))
+    return rows
+
+
+def _job_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _execute_job(r: Run, preset: dict, where: Path, overwrite: bool, device, threads) -> list[dict]:
+    return execute(r, preset, where, overwrite=overwrite, device=device, threads=threads)
+
+
+def compare(preset_name: str = "cpu", out: str | os.PathLike = "runs/tasks-compare", *, tasks=None, seeds=None,
+            overwrite: bool = False, device: str | None = None, threads: int | None = None, jobs: int = 1,
+            progress: bool = True, command: str | None = None) -> list[dict]:
+    """Run the comparison of `preset_name` into `out` and write the reports; the result rows.
+
+    `jobs` > 1 runs that many training runs at once, each in its own process (e.g. 2 on 2 cores with threads=1);
+    the results are the same as one at a time (each run is seeded on its own).
+
+    Checked before anything runs or is written: the preset, the tasks, the seeds, the parameter matching, and
+    every run directory (one holding a model from other settings is replaced only with `overwrite`)."""
+    preset, runs = plan(preset_name, tasks, seeds)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"--jobs {jobs!r}: expected a positive integer (runs at once)")
+    out = Path(out)
+    from ...checkpoint import check_output_dir
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a directory")
+    check_output_dir(out, overwrite=False)  # OUT itself never holds a model (it is not a run directory)
+    tomls = {}
+    for r in runs:  # every run directory checked before any training
+        where = out / "runs" / r.task_name / r.model / f"seed{r.seed}"
+        toml = run_config(r, preset, device, threads).to_toml()
+        tomls[r.key] = toml
+        check_output_dir(where, overwrite=overwrite or _finished(toml, where))
+    out.mkdir(parents=True, exist_ok=True)
+    from tqdm.auto import tqdm
+
+    t0 = time.time()
+    total = sum(r.est_s for r in runs)
+    bar = tqdm(total=total, unit="est-s", desc="tasks compare", disable=not progress, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} est-s [{elapsed}<{remaining}] {postfix}")
+    results: dict[int, list[dict]] = {}
+    jobs_args = [(r, preset, out / "runs" / r.task_name / r.model / f"seed{r.seed}", overwrite, device, threads)
+                 for r in runs]
+    try:
+        if jobs == 1:
+            for i, a in enumerate(jobs_args):
+                bar.set_postfix_str(a[0].key)
+                results[i] = _execute_job(*a)
+                bar.update(a[0].est_s)
+        else:  # independent runs in `jobs` processes, the longest first; rows kept in plan order
+            import multiprocessing
+            from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+            order = sorted(range(len(runs)), key=lambda i: -runs[i].est_s)
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_job_init, initargs=(threads or max(1, (os.cpu_count() or 1) // jobs),)) as ex:
+                pending = {ex.submit(_execute_job, *jobs_args[i]): i for i in order}
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        i = pending.pop(f)
+                        results[i] = f.result()  # a failed run raises here, the others are cancelled
+                        bar.set_postfix_str(runs[i].key)
+                        bar.update(runs[i].est_s)
+    finally:
+        bar.close()
+    rows = [row for i in range(len(runs)) for row in results[i]]
+    wall = time.time() - t0
+    write_reports(rows, runs, out, preset_name=preset_name, preset=preset, wall_s=wall,
+                  command=command or f"compare(preset={preset_name!r})")
+    return rows
+
+

@@ -1,0 +1,64 @@
+"""The step's pieces: the loss module DDP wraps and the optimizer (the step itself is `Trainer.train_step`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..sparse import hoyer_activity
+
+
+class LossModule(nn.Module):
+    """The function DDP wraps: (x, y, state) -> (objective, mean cross-entropy, new state or None).
+
+    The objective is the cross-entropy plus, with `activity_penalty` > 0, that weight times the mean Hoyer
+    activity of x_sparse over layers (`bdh.sparse.hoyer_activity`); without it the two are the same tensor.
+    """
+
+    def __init__(self, model: nn.Module, form: str, detach_kv: bool, carry: bool, activity_penalty: float = 0.0):
+        super().__init__()
+        self.model, self.form, self.detach_kv, self.carry = model, form, detach_kv, carry
+        self.activity_penalty = activity_penalty
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, state: Any = None):
+        xs = [] if self.activity_penalty else None
+        kw = {} if xs is None else {"x_sparse_out": xs}  # the "activity_penalty" capability
+        if self.form != "auto":
+            kw["form"] = self.form  # the "forms" capability
+        if self.detach_kv:
+            kw["detach_kv"] = True  # the "no_bptt" capability
+        new = None
+        if not self.carry:
+            _, loss = self.model(x, y, **kw)
+        else:
+            logits, new = self.model.prefill(x, state, **kw)  # (B, T, V)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+        if xs is None:
+            return loss, loss, new
+        penalty = torch.stack([hoyer_activity(xl.float()) for xl in xs]).mean()
+        return loss + self.activity_penalty * penalty, loss, new
+
+
+def make_optimizer(model: nn.Module, t) -> torch.optim.Optimizer:
+    """AdamW with decoupled weight decay on matrices and embeddings (every BDH parameter), none on vectors; or,
+    with train.optimizer = "muon", Muon on the hidden weight matrices and AdamW on the rest (`bdh.training.muon`)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if t.optimizer == "muon":
+        from .muon import MuonAdamW, is_hidden_matrix
+
+        groups = [
+            {"params": [p for n, p in named if is_hidden_matrix(n, p)], "weight_decay": t.weight_decay, "muon": True},
+            {"params": [p for n, p in named if p.dim() >= 2 and not is_hidden_matrix(n, p)],
+             "weight_decay": t.weight_decay},
+            {"params": [p for n, p in named if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        return MuonAdamW([g for g in groups if g["params"]], lr=t.lr, betas=(t.beta1, t.beta2))
+    groups = [
+        {"params": [p for _, p in named if p.dim() >= 2], "weight_decay": t.weight_decay},
+        {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, betas=(t.beta1, t.beta2))
+
