@@ -30,6 +30,7 @@ is run, or listed in the summary as skipped with the reason):
 | serve_bench | `bdh serve` throughput and latency | serve_bench.json |
 | core_regression, train_ab, default_run | this tree against another (`--baseline SRC`; skipped without it) | *.json |
 | activity_penalty | a sweep of training runs (an hour or more): skipped, run it on its own | activity_penalty.json |
+| gpu_check | every GPU measurement at once (exactness, bf16, MFU, decode, torchrun, serve; `--device cuda` only) | gpu_check/gpu_check.json |
 
 Each benchmark runs in its own process, one after another (never concurrently: they time the same cores). A
 failing benchmark is reported in the summary and makes the exit status 1; the others still run. Plots
@@ -55,7 +56,7 @@ ROOT = HERE.parent
 
 NAMES = ("train_speed", "decode_compare", "decode", "graph_speed", "sparse_decode", "allocators", "train_profile",
          "precision_speed", "task_speed", "view_speed", "prompt_memory", "serve_bench", "core_regression", "train_ab",
-         "default_run", "activity_penalty")
+         "default_run", "activity_penalty", "gpu_check")
 BASELINE = ("core_regression", "train_ab", "default_run")  # this tree against another: run only with --baseline
 
 # Why a target is usually missed on the shared 2-core CPU (keyed by the target's first two words).
@@ -126,6 +127,10 @@ def commands(a) -> dict[str, tuple[list[str] | None, Path, str | None]]:
     add("default_run", ["--baseline", a.baseline, *q], RESULTS / f"default_run{qs}.json", base)
     add("activity_penalty", [], RESULTS / "activity_penalty.json",
         "trains one model per penalty (800 steps each, an hour or more on 2 cores); run it on its own")
+    gpu = a.device.startswith("cuda") and not a.quick  # the whole GPU session's checks in one run (<= ~8 min)
+    out["gpu_check"] = (module_command("gpu_check", "--out", RESULTS / "gpu_check") if gpu else None,
+                        RESULTS / "gpu_check" / "gpu_check.json",
+                        None if gpu else "needs CUDA: run with --device cuda (its CPU --dry-run is a test)")
     return out
 
 

@@ -69,7 +69,8 @@ def test_builtin_models_implement_the_protocol(kind):
     model = MODELS[kind]()
     assert isinstance(model, LanguageModel) and isinstance(model.config, ModelConfig)
     assert model.capabilities == (frozenset({"hooks"}) if kind == "gpt" else
-                                  frozenset({"forms", "no_bptt", "activity_penalty", "sparse_decode", "hooks"}))
+                                  frozenset({"forms", "no_bptt", "activity_penalty", "sparse_decode", "hooks", "neurons",
+                                             "rho_state", "layer_passes"}))
 
 
 @pytest.mark.parametrize("kind", MODELS)

@@ -84,7 +84,9 @@ def test_bdh_parameters_are_split_by_kind():
     muon = {id(p) for g in opt.param_groups if g["muon"] for p in g["params"]}
     names = {n for n, p in model.named_parameters() if id(p) in muon}
     assert names == {"encoder", "encoder_v", "decoder"}
-    assert not is_hidden_matrix("embed.weight", model.embed.weight) and not is_hidden_matrix("lm_head", model.lm_head)
+    emb = type(model).embedding_params  # declared by the model class (bdh.interface)
+    assert not is_hidden_matrix("embed.weight", model.embed.weight, emb) and not is_hidden_matrix("lm_head", model.lm_head, emb)
+    assert is_hidden_matrix("encoder", model.encoder, emb)
     with pytest.raises(ValueError, match="fewer than 2 dimensions"):
         MuonAdamW([{"params": [torch.nn.Parameter(torch.zeros(3))], "muon": True}], lr=1e-3)
     with pytest.raises(ValueError, match="train.optimizer"):

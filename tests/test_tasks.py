@@ -15,7 +15,8 @@ from bdh.tasks import (MAX_BATCH_TOKENS, MAX_EXAMPLE_TOKENS, MAX_SIZE, MAX_VOCAB
                        check_task, exact_match, load_task, masked_loss)
 from bdh.tasks.builtin import count_solutions, eca_step, random_solved_grid
 
-BUILTINS = ["parity", "mqar", "copy", "reverse", "vartrack", "eca", "addition", "sudoku4", "sudoku9"]
+BUILTINS = ["parity", "mqar", "copy", "reverse", "copy-blank", "reverse-blank", "vartrack", "eca", "addition", "sudoku4",
+            "sudoku9", "selective-copy", "induction", "dyck", "passkey", "s5"]
 
 
 def sizes_of(task: Task) -> list[int]:
@@ -31,6 +32,13 @@ def examples(task: Task, size: int, n: int, seed: int = 0) -> list[Example]:
 
 def answers(task: Task, ex: Example) -> list[str]:
     return [task.vocab[t] for t, m in zip(ex.targets, ex.mask) if m]
+
+
+def body(task: Task, ex: Example) -> list[str]:
+    """The input tokens after the start token (which every built-in example begins with)."""
+    toks = task.decode(ex.inputs)
+    assert toks[0] == "<bos>" and "<bos>" not in toks[1:] and not ex.mask[0]
+    return toks[1:]
 
 
 # ----------------------------------------------------------------------------- every built-in
@@ -100,21 +108,37 @@ def test_parity_answers():
     task = load_task("parity")
     for size in sizes_of(task):
         for ex in examples(task, size, 20):
-            bits = [int(t) for t in task.decode(ex.inputs)]
+            bits = [int(t) for t in body(task, ex)]
             assert answers(task, ex) == [str(sum(bits[: i + 1]) % 2) for i in range(size)]
 
 
-@pytest.mark.parametrize("name", ["copy", "reverse"])
-def test_copy_reverse_answers(name):
+@pytest.mark.parametrize("name", ["copy-blank", "reverse-blank"])
+def test_copy_reverse_blank_answers(name):
     task = load_task(name)
     for size in sizes_of(task):
         for ex in examples(task, size, 20):
-            toks = task.decode(ex.inputs)
+            toks = body(task, ex)
             assert toks[size] == "|" and toks[size + 1:] == ["_"] * size and len(toks) == 2 * size + 1
             s = toks[:size]
             assert all(c.isalpha() and len(c) == 1 for c in s)
-            assert answers(task, ex) == (s[::-1] if name == "reverse" else s)
-            assert [i for i, m in enumerate(ex.mask) if m] == list(range(size + 1, 2 * size + 1))
+            assert answers(task, ex) == (s[::-1] if name == "reverse-blank" else s)
+            assert [i for i, m in enumerate(ex.mask) if m] == list(range(size + 2, 2 * size + 2))
+
+
+@pytest.mark.parametrize("name", ["copy", "reverse"])
+def test_copy_reverse_teacher_forced_answers(name):
+    """`<bos> s | s <eos>` in next-token form: the answers are the copy (or reversal) and <eos>, fed back."""
+    task = load_task(name)
+    for size in sizes_of(task):
+        for ex in examples(task, size, 20):
+            assert ex.inputs[1:] == ex.targets[:-1]  # next-token form: every target is the next input
+            seq = task.decode(ex.inputs + ex.targets[-1:])
+            assert seq[0] == "<bos>" and seq[size + 1] == "|" and seq[-1] == "<eos>" and len(seq) == 2 * size + 3
+            s = seq[1:size + 1]
+            assert all(c.isalpha() and len(c) == 1 for c in s)
+            assert answers(task, ex) == (s[::-1] if name == "reverse" else s) + ["<eos>"]
+            # scored: from the input `|` (predicting the first copied letter) to the last copied letter
+            assert [i for i, m in enumerate(ex.mask) if m] == list(range(size + 1, 2 * size + 2))
 
 
 def test_addition_answers():
@@ -122,7 +146,7 @@ def test_addition_answers():
     carries = 0
     for size in sizes_of(task):
         for ex in examples(task, size, 30):
-            s = "".join(task.decode(ex.inputs))
+            s = "".join(body(task, ex))
             a, rest = s.split("+")
             b, blanks = rest.split("=")
             assert len(a) == len(b) == size and blanks == "_" * (size + 1)
@@ -136,19 +160,21 @@ def test_mqar_answers():
     task = load_task("mqar")
     for size in sizes_of(task):
         for ex in examples(task, size, 10):
-            toks = task.decode(ex.inputs)
+            toks = body(task, ex)
             q = toks.index("?")
             pairs = toks[: 2 * size]
             table = dict(zip(pairs[0::2], pairs[1::2]))
             assert len(table) == size and all(k.startswith("k") and v.startswith("v") for k, v in table.items())
+            assert len(set(table.values())) == size  # values distinct, as Zoology's generator
             assert toks[2 * size: q] == ["."] * task.distance
             queries = toks[q + 1:]
             assert sorted(queries) == sorted(table)  # every key queried once
             assert answers(task, ex) == [table[k] for k in queries]
-            assert [i for i, m in enumerate(ex.mask) if m] == list(range(q + 1, len(toks)))
-    far = type(task)(n_keys=16, n_values=4, distance=5)
+            assert [i for i, m in enumerate(ex.mask) if m] == list(range(q + 2, len(toks) + 1))
+    far = type(task)(n_keys=16, n_values=16, distance=5)
     ex = examples(far, 16, 1)[0]
-    assert far.decode(ex.inputs)[32:38] == ["."] * 5 + ["?"]
+    assert body(far, ex)[32:38] == ["."] * 5 + ["?"]
+    assert type(task)(n_keys=16, n_values=4).max_size == 4  # distinct values bound the pairs
 
 
 def test_vartrack_answers():
@@ -156,18 +182,18 @@ def test_vartrack_answers():
     assert task.max_size >= 8 * task.train_size
     for size in sizes_of(task) + [task.max_size]:
         for ex in examples(task, size, 10):
-            toks = task.decode(ex.inputs)
-            assert toks[-3] == "?" and toks[-1] == "_" and ex.mask == [False] * (len(toks) - 1) + [True]
-            body = toks[:-3]
-            assert len(body) == 4 * (task.distractors + 1) * (size + 1)
+            toks = body(task, ex)
+            assert toks[-3] == "?" and toks[-1] == "_" and ex.mask == [False] * len(toks) + [True]
+            stmts = toks[:-3]
+            assert len(stmts) == 4 * (task.distractors + 1) * (size + 1)
             env = {}
-            for i in range(0, len(body), 4):
-                name, eq, val, semi = body[i: i + 4]
+            for i in range(0, len(stmts), 4):
+                name, eq, val, semi = stmts[i: i + 4]
                 assert eq == "=" and semi == ";" and name not in env
                 env[name] = val if val.isdigit() else env[val]  # a copy refers to a name assigned earlier
             # the queried name sits at the end of a chain of exactly `size` copies
             name, hops = toks[-2], 0
-            defs = {body[i]: body[i + 2] for i in range(0, len(body), 4)}
+            defs = {stmts[i]: stmts[i + 2] for i in range(0, len(stmts), 4)}
             while not defs[name].isdigit():
                 name, hops = defs[name], hops + 1
             assert hops == size
@@ -205,7 +231,8 @@ def test_eca_rollout_answers(rule, table):
         for ex in examples(task, size, 10):
             assert ex.inputs[1:] == ex.targets[:-1]  # next-token form
             seq = task.decode(ex.inputs + ex.targets[-1:])
-            rows = "".join(seq).split("|")
+            assert seq[0] == "<bos>"
+            rows = "".join(seq[1:]).split("|")
             assert len(rows) == size + 1 and all(len(r) == 12 for r in rows)
             rows = [[int(c) for c in r] for r in rows]
             for a, b in zip(rows, rows[1:]):
@@ -242,14 +269,14 @@ def valid_grid(g, box) -> bool:
 def check_sudoku(task, ex, box, size, independent_count):
     n = box * box
     cells = n * n
-    toks = task.decode(ex.inputs)
+    toks = body(task, ex)
     assert len(toks) == 2 * cells and toks[cells:] == ["_"] * cells
     puzzle = [int(t) for t in toks[:cells]]
-    solution = [int(task.vocab[t]) for t in ex.targets[cells:]]
+    solution = [int(task.vocab[t]) for t in ex.targets[cells + 1:]]
     assert puzzle.count(0) == size
     assert valid_grid(solution, box)
     assert all(p in (0, s) for p, s in zip(puzzle, solution))  # agrees with the givens
-    assert ex.mask == [False] * cells + [p == 0 for p in puzzle]  # scored: the blanks' outputs
+    assert ex.mask == [False] * (cells + 1) + [p == 0 for p in puzzle]  # scored: the blanks' outputs
     assert independent_count(puzzle) == 1  # the solution is unique
 
 

@@ -143,7 +143,7 @@ def test_evaluate_task_scores_by_exact_match_and_measures_the_state():
     assert rows[1]["loss"] == pytest.approx(float(masked_loss(logits, y, m)), rel=1e-5)
     hits = (logits.argmax(-1) == y)[m]  # answer positions right: partial credit below exact match
     assert rows[1]["token_accuracy"] == pytest.approx(float(hits.float().mean()))
-    assert [r["tokens"] for r in rows] == [4, 8]
+    assert [r["tokens"] for r in rows] == [5, 9]  # <bos> and the bits
     assert rows[0]["state_bytes"] == rows[1]["state_bytes"] > 0  # BDH: constant state
     g = evaluate_task(gpt, task, [4, 8], n_examples=4)
     assert g[1]["state_bytes"] > g[0]["state_bytes"] > 0  # GPT: the KV cache grows with the length

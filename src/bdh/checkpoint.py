@@ -23,15 +23,19 @@ from .io import atomic_path, atomic_write_json, atomic_write_text, file_sha256
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 HF_CODE_NAME = "modeling_bdh.py"  # what transformers imports for `trust_remote_code=True` (config.json's auto_map)
-# model_type -> (config class, model class) in `bdh.hf`: the Hugging Face fields written into config.json
-HF_CLASSES = {"bdh": ("BDHConfigHF", "BDHForCausalLM"), "gpt": ("GPTConfigHF", "GPTForCausalLM")}
 HF_TOKENIZER_CLASS = "BDHTokenizerFast"  # AutoTokenizer's class (tokenizer_config.json's auto_map), every model type
 HF_CODE = '''"""Hugging Face classes of this model directory, for transformers' `trust_remote_code=True`.
 
 The model's code is not in this file: it comes from the installed `bdh` package (pip install "bdh[hf]"), whose
-`bdh.hf` classes (config, causal LM with a state cache, tokenizer) this file re-exports.
+`bdh.hf` classes (config, causal LM with a state cache, tokenizer) this file re-exports: `{Name}ConfigHF` and
+`{Name}ForCausalLM` of any registered model type, made on first use.
 """
-from bdh.hf.modeling import BDHConfigHF, BDHForCausalLM, BDHTokenizerFast, GPTConfigHF, GPTForCausalLM  # noqa: F401
+import bdh.hf.modeling as _modeling
+from bdh.hf.modeling import BDHTokenizerFast  # noqa: F401
+
+
+def __getattr__(name):
+    return getattr(_modeling, name)
 '''
 MAX_SHAPE_ERRORS = 8  # shape disagreements listed in one CheckpointError
 
@@ -135,12 +139,19 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
 
 
 # ----------------------------------------------------------------------------- native format
+def hf_class_names(model_type: str) -> tuple[str, str]:
+    """The names of a registered type's transformers classes in `bdh.hf.modeling` (config, causal LM), from the
+    type's `hf_name` (default: its model class's name), e.g. ("BDHConfigHF", "BDHForCausalLM")."""
+    from .interface import hf_name
+
+    prefix = hf_name(model_type)
+    return f"{prefix}ConfigHF", f"{prefix}ForCausalLM"
+
+
 def hf_fields(model_type: str) -> dict[str, Any]:
     """`architectures` and `auto_map` for config.json, so that transformers loads the directory (`bdh.hf`; with
-    `trust_remote_code=True` through the `modeling_bdh.py` written beside it); {} for a type without HF classes."""
-    if model_type not in HF_CLASSES:
-        return {}
-    config_class, model_class = HF_CLASSES[model_type]
+    `trust_remote_code=True` through the `modeling_bdh.py` written beside it); every registered type has them."""
+    config_class, model_class = hf_class_names(model_type)
     module = HF_CODE_NAME.removesuffix(".py")
     return {"architectures": [model_class],
             "auto_map": {"AutoConfig": f"{module}.{config_class}", "AutoModelForCausalLM": f"{module}.{model_class}"}}

@@ -223,8 +223,9 @@ def stream(
         lo, hi = min(p), max(p)
         if lo < 0 or hi >= V:
             raise ValueError(f"prompt {i}: token id {lo if lo < 0 else hi} is outside the vocabulary [0, {V})")
-    if sparse is True and not getattr(model, "has_sparse_decode", False):  # before anything is generated
-        raise ValueError(f"sparse=True: sparse decode is a BDH option; {type(model).__name__} has none")
+    if sparse is True and "sparse_decode" not in model.capabilities:  # before anything is generated
+        raise ValueError(f"sparse=True: sparse decode is a BDH option; {type(model).__name__} has none (its "
+                         "capabilities lack 'sparse_decode')")
     step_kw = {} if sparse == "auto" else {"sparse": sparse}
     rows = [RowText(tokenizer, stops) for _ in ids]
     # every argument is checked above, when `stream` is called; the generator below runs on iteration

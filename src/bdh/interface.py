@@ -31,8 +31,21 @@ import torch
 #   "no_bptt"          forward/prefill accept detach_kv=True (train.no_bptt)
 #   "activity_penalty" forward/prefill accept x_sparse_out=[...] (train.activity_penalty)
 #   "sparse_decode"    step accepts sparse=True / "auto"
-#   "hooks"            the model emits named hook points (`model.hooks(...)`)
-CAPABILITIES = ("forms", "no_bptt", "activity_penalty", "sparse_decode", "hooks")
+#   "hooks"            the model emits named hook points (`model.hooks(...)`; its kinds: `Model.HOOK_KINDS`)
+#   "neurons"          BDH's neuron views apply: hook kinds x_sparse / y_sparse / xy per neuron, config sizes N, n, D,
+#                      encoder / decoder matrices (`bdh view`'s Neuron and Synapse views, its neuron index)
+#   "rho_state"        the state holds BDH's rho per layer (`states_at`; `bdh view`'s State view)
+#   "layer_passes"     forward accepts passes=K (layer weights applied K times; `bdh tasks compare`'s passes sweep)
+CAPABILITIES = ("forms", "no_bptt", "activity_penalty", "sparse_decode", "hooks", "neurons", "rho_state",
+                "layer_passes")
+
+# What a model class may declare beside `capabilities` (defaults in `bdh.pretrained.PretrainedMixin`):
+#   max_positions: int | None      the longest context (learned positions), None when unbounded (servers check it)
+#   embedding_params: tuple[str]   names (dotted parts) of the embedding / output-head parameters: the matrices
+#                                  Muon leaves to AdamW (`bdh.training.muon.is_hidden_matrix`)
+#   tiny_task_model: dict          `[model]` fields of a small model for reasoning-task runs (`bdh.tasks`), or None
+#   hf_name: str                   the prefix of its transformers classes ({hf_name}ConfigHF / {hf_name}ForCausalLM;
+#                                  default: the model class's name)
 
 
 @runtime_checkable
@@ -65,6 +78,8 @@ class LanguageModel(Protocol):
 
     config: ModelConfig
     capabilities: ClassVar[frozenset[str]]
+    max_positions: int | None  # the longest context, None when unbounded (PretrainedMixin: None)
+    embedding_params: ClassVar[tuple[str, ...]]  # embedding / output-head parameter names (PretrainedMixin: ())
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, form: str = "auto",
                 detach_kv: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -154,6 +169,29 @@ class ModelType:
 
 
 _REGISTRY: dict[str, ModelType] = {}
+DEFAULT_MODEL_TYPE = "bdh"  # a config.json / [model] section without "model_type" (the format before the registry)
+_LISTENERS: list = []
+
+
+def on_register(callback) -> None:
+    """Call `callback(model_type: ModelType)` for every registered type now and for each one registered later
+    (e.g. `bdh.hf` makes and registers a type's transformers classes)."""
+    _LISTENERS.append(callback)
+    for entry in list(_REGISTRY.values()):
+        callback(entry)
+
+
+def hf_name(name: str) -> str:
+    """The prefix of a registered type's transformers classes (`{prefix}ConfigHF`, `{prefix}ForCausalLM`)."""
+    cls = get_model_type(name).model_class
+    return getattr(cls, "hf_name", None) or cls.__name__
+
+
+def tiny_task_model(name: str) -> dict:
+    """The `[model]` fields of a small model of this type for reasoning-task runs (its `tiny_task_model`; the
+    config's defaults when it declares none), with "model_type"."""
+    fields = getattr(get_model_type(name).model_class, "tiny_task_model", None)
+    return {"model_type": name, **(fields or {})}
 
 
 def register_model_type(name: str, config_class: type, model_class: type, *, replace: bool = False) -> ModelType:
@@ -175,6 +213,8 @@ def register_model_type(name: str, config_class: type, model_class: type, *, rep
     if old is not None and not replace and (old.config_class, old.model_class) != (config_class, model_class):
         raise ValueError(f"model type {name!r} is already registered ({old.model_class.__name__}); pass replace=True")
     _REGISTRY[name] = entry = ModelType(name, config_class, model_class)
+    for callback in _LISTENERS:
+        callback(entry)
     return entry
 
 
@@ -182,8 +222,9 @@ def unregister_model_type(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def model_types() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+def model_types(capability: str | None = None) -> tuple[str, ...]:
+    """The registered type names (with `capability`: those declaring it)."""
+    return tuple(n for n, mt in _REGISTRY.items() if capability is None or capability in mt.model_class.capabilities)
 
 
 def get_model_type(name: str) -> ModelType:
@@ -203,7 +244,7 @@ def config_from_dict(d: dict[str, Any]):
     """The config of the type named by d["model_type"] (default "bdh"), validated."""
     if not isinstance(d, dict):
         raise ValueError(f"model config: expected a JSON object, got {type(d).__name__}")
-    return get_model_type(d.get("model_type", "bdh")).config_class.from_dict(d)
+    return get_model_type(d.get("model_type", DEFAULT_MODEL_TYPE)).config_class.from_dict(d)
 
 
 def load_config(path: str | os.PathLike):

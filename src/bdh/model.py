@@ -104,8 +104,11 @@ def _decode(y: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
 
 class BDH(HookPoints, PretrainedMixin, nn.Module):
     HOOK_KINDS, OBSERVE_ONLY = HOOK_KINDS, ("rho",)  # bdh.hooks: the points of the table above
-    capabilities = frozenset({"forms", "no_bptt", "activity_penalty", "sparse_decode", "hooks"})  # bdh.interface
-    has_sparse_decode = True  # step(..., sparse=True) skips inactive neurons (bdh.sparse)
+    # bdh.interface: sparse_decode: step(..., sparse=True) skips inactive neurons (bdh.sparse); layer_passes: one
+    # set of weights shared by every layer, so the model runs at any n_layer
+    capabilities = frozenset({"forms", "no_bptt", "activity_penalty", "sparse_decode", "hooks", "neurons", "rho_state",
+                              "layer_passes"})
+    embedding_params = ("embed", "lm_head")  # left to AdamW by Muon (bdh.training.muon)
 
     def __init__(self, config: BDHConfig):
         super().__init__()

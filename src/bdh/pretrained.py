@@ -38,7 +38,11 @@ def check_token_ids(idx, vocab_size: int, what: str = "idx", dims: int = 2, valu
 
 class PretrainedMixin:
     """Shared by BDH and the GPT baseline: input checks, the loss, `generate`, `stream`, `save_pretrained`,
-    `from_pretrained`."""
+    `from_pretrained`, and the defaults of the optional declarations of `bdh.interface`."""
+
+    max_positions: int | None = None  # unbounded context (a type with learned positions overrides it)
+    embedding_params: tuple[str, ...] = ()  # no embedding / output-head parameters named (Muon then trains every matrix)
+    tiny_task_model: dict | None = None  # no small task-run model declared
 
     def _check_ids(self, idx: torch.Tensor, what: str, dims: int, values: bool = True) -> torch.Tensor:
         """`check_token_ids` against this model's vocabulary."""

@@ -243,6 +243,9 @@ class Block(nn.Module):
 class GPT(HookPoints, PretrainedMixin, nn.Module):
     capabilities = frozenset({"hooks"})  # bdh.interface: one form, no BDH training options, dense decode
     HOOK_KINDS = ("x_in", "attn_probs", "attn_out", "mlp_out", "x_out")  # bdh.hooks: blocks.{l}.{kind}
+    embedding_params = ("wte", "wpe")  # token (= the tied output head) and position embeddings: AdamW under Muon
+    # `bdh.tasks.task_run_config(model_type="gpt")`: about the size of task-tiny's BDH (ALiBi positions extrapolate)
+    tiny_task_model = {"n_layer": 3, "n_embd": 64, "n_head": 4, "dropout": 0.0, "positions": "alibi"}
 
     def __init__(self, config: GPTConfig):
         super().__init__()

@@ -6,7 +6,8 @@
     out = model.generate(ids, max_new_tokens=50)            # greedy, sampling, beam search; BDHCache carries rho
     pipe = pipeline("text-generation", model="runs/default")
 
-`import bdh.hf` registers, for the model types "bdh" and "gpt": the configs with `AutoConfig`, the causal LMs
+`import bdh.hf` registers, for every registered model type ("bdh", "gpt", and any registered later; the classes
+are made per type by `bdh.hf.modeling.hf_classes`): the configs with `AutoConfig`, the causal LMs
 with `AutoModelForCausalLM` and `BDHTokenizerFast` (our bytes / BPE / GPT-2 tokenizers as a
 `PreTrainedTokenizerFast`) with `AutoTokenizer`. The HF model wraps our module (`model.model`, the same module
 and weights; no second copy of the maths). Directories also carry `auto_map` and a `modeling_bdh.py` that
@@ -31,6 +32,7 @@ from .modeling import (  # noqa: E402
     BDHTokenizerFast,
     GPTConfigHF,
     GPTForCausalLM,
+    hf_classes,
     hf_config,
     register,
     wrap,
@@ -39,4 +41,4 @@ from .modeling import (  # noqa: E402
 register()
 
 __all__ = ["BDHCache", "BDHConfigHF", "BDHForCausalLM", "BDHTokenizerFast", "GPTConfigHF", "GPTForCausalLM",
-           "hf_config", "register", "wrap"]
+           "hf_classes", "hf_config", "register", "wrap"]

@@ -2,10 +2,10 @@
 
 | class               | what it is                                                                           |
 |---------------------|--------------------------------------------------------------------------------------|
-| `BDHConfigHF`       | `PreTrainedConfig` of model_type "bdh": every field of config.json as an attribute    |
-| `GPTConfigHF`       | the same for the GPT baseline ("gpt")                                                |
-| `BDHForCausalLM`    | `PreTrainedModel` + `GenerationMixin` holding our `BDH` as `.model`                   |
-| `GPTForCausalLM`    | the same for `bdh.baselines.GPT`                                                     |
+| `{Name}ConfigHF`    | `PreTrainedConfig` of a registered model type: every field of config.json as an       |
+|                     | attribute (`BDHConfigHF` for "bdh", `GPTConfigHF` for "gpt"; `hf_classes`)            |
+| `{Name}ForCausalLM` | `PreTrainedModel` + `GenerationMixin` holding our model as `.model` (`BDHForCausalLM`,|
+|                     | `GPTForCausalLM`, ...); made for every registered type, on registration (`register`)  |
 | `BDHCache`          | a `transformers.Cache` carrying the model's own state (BDHState: rho + positions;     |
 |                     | GPTState: the KV cache) through `generate()`; beam search reorders its rows           |
 | `BDHTokenizerFast`  | `PreTrainedTokenizerFast` of the directory's tokenizer (`Tokenizer.to_hf`), same ids  |
@@ -39,7 +39,6 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..checkpoint import (
     CONFIG_NAME,
-    HF_CLASSES,
     CheckpointError,
     directory_tokenizer,
     load_pretrained,
@@ -47,7 +46,8 @@ from ..checkpoint import (
     save_tokenizer,
 )
 from ..generation import check_finite, read_in_pieces
-from ..interface import build_model, get_model_type, load_config
+from ..checkpoint import hf_class_names
+from ..interface import build_model, get_model_type, load_config, model_type_of, model_types, on_register
 from ..tokenization import load_tokenizer
 
 # keyword arguments of `from_pretrained` that only matter for the Hub or for transformers' own loader
@@ -74,23 +74,11 @@ class _FamilyConfig(PreTrainedConfig):
         return cls.from_dict(d)
 
 
-class BDHConfigHF(_FamilyConfig):
-    model_type = "bdh"
-
-
-class GPTConfigHF(_FamilyConfig):
-    model_type = "gpt"
-
-
-_CONFIGS = {"bdh": BDHConfigHF, "gpt": GPTConfigHF}
-
-
 def hf_config(config) -> _FamilyConfig:
-    """The transformers config of one of our configs (BDHConfig or GPTConfig)."""
-    mt = getattr(type(config), "MODEL_TYPE", None)
-    if mt not in _CONFIGS:
-        raise ValueError(f"model_type={mt!r} has no Hugging Face classes: expected one of {sorted(_CONFIGS)}")
-    return _CONFIGS[mt](**config.to_dict(), architectures=[HF_CLASSES[mt][1]])
+    """The transformers config of one of our configs (of any registered model type)."""
+    name = model_type_of(config).name  # ValueError for an unregistered type
+    config_class, model_class = hf_classes(name)
+    return config_class(**config.to_dict(), architectures=[model_class.__name__])
 
 
 # ----------------------------------------------------------------------------------------------- the cache
@@ -341,25 +329,40 @@ class _FamilyForCausalLM(PreTrainedModel, GenerationMixin):
         return read_in_pieces(m, idx, state, keep=logits_to_keep)
 
 
-class BDHForCausalLM(_FamilyForCausalLM):
-    config_class = BDHConfigHF
+# ----------------------------------------------------------------------------------------------- per model type
+_MADE: dict[str, tuple[type, type]] = {}  # model_type -> (config class, causal LM class), made once (`hf_classes`)
 
 
-class GPTForCausalLM(_FamilyForCausalLM):
-    config_class = GPTConfigHF
+def hf_classes(model_type: str) -> tuple[type, type]:
+    """The transformers config and causal LM classes of a registered model type, made on first use and kept (one
+    pair per type, named `hf_class_names`: `BDHConfigHF` / `BDHForCausalLM` for "bdh"), so that `isinstance`,
+    `AutoConfig` and pickling see one class."""
+    get_model_type(model_type)  # ValueError naming the registered types
+    if model_type not in _MADE:
+        config_name, model_name = hf_class_names(model_type)
+        config_class = type(config_name, (_FamilyConfig,), {"model_type": model_type, "__module__": __name__,
+                                                            "__qualname__": config_name})
+        model_class = type(model_name, (_FamilyForCausalLM,), {"config_class": config_class, "__module__": __name__,
+                                                              "__qualname__": model_name})
+        _MADE[model_type] = (config_class, model_class)
+    return _MADE[model_type]
 
 
-_MODELS = {"bdh": BDHForCausalLM, "gpt": GPTForCausalLM}
+def __getattr__(name: str):
+    """`BDHConfigHF`, `GPTForCausalLM`, ... of any registered type, by name (what `modeling_bdh.py` imports)."""
+    for mt in model_types():
+        names = hf_class_names(mt)
+        if name in names:
+            return hf_classes(mt)[names.index(name)]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def wrap(model: torch.nn.Module, name_or_path: str = "") -> _FamilyForCausalLM:
-    """Our model (BDH or GPT, e.g. from `bdh.load_model`) as its transformers causal LM (the same module)."""
-    mt = getattr(type(getattr(model, "config", None)), "MODEL_TYPE", None)
-    if mt not in _MODELS:
-        raise ValueError(f"model_type={mt!r} has no Hugging Face classes: expected one of {sorted(_MODELS)}")
-    config = hf_config(model.config)
+    """Our model (of any registered type, e.g. from `bdh.load_model`) as its transformers causal LM (the same
+    module)."""
+    config = hf_config(getattr(model, "config", None))
     config._name_or_path = name_or_path
-    return _MODELS[mt](config, model=model).train(model.training)
+    return hf_classes(config.model_type)[1](config, model=model).train(model.training)
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
@@ -408,9 +411,23 @@ class BDHTokenizerFast(PreTrainedTokenizerFast):
 
 
 # ----------------------------------------------------------------------------------------------- registration
+def _register_type(entry) -> None:
+    config_class, model_class = hf_classes(entry.name)
+    try:
+        AutoConfig.register(entry.name, config_class, exist_ok=True)
+    except ValueError:  # a name transformers itself uses: loadable with trust_remote_code (auto_map) only
+        return
+    AutoModelForCausalLM.register(config_class, model_class, exist_ok=True)
+    AutoTokenizer.register(config_class, fast_tokenizer_class=BDHTokenizerFast, exist_ok=True)
+
+
+_registered = False
+
+
 def register() -> None:
-    """Register the configs, models and tokenizer with transformers' Auto classes (idempotent)."""
-    for mt, config_class in _CONFIGS.items():
-        AutoConfig.register(mt, config_class, exist_ok=True)
-        AutoModelForCausalLM.register(config_class, _MODELS[mt], exist_ok=True)
-        AutoTokenizer.register(config_class, fast_tokenizer_class=BDHTokenizerFast, exist_ok=True)
+    """Register the configs, models and tokenizer of every model type, now and registered later, with
+    transformers' Auto classes (idempotent)."""
+    global _registered
+    if not _registered:
+        _registered = True
+        on_register(_register_type)

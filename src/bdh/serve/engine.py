@@ -113,7 +113,7 @@ class Engine:
             raise ValueError(f"max_batch={max_batch}, max_queue={max_queue}: expected positive integers")
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.max_batch = max_batch
-        self.max_positions = getattr(model, "max_positions", None)  # learned positions end (GPT), else None
+        self.max_positions = model.max_positions  # bdh.interface: learned positions end (GPT), else None
         self._inbox: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"bdh-serve-{name}", daemon=True)

@@ -4,8 +4,11 @@
     task = get_task("parity")                       # a built-in, or "path/to/file.py:NAME", or "module:NAME"
     x, y, mask = task.batch(random.Random(0), size=16, n=32)   # (n, T) inputs, targets, answer mask
 
-Built-in tasks (`TASKS`): streaming parity, multi-query associative recall, copy, reverse, multi-hop variable
-tracking, elementary cellular automaton rollout, multi-digit addition with carries, 4x4 and 9x9 Sudoku.
+Built-in tasks (`TASKS`, every example starting with `<bos>`): streaming parity, multi-query associative recall
+(Zoology's format), copy and reverse (teacher-forced; `copy-blank` / `reverse-blank`: answers at blanks, index
+counting), multi-hop variable tracking, elementary cellular automaton rollout, multi-digit addition with carries,
+4x4 and 9x9 Sudoku (`bdh.tasks.builtin`); selective copying, induction heads, Dyck-k, passkey retrieval and S5
+state tracking (`bdh.tasks.standard`).
 The task API (`Task`, `Example`) is in `bdh.tasks.base`, with the bounds on sizes, examples, batches and
 vocabularies (`MAX_SIZE`, `MAX_EXAMPLE_TOKENS`, `MAX_BATCH_TOKENS`, `MAX_VOCAB`); `MAX_PASSES` bounds layer passes.
 

@@ -11,7 +11,8 @@
             return Example(inputs=[1 + b for b in bits], targets=[1 + p for p in parity], mask=[True] * size)
 
 An `Example` has `inputs` (what the model reads), `targets` (what it must predict at each position) and `mask`
-(the answer positions: the loss and the score use these only). For next-token tasks targets are the inputs
+(the answer positions: the loss and the score use these only). The built-ins start every example with the start
+token `BOS` (`<bos>`, id `BOS_ID` = 1 of their vocabularies). For next-token tasks targets are the inputs
 shifted by one (`Example.next_token(seq, answer)`). An example is solved when the greedy prediction is right at
 every answer position (exact match). Examples are checked where they enter (`Task.checked_example`): wrong
 lengths, ids outside the vocabulary, a mask with no answer position, or an `example()` that raises give one
@@ -20,12 +21,12 @@ loaded (`check_task`).
 
 Bounds, checked before anything is allocated (TaskError naming the value and the bound):
 
-* `MAX_EXAMPLE_TOKENS` = 65,536 tokens per example (the built-ins' longest at 128x the training size: 6,667);
+* `MAX_EXAMPLE_TOKENS` = 65,536 tokens per example (the built-ins' longest: `passkey` at its max_size, 16,384);
 * `MAX_SIZE` = 65,536: the largest size of every task, also of one that declares no `max_size` (each unit of size
   adds at least one token in the built-ins, so a larger size cannot fit `MAX_EXAMPLE_TOKENS`);
 * `MAX_BATCH_TOKENS` = 2**25 (33.5M) tokens in one batch, n x the longest example (about 1.4 GB while it is
   built; the GPU comparison's largest evaluation batch is 6.8M);
-* `MAX_VOCAB` = 65,536 tokens (above GPT-2's 50,257; the built-ins use at most 143): the embedding and output
+* `MAX_VOCAB` = 65,536 tokens (above GPT-2's 50,257; the built-ins use at most 144): the embedding and output
   head grow with it, and the logits of one batch too (64 examples of 128 tokens: 2 GiB in fp32 at this bound).
 
 A user task is a `Task` subclass (or instance) in any file or module, run by reference:
@@ -41,6 +42,8 @@ from typing import ClassVar, Sequence
 import torch
 
 PAD = 0  # id 0 of every task vocabulary: padding, never an answer
+BOS = "<bos>"  # the start token: the first input of every built-in task's examples (spec §6d, standard formats)
+BOS_ID = 1  # its id in every built-in vocabulary (a user task may have none, or put it anywhere)
 MAX_EXAMPLE_TOKENS = 2**16  # tokens of one example
 MAX_SIZE = MAX_EXAMPLE_TOKENS  # the largest size of any task (a declared max_size above it is capped)
 MAX_BATCH_TOKENS = 2**25  # examples x the longest example's tokens in one `Task.batch`

@@ -1,20 +1,26 @@
-"""The built-in reasoning-over-time tasks (spec §6c), registered by name in `bdh.tasks.TASKS`.
+"""The built-in reasoning-over-time tasks (spec §6c, §6d), registered by name in `bdh.tasks.TASKS`.
 
 Every task is exact and seeded only by the `random.Random` it is given. Its vocabulary depends on its constructor
 knobs, never on the size, so one trained model can be evaluated at 1x, 2x, 4x and 8x its training size; sequence
-lengths grow with the size. Answers sit at output positions marked by the blank token `_` (they are not fed back
-as inputs), except the cellular automaton rollout, whose standard form is next-token prediction.
+lengths grow with the size. Every example starts with the start token `<bos>` (id 1 of every built-in vocabulary,
+`BOS_ID`; id 0 is padding). Two answer forms: teacher-forced (next-token form, `Example.next_token`: the answer
+tokens are targets and are also fed back as inputs, as a language model generates them) and blank (answers at
+positions marked by `_`, never fed back: the model must count where it is, a different task).
 
-    name       size knob (train)  format (inputs; `_` marks an answer position)
-    parity     length (16)        0 1 1 0 1 ...            target at every bit: running XOR
-    mqar       pairs (8)          k3 v7 k9 v1 ... ? k9 k3  target at each query key: its value
-    copy       length (8)         c a h b | _ _ _ _        targets at the blanks: c a h b
-    reverse    length (8)         c a h b | _ _ _ _        targets at the blanks: b h a c
-    vartrack   hops (4)           x7 = 5 ; x2 = x7 ; ... ? x2 _     target at `_`: 5
-    eca        steps (4)          row0 | row1 | ... | rowS  next-token; answers: every cell of rows 1..S
-    addition   digits (4)         a0 a1 .. + b0 b1 .. = _ _ .. _   targets: sum digits, least significant first
-    sudoku4    blanks (8)         16 cells (0 = blank) then 16 `_`  targets: the unique solution
-    sudoku9    blanks (40)        81 cells (0 = blank) then 81 `_`  targets: the unique solution (GPU preset)
+    name           size knob (train)  format (inputs; `_` marks a blank answer position)
+    parity         length (16)        <bos> 0 1 1 0 1 ...      target at every bit: running XOR
+    mqar           pairs (8)          <bos> k3 v7 k9 v1 ... ? k9 k3  target at each query key: its value
+    copy           length (8)         <bos> c a h b | c a h b <eos>  teacher-forced: answers c a h b <eos>
+    reverse        length (8)         <bos> c a h b | b h a c <eos>  teacher-forced: answers b h a c <eos>
+    copy-blank     length (8)         <bos> c a h b | _ _ _ _  targets at the blanks: c a h b
+    reverse-blank  length (8)         <bos> c a h b | _ _ _ _  targets at the blanks: b h a c
+    vartrack       hops (4)           <bos> x7 = 5 ; x2 = x7 ; ... ? x2 _     target at `_`: 5
+    eca            steps (4)          <bos> row0 | row1 | ... | rowS  next-token; answers: every cell of rows 1..S
+    addition       digits (4)         <bos> a0 a1 .. + b0 b1 .. = _ _ .. _   targets: the sum, least significant first
+    sudoku4        blanks (8)         <bos> 16 cells (0 = blank) then 16 `_`  targets: the unique solution
+    sudoku9        blanks (40)        <bos> 81 cells (0 = blank) then 81 `_`  targets: the unique solution (GPU preset)
+
+and, from the same line of work (`bdh.tasks.standard`): `selective-copy`, `induction`, `dyck`, `passkey`, `s5`.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ import random
 import string
 from typing import ClassVar
 
-from .base import Example, Task, TaskError, register_task
+from .base import BOS, BOS_ID, Example, Task, TaskError, register_task
 
 BLANK = "_"
+EOS = "<eos>"
 DIGITS = tuple("0123456789")
 
 
@@ -40,38 +47,44 @@ def _int_knob(task: str, name: str, value, lo: int, hi: int | None = None) -> in
 # ============================================================================ parity
 @register_task
 class Parity(Task):
-    """Streaming parity: a bit stream; the target at every position is the XOR of the bits so far.
+    """Streaming parity: a bit stream; the target at every bit is the XOR of the bits so far.
 
-    Format (length 6):   inputs  1 0 1 1 0 0
-                         targets 1 1 0 1 1 1    (every position is an answer)
-    Knobs: none. Size: `length` (train 16). Exact match: the running parity is right at every position.
+    Format (length 6):   inputs  <bos> 1 0 1 1 0 0
+                         targets       1 1 0 1 1 1    (every bit is an answer; the start token is not)
+    Source: the streaming parity task ("Algorithm development in neural networks: insights from the streaming
+    parity task"), as there. Knobs: none. Size: `length` (train 16). Exact match: the running parity at every bit.
     """
 
     name = "parity"
-    vocab = ("<pad>", "0", "1")
+    vocab = ("<pad>", BOS, "0", "1")
     size_name, train_size = "length", 16
 
     def example(self, rng: random.Random, size: int) -> Example:
         bits = [rng.getrandbits(1) for _ in range(size)]
-        out, p = [], 0
+        out, p = [0], 0
         for b in bits:
             p ^= b
-            out.append(1 + p)
-        return Example([1 + b for b in bits], out, [True] * size)
+            out.append(2 + p)
+        return Example([BOS_ID] + [2 + b for b in bits], out, [False] + [True] * size)
 
 
 # ============================================================================ MQAR
 @register_task
 class MQAR(Task):
-    """Multi-query associative recall (Zoology): key-value pairs, then every key queried once, in random order.
+    """Multi-query associative recall (Zoology, Arora et al. 2023): key-value pairs, then every key queried once.
 
     Format (pairs 3, distance 2):
-        inputs  k5 v1 k0 v7 k9 v1 . . ? k0 k9 k5
-        targets                         v7 v1 v1     (answers at the query keys only)
-    Keys are distinct within an example (drawn without replacement); values are drawn with replacement. The
-    queries are all the pairs (a fixed fraction of 1), each asked once, in a random order; `?` starts them.
-    Knobs: `n_keys` (64: also the largest size), `n_values` (64), `distance` (0: filler tokens `.` between the
-    pairs and the queries). Size: `pairs` (train 8, max n_keys). Exact match: every query gets its value.
+        inputs  <bos> k5 v1 k0 v7 k9 v2 . . ? k0 k9 k5
+        targets                               v7 v2 v1     (answers at the query keys only, never fed back)
+    Source: Zoology's generator (`zoology/data/multiquery_ar.py`). As there: keys and values come from disjoint
+    halves of the vocabulary (here tokens `k*` and `v*`), keys are distinct and so are values (both drawn without
+    replacement), every pair is queried once, the answer is the value predicted at the query key's position and is
+    not an input. Where ours differs: the queries follow the pairs contiguously in a random order after a `?` token
+    (Zoology scatters them at power-law distributed gaps over a fixed-length sequence whose other positions are
+    random tokens), `distance` filler tokens `.` may sit between the pairs and the queries, and the sequence starts
+    with `<bos>`.
+    Knobs: `n_keys` (64), `n_values` (64), `distance` (0). Size: `pairs` (train 8, max min(n_keys, n_values)).
+    Exact match: every query gets its value.
     """
 
     name = "mqar"
@@ -81,18 +94,18 @@ class MQAR(Task):
         self.n_keys = _int_knob(self.name, "n_keys", n_keys, 1)
         self.n_values = _int_knob(self.name, "n_values", n_values, 1)
         self.distance = _int_knob(self.name, "distance", distance, 0)
-        self.max_size = self.n_keys
-        self.vocab = ("<pad>", ".", "?", *(f"k{i}" for i in range(n_keys)), *(f"v{i}" for i in range(n_values)))
+        self.max_size = min(self.n_keys, self.n_values)
+        self.vocab = ("<pad>", BOS, ".", "?", *(f"k{i}" for i in range(n_keys)), *(f"v{i}" for i in range(n_values)))
 
     def example(self, rng: random.Random, size: int) -> Example:
-        k0, v0 = 3, 3 + self.n_keys
+        k0, v0 = 4, 4 + self.n_keys
         keys = rng.sample(range(self.n_keys), size)
-        vals = [rng.randrange(self.n_values) for _ in range(size)]
+        vals = rng.sample(range(self.n_values), size)
         order = rng.sample(range(size), size)
-        inputs = []
+        inputs = [BOS_ID]
         for k, v in zip(keys, vals):
             inputs += (k0 + k, v0 + v)
-        inputs += [1] * self.distance + [2]
+        inputs += [2] * self.distance + [3]
         n_ctx = len(inputs)
         inputs += [k0 + keys[i] for i in order]
         targets = [0] * n_ctx + [v0 + vals[i] for i in order]
@@ -103,24 +116,35 @@ class MQAR(Task):
 class _Copy(Task):
     size_name, train_size = "length", 8
     reverse = False
+    blank = False  # True: answers at blanks `_` that are never fed back (index counting)
 
     def __init__(self, alphabet: int = 8):
         self.alphabet = _int_knob(self.name, "alphabet", alphabet, 2, 26)
-        self.vocab = ("<pad>", "|", BLANK, *string.ascii_lowercase[:alphabet])
+        self.vocab = ("<pad>", BOS, "|", BLANK if self.blank else EOS, *string.ascii_lowercase[:alphabet])
 
     def example(self, rng: random.Random, size: int) -> Example:
-        s = [3 + rng.randrange(self.alphabet) for _ in range(size)]
+        s = [4 + rng.randrange(self.alphabet) for _ in range(size)]
         out = s[::-1] if self.reverse else s
-        return Example(s + [1] + [2] * size, [0] * (size + 1) + out, [False] * (size + 1) + [True] * size)
+        if self.blank:
+            return Example([BOS_ID] + s + [2] + [3] * size, [0] * (size + 2) + out,
+                           [False] * (size + 2) + [True] * size)
+        seq = [BOS_ID] + s + [2] + out + [3]  # <bos> s | out <eos>
+        return Example.next_token(seq, [False] * (size + 2) + [True] * (size + 1))
 
 
 @register_task
 class Copy(_Copy):
-    """Copy: a random string, the delimiter `|`, then one blank `_` per character; the blanks' targets are the string.
+    """Copy, teacher-forced: `<bos> s | s <eos>` in next-token form; the answers (the copy and `<eos>`) are
+    targets and are fed back as inputs.
 
-    Format (length 4):   inputs  c a h b | _ _ _ _
-                         targets           c a h b
-    Knobs: `alphabet` (8 letters a..h, at most 26). Size: `length` (train 8). Exact match: the whole string.
+    Format (length 4):   sequence  <bos> c a h b | c a h b <eos>
+                         inputs    <bos> c a h b | c a h b
+                         targets               c a h b <eos>   (at the inputs `|` c a h b)
+    Source: the copy task of "Repeat After Me" (Jelassi et al. 2024: `<BOS> x <COPY> x <EOS>`, uniform letters)
+    and of the linear-attention literature. Where ours differs: the delimiter is `|`, the alphabet defaults to 8
+    letters (theirs: 26), and the length is fixed per example (the trainer draws it uniformly per batch).
+    Knobs: `alphabet` (8 letters a..h, at most 26). Size: `length` (train 8). Exact match: the copy and `<eos>`.
+    The blank form is `copy-blank`.
     """
 
     name = "copy"
@@ -128,16 +152,50 @@ class Copy(_Copy):
 
 @register_task
 class Reverse(_Copy):
-    """Reverse: a random string, the delimiter `|`, then one blank `_` per character; the targets are the string
-    reversed.
+    """Reverse, teacher-forced: `<bos> s | reversed(s) <eos>` in next-token form; the answers (the reversal and
+    `<eos>`) are targets and are fed back as inputs.
 
-    Format (length 4):   inputs  c a h b | _ _ _ _
-                         targets           b h a c
-    Knobs: `alphabet` (8 letters a..h, at most 26). Size: `length` (train 8). Exact match: the whole reversal.
+    Format (length 4):   sequence  <bos> c a h b | b h a c <eos>
+                         targets               b h a c <eos>   (at the inputs `|` b h a c)
+    Source: the reversal variant of the copy task (Neural Turing Machines, Graves et al. 2014; "Repeat After Me"'s
+    format). Where ours differs: as `copy` (delimiter `|`, 8 letters by default, a fixed length per example).
+    Knobs: `alphabet` (8, at most 26). Size: `length` (train 8). Exact match: the reversal and `<eos>`.
+    The blank form is `reverse-blank`.
     """
 
     name = "reverse"
     reverse = True
+
+
+@register_task
+class CopyBlank(_Copy):
+    """Copy at blanks: a string, `|`, then one blank `_` per character; the blanks' targets are the string. The
+    answers are never fed back, so the model must count its position in the output (index counting), unlike the
+    literature's teacher-forced copy (`copy`).
+
+    Format (length 4):   inputs  <bos> c a h b | _ _ _ _
+                         targets                 c a h b
+    Source: this project's earlier `copy` (kept, named for what it is). Knobs: `alphabet` (8, at most 26).
+    Size: `length` (train 8). Exact match: the whole string.
+    """
+
+    name = "copy-blank"
+    blank = True
+
+
+@register_task
+class ReverseBlank(_Copy):
+    """Reverse at blanks: a string, `|`, then one blank `_` per character; the targets are the string reversed (the
+    answers are never fed back).
+
+    Format (length 4):   inputs  <bos> c a h b | _ _ _ _
+                         targets                 b h a c
+    Source: this project's earlier `reverse`. Knobs: `alphabet` (8, at most 26). Size: `length` (train 8).
+    Exact match: the whole reversal.
+    """
+
+    name = "reverse-blank"
+    reverse = blank = True
 
 
 # ============================================================================ variable tracking
@@ -146,7 +204,7 @@ class VarTrack(Task):
     """Multi-hop variable tracking with interleaved distractor chains, then a query.
 
     Format (hops 2, distractors 1), `name = value ;` statements, 4 tokens each:
-        x7 = 5 ; x40 = 2 ; x2 = x7 ; x11 = x40 ; x9 = x2 ; x3 = x11 ; ? x9 _
+        <bos> x7 = 5 ; x40 = 2 ; x2 = x7 ; x11 = x40 ; x9 = x2 ; x3 = x11 ; ? x9 _
         target at `_`: 5      (x9 = x2 = x7 = 5)
     There are `distractors + 1` chains, each a digit assignment followed by `hops` copies (`b = a`), with all names
     distinct; the chains are interleaved at random (each chain keeps its order) and the end of one of them, chosen
@@ -162,25 +220,25 @@ class VarTrack(Task):
         self.distractors = _int_knob(self.name, "distractors", distractors, 0)
         self.n_names = _int_knob(self.name, "n_names", n_names, 2 * (distractors + 1))
         self.max_size = n_names // (distractors + 1) - 1
-        # 0 pad, 1..10 digits, 11 '=', 12 ';', 13 '?', 14 '_', 15.. names
-        self.vocab = ("<pad>", *DIGITS, "=", ";", "?", BLANK, *(f"x{i}" for i in range(n_names)))
+        # 0 pad, 1 <bos>, 2..11 digits, 12 '=', 13 ';', 14 '?', 15 '_', 16.. names
+        self.vocab = ("<pad>", BOS, *DIGITS, "=", ";", "?", BLANK, *(f"x{i}" for i in range(n_names)))
 
     def example(self, rng: random.Random, size: int) -> Example:
         k = self.distractors + 1
-        names = [15 + i for i in rng.sample(range(self.n_names), k * (size + 1))]
+        names = [16 + i for i in rng.sample(range(self.n_names), k * (size + 1))]
         chains = [names[c * (size + 1):(c + 1) * (size + 1)] for c in range(k)]
-        values = [1 + rng.randrange(10) for _ in range(k)]
+        values = [2 + rng.randrange(10) for _ in range(k)]
         # a uniformly random interleaving of k chains of equal length, each kept in order
         slots = [c for c in range(k) for _ in range(size + 1)]
         rng.shuffle(slots)
         pos = [0] * k
-        inputs = []
+        inputs = [BOS_ID]
         for c in slots:
             i = pos[c]
             pos[c] = i + 1
-            inputs += (chains[c][i], 11, values[c] if i == 0 else chains[c][i - 1], 12)
+            inputs += (chains[c][i], 12, values[c] if i == 0 else chains[c][i - 1], 13)
         q = rng.randrange(k)
-        inputs += (13, chains[q][-1], 14)
+        inputs += (14, chains[q][-1], 15)
         n = len(inputs)
         return Example(inputs, [0] * (n - 1) + [values[q]], [False] * (n - 1) + [True])
 
@@ -196,15 +254,16 @@ def eca_step(row: list[int], rule: int) -> list[int]:
 class ECA(Task):
     """Elementary cellular automaton rollout on a ring, in next-token form.
 
-    Format (width 4, steps 2): the sequence  1 0 0 1 | 0 1 1 1 | 0 1 0 0  (rule 30 from a random row 0);
+    Format (width 4, steps 2): the sequence  <bos> 1 0 0 1 | 0 1 1 1 | 0 1 0 0  (rule 30 from a random row 0);
     the model reads it shifted (`Example.next_token`) and the answers are every cell of rows 1..steps (the row
-    separators `|` and row 0 are not scored). Cell i of the next row is rule bit (4 left + 2 centre + right).
+    separators `|` and row 0 are not scored). Teacher-forced: each predicted row is fed back as the next input.
+    Cell i of the next row is rule bit (4 left + 2 centre + right).
     Knobs: `rule` (30; Wolfram number 0..255, e.g. 110), `width` (12). Size: `steps` (train 4).
     Exact match: every cell of every predicted row.
     """
 
     name = "eca"
-    vocab = ("<pad>", "0", "1", "|")
+    vocab = ("<pad>", BOS, "0", "1", "|")
     size_name, train_size = "steps", 4
 
     def __init__(self, rule: int = 30, width: int = 12):
@@ -213,12 +272,12 @@ class ECA(Task):
 
     def example(self, rng: random.Random, size: int) -> Example:
         row = [rng.getrandbits(1) for _ in range(self.width)]
-        seq = [1 + c for c in row]
-        answer = [False] * self.width
+        seq = [BOS_ID] + [2 + c for c in row]
+        answer = [False] * (1 + self.width)
         for _ in range(size):
             row = eca_step(row, self.rule)
-            seq.append(3)
-            seq += [1 + c for c in row]
+            seq.append(4)
+            seq += [2 + c for c in row]
             answer.append(False)
             answer += [True] * self.width
         return Example.next_token(seq, answer)
@@ -230,14 +289,14 @@ class Addition(Task):
     """Multi-digit addition with carries, digits least significant first.
 
     Format (digits 3, 472 + 385 = 857):
-        inputs  2 7 4 + 5 8 3 = _ _ _ _
-        targets                 7 5 8 0     (digits+1 sum digits, least significant first)
+        inputs  <bos> 2 7 4 + 5 8 3 = _ _ _ _
+        targets                       7 5 8 0     (digits+1 sum digits, least significant first, at blanks)
     Operands are uniform over all `digits`-digit strings (leading zeros allowed).
     Knobs: none. Size: `digits` (train 4). Exact match: every digit of the sum, the final carry included.
     """
 
     name = "addition"
-    vocab = ("<pad>", *DIGITS, "+", "=", BLANK)  # digit d is id 1 + d
+    vocab = ("<pad>", BOS, *DIGITS, "+", "=", BLANK)  # digit d is id 2 + d
     size_name, train_size = "digits", 4
 
     def example(self, rng: random.Random, size: int) -> Example:
@@ -248,9 +307,9 @@ class Addition(Task):
             carry, d = divmod(x + y + carry, 10)
             s.append(d)
         s.append(carry)
-        n_in = 2 * size + 2
-        inputs = [1 + x for x in a] + [11] + [1 + y for y in b] + [12] + [13] * (size + 1)
-        return Example(inputs, [0] * n_in + [1 + d for d in s], [False] * n_in + [True] * (size + 1))
+        n_in = 2 * size + 3
+        inputs = [BOS_ID] + [2 + x for x in a] + [12] + [2 + y for y in b] + [13] + [14] * (size + 1)
+        return Example(inputs, [0] * n_in + [2 + d for d in s], [False] * n_in + [True] * (size + 1))
 
 
 # ============================================================================ sudoku
@@ -370,7 +429,7 @@ class _Sudoku(Task):
     def __init__(self):
         n = self.box * self.box
         self.n = n
-        self.vocab = ("<pad>", *(str(d) for d in range(n + 1)), BLANK)  # cell value v is id 1 + v (0 = blank)
+        self.vocab = ("<pad>", BOS, *(str(d) for d in range(n + 1)), BLANK)  # cell value v is id 2 + v (0 = blank)
 
     def puzzle(self, rng: random.Random, size: int) -> tuple[list[int], list[int]]:
         """(puzzle, solution): a puzzle with `size` blanks (0) whose only completion is `solution`."""
@@ -401,18 +460,18 @@ class _Sudoku(Task):
     def example(self, rng: random.Random, size: int) -> Example:
         cells = self.n * self.n
         puzzle, solution = self.puzzle(rng, size)
-        inputs = [1 + v for v in puzzle] + [self.n + 2] * cells
-        targets = [0] * cells + [1 + v for v in solution]
-        return Example(inputs, targets, [False] * cells + [v == 0 for v in puzzle])
+        inputs = [BOS_ID] + [2 + v for v in puzzle] + [self.n + 3] * cells
+        targets = [0] * (cells + 1) + [2 + v for v in solution]
+        return Example(inputs, targets, [False] * (cells + 1) + [v == 0 for v in puzzle])
 
 
 @register_task
 class Sudoku4(_Sudoku):
-    """4x4 Sudoku (2x2 boxes) with a unique solution: 16 cells row-major (0 = blank), then 16 blanks `_` whose
-    targets are the solution.
+    """4x4 Sudoku (2x2 boxes) with a unique solution: `<bos>`, 16 cells row-major (0 = blank), then 16 blanks `_`
+    whose targets are the solution.
 
-    Format (blanks 8):   inputs  1 0 3 0 0 4 0 2 2 0 0 3 4 0 2 0  _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _
-                         targets                                  1 2 3 4 3 4 1 2 2 1 4 3 4 3 2 1
+    Format (blanks 8):   inputs  <bos> 1 0 3 0 0 4 0 2 2 0 0 3 4 0 2 0  _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _
+                         targets                                        1 2 3 4 3 4 1 2 2 1 4 3 4 3 2 1
     Only the outputs of the blank cells are scored (the givens' outputs hold the solution too but are masked
     out: copying them is not the task). One of the 288 solved grids (all enumerated once by the exact solver) is
     drawn uniformly, `blanks` cells are blanked uniformly at random, and both are redrawn until exactly one grid
@@ -459,7 +518,7 @@ class Sudoku9(_Sudoku):
     """9x9 Sudoku (3x3 boxes) with a unique solution, the GPU preset's task: 81 cells row-major (0 = blank), then
     81 blanks `_` whose targets are the solution; only the blank cells' outputs are scored.
 
-    Format: as `sudoku4`, with 81 + 81 tokens and digits 1..9. Up to 40 blanks the blanks are drawn uniformly and
+    Format: as `sudoku4`, with 1 + 81 + 81 tokens and digits 1..9. Up to 40 blanks the blanks are drawn uniformly and
     redrawn until the solution is unique; beyond 40, that unique 40-blank puzzle loses further cells in a random
     order, each kept only when the solution stays unique (restarting if the cells run out).
     Knobs: none. Size: `blanks` (train 40, max 55: about 2 ms per example at 40, 25 ms at 55; 58 already takes

@@ -38,9 +38,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'task':<10} {'size knob':<10} {'train':>5} {'max':>5} {'vocab':>5}  description")
+    w = max(len("task"), *(len(r["name"]) for r in rows))
+    print(f"{'task':<{w}} {'size knob':<10} {'train':>5} {'max':>5} {'vocab':>5}  description")
     for r in rows:
-        print(f"{r['name']:<10} {r['size']:<10} {r['train_size']:>5} {r['max_size']:>5} {r['vocab']:>5}  "
+        print(f"{r['name']:<{w}} {r['size']:<10} {r['train_size']:>5} {r['max_size']:>5} {r['vocab']:>5}  "
               f"{r['description']}")
     return 0
 
@@ -138,8 +139,11 @@ def register(sub) -> None:
 
     tp = ts.add_parser("train", help="train a model on a task (the task-tiny config; the ordinary trainer)")
     tp.add_argument("--task", required=True, help="a built-in task (bdh tasks list), FILE.py:NAME or module:NAME")
-    tp.add_argument("--model", choices=("bdh", "gpt"), default=None,
-                    help="model type (default: the config's; task-tiny is BDH; gpt uses a GPT of similar size)")
+    from ..interface import model_types
+
+    tp.add_argument("--model", choices=model_types(), default=None,
+                    help="model type (default: the config's; task-tiny is BDH; another type uses its declared "
+                         "tiny_task_model, e.g. gpt a GPT of similar size)")
     tp.add_argument("--config", default=None, help="shipped config name or .toml path (default task-tiny)")
     tp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                     help="override a config value, e.g. --set data.task_size=24 (repeatable)")

@@ -28,7 +28,7 @@ def _as_task(obj, ref: str) -> Task:
 def load_task(ref: str) -> Task:
     """A task by reference: a built-in name, `path/to/file.py:NAME` or `package.module:NAME`; checked
     (`check_task`). A file is imported without writing bytecode beside it."""
-    from . import builtin  # noqa: F401  (registers the built-in tasks)
+    from . import builtin, standard  # noqa: F401  (register the built-in tasks and those from the literature)
 
     if not isinstance(ref, str) or not ref:
         raise TaskError(f"task {ref!r}: expected a task name ({', '.join(TASKS)}), FILE.py:NAME or module:NAME")

@@ -15,9 +15,6 @@ from __future__ import annotations
 from .evaluate import score_batch
 from .validation import VAL_SEED, VAL_SIZES, task_for_run, val_sizes, validation_set  # noqa: F401  (re-exported)
 
-# `task_run_config(model_type="gpt")`: a GPT of about the size of task-tiny's BDH (ALiBi positions extrapolate)
-GPT_TINY = {"model_type": "gpt", "n_layer": 3, "n_embd": 64, "n_head": 4, "dropout": 0.0, "positions": "alibi"}
-
 
 def evaluate_validation(model, batches, *, batch_size: int = 64, form: str = "auto", autocast=None) -> dict:
     """{"loss": masked nats per answer, "accuracy": exact match, "tokens": answer positions, "examples": n}."""
@@ -39,17 +36,19 @@ def evaluate_validation(model, batches, *, batch_size: int = 64, form: str = "au
 def task_run_config(task_ref: str, *, model_type: str = "bdh", model: dict | None = None, steps: int | None = None,
                     seed: int = 0, overrides=(), config: str | None = None):
     """The RunConfig of a task run: `config` (default the shipped `task-tiny`) with data.corpus = "task:REF";
-    model_type "gpt" replaces task-tiny's BDH fields by `GPT_TINY`; `model` (fields) overrides the model section;
+    another `model_type` replaces the config's model fields by that type's declared `tiny_task_model`
+    (`bdh.interface.tiny_task_model`; e.g. a GPT of about task-tiny's BDH size); `model` (fields) overrides the model section;
     `steps` sets train.steps; `seed` sets train.seed and train.data_seed; `overrides` are `section.key=value`
     strings applied last. Validated (ValueError / TaskError naming the value)."""
     import json
 
+    from ..interface import tiny_task_model
     from ..training.config import TASK_PREFIX, _set, apply_override, load_run_config
 
     run = load_run_config(config or "task-tiny", [f"data.corpus={json.dumps(TASK_PREFIX + task_ref)}"]
                           if isinstance(task_ref, str) and task_ref else [])
     if model_type is not None and model_type != run.model_type:
-        run.model = dict(GPT_TINY) if model_type == "gpt" else {"model_type": model_type}
+        run.model = tiny_task_model(model_type)  # ValueError naming the registered types
     for k, v in (model or {}).items():
         _set(run, "model", k, v, "model")
     run.data.corpus = TASK_PREFIX + str(task_ref)

@@ -24,7 +24,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from ..interface import get_model_type, model_types
+from ..interface import DEFAULT_MODEL_TYPE, get_model_type, model_types
 from .sources import data_source_kind
 
 SHIPPED_CONFIGS = ("tiny", "default", "reference-25m", "gpt-default", "task-tiny")
@@ -160,7 +160,7 @@ class RunConfig:
 
     @property
     def model_type(self) -> str:
-        return self.model.get("model_type", "bdh")
+        return self.model.get("model_type", DEFAULT_MODEL_TYPE)
 
     def model_config(self, vocab_size: int):
         """The config of the registered type `model.model_type` (default "bdh") for a tokenizer of `vocab_size`."""
@@ -287,8 +287,9 @@ def _toml_value(v: Any) -> str:
 
 # ----------------------------------------------------------------------------------------------- type checks
 def _model_types() -> dict[str, Any]:
-    """Field types of `[model]`: the union over the registered config classes ("bdh" wins where types differ)."""
-    names = sorted(model_types(), key=lambda n: n == "bdh")  # bdh last: its types override
+    """Field types of `[model]`: the union over the registered config classes (the default type wins where types
+    differ)."""
+    names = sorted(model_types(), key=lambda n: n == DEFAULT_MODEL_TYPE)  # the default type last: its types override
     types_ = {}
     for name in names:
         cls = get_model_type(name).config_class

@@ -48,12 +48,10 @@ def zeropower(G: torch.Tensor, steps: int = 5, eps: float = EPS) -> torch.Tensor
     return X.mT if tall else X
 
 
-EMBEDDING_NAMES = ("embed", "lm_head", "wte", "wpe")
-
-
-def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
-    """Whether Muon trains this parameter: a weight matrix (>= 2-D) that is not an embedding or the output head."""
-    return p.dim() >= 2 and not any(part in EMBEDDING_NAMES for part in name.split("."))
+def is_hidden_matrix(name: str, p: torch.Tensor, embeddings=()) -> bool:
+    """Whether Muon trains this parameter: a weight matrix (>= 2-D) that is not an embedding or the output head,
+    i.e. no dotted part of `name` is one of `embeddings` (the model class's `embedding_params`, bdh.interface)."""
+    return p.dim() >= 2 and not any(part in embeddings for part in name.split("."))
 
 
 class MuonAdamW(torch.optim.Optimizer):

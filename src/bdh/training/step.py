@@ -49,9 +49,15 @@ def make_optimizer(model: nn.Module, t) -> torch.optim.Optimizer:
     if t.optimizer == "muon":
         from .muon import MuonAdamW, is_hidden_matrix
 
+        inner = model
+        while hasattr(inner, "module") or hasattr(inner, "_orig_mod"):  # DDP / torch.compile wrappers
+            inner = getattr(inner, "module", None) or inner._orig_mod
+        emb = tuple(getattr(inner, "embedding_params", ()))  # declared by the model class (bdh.interface)
+
         groups = [
-            {"params": [p for n, p in named if is_hidden_matrix(n, p)], "weight_decay": t.weight_decay, "muon": True},
-            {"params": [p for n, p in named if p.dim() >= 2 and not is_hidden_matrix(n, p)],
+            {"params": [p for n, p in named if is_hidden_matrix(n, p, emb)], "weight_decay": t.weight_decay,
+             "muon": True},
+            {"params": [p for n, p in named if p.dim() >= 2 and not is_hidden_matrix(n, p, emb)],
              "weight_decay": t.weight_decay},
             {"params": [p for n, p in named if p.dim() < 2], "weight_decay": 0.0},
         ]

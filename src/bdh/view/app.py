@@ -256,7 +256,7 @@ def create_app(viewer: Viewer, token: str | None = None):
 
         def go():
             return data.state_view(viewer.model, text, points=points,
-                                   alt_model=viewer.alt_model() if data.is_bdh(viewer.model) else None)
+                                   alt_model=viewer.alt_model() if data.has_rho_state(viewer.model) else None)
 
         return await _threaded(run, go)
 

@@ -58,7 +58,7 @@ def export_page(model, text: str, out: str | Path) -> Path:
     from .app import page_html
 
     embed = {"info": data.model_summary(model), "text": data.text_view(model, text)}
-    if data.is_bdh(model):
+    if data.has_rho_state(model):
         embed["state"] = data.state_view(model, text)
     return atomic_write_text(out, page_html(embed, inline=True))
 
@@ -102,7 +102,7 @@ def _view(args: argparse.Namespace, device, text: str | None, token: str | None,
     from .app import Viewer, create_app
 
     index = None
-    if data.is_bdh(model) and not args.no_index:
+    if data.has_neurons(model) and not args.no_index:
         from ..analysis.report import default_corpus
         from .index import load_or_build_index
 

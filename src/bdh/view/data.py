@@ -47,16 +47,21 @@ def _r(x: float, digits: int = 6) -> float | None:
     return round(x, digits) if math.isfinite(x) else None
 
 
-def is_bdh(model) -> bool:
-    """Whether the BDH-only views apply (neurons with RoPE frequencies, encoder/decoder, rho)."""
-    from ..model import BDH
-
-    return isinstance(model, BDH)
-
-
 def has_neurons(model) -> bool:
-    """Whether the model emits BDH's neuron-activity hook points (x_sparse, y_sparse, x*y)."""
-    return "hooks" in getattr(model, "capabilities", ()) and is_bdh(model)
+    """Whether the Neuron and Synapse views apply: the type declares the capability "neurons" (neurons with RoPE
+    frequencies, encoder/decoder, the hook points x_sparse, y_sparse, x*y; `bdh.interface`)."""
+    caps = model.capabilities
+    return "neurons" in caps and "hooks" in caps
+
+
+def has_rho_state(model) -> bool:
+    """Whether the State view applies: the type declares the capability "rho_state" (rho per layer, `states_at`)."""
+    return "rho_state" in model.capabilities
+
+
+def is_bdh(model) -> bool:
+    """Whether every BDH-shaped view applies (neurons and rho): what the page's BDH-only panels need."""
+    return has_neurons(model) and has_rho_state(model)
 
 
 def encode(model, text: str, max_tokens: int = MAX_TOKENS) -> torch.Tensor:
@@ -80,7 +85,7 @@ def model_summary(model) -> dict:
     c = model.config
     bdh = is_bdh(model)
     out = {"model_type": model_type_of(model).name, "n_layer": c.n_layer, "n_head": c.n_head,
-           "vocab_size": c.vocab_size, "params": model.num_params(), "bdh": bdh, "hooks": "hooks" in getattr(model, "capabilities", ()),
+           "vocab_size": c.vocab_size, "params": model.num_params(), "bdh": bdh, "hooks": "hooks" in model.capabilities,
            "views": ["text", "neuron", "synapse", "state"] if bdh else ["text"],
            "note": None if bdh else BDH_ONLY, "kinds": list(ACTIVITY_KINDS) if has_neurons(model) else [],
            "limits": {"max_text_chars": MAX_TEXT_CHARS, "max_tokens": MAX_TOKENS,
@@ -238,8 +243,8 @@ def neuron_view(model, layer: int, head: int, neuron: int, index=None, *, k: int
     """RoPE frequency and band, G_x / G_y neighbours, and (with a `NeuronIndex`) top contexts and histogram."""
     from ..analysis.sparsity import rope_bands
 
-    if not is_bdh(model):
-        raise ValueError(f"the neuron view is BDH-only ({BDH_ONLY})")
+    if not has_neurons(model):
+        raise ValueError(f"the neuron view is BDH-only: the model type lacks the capability 'neurons' ({BDH_ONLY})")
     check_neuron(model, layer, head, neuron)
     c = model.config
     band, edges = rope_bands(model.freqs, c.rope_theta)
@@ -261,8 +266,8 @@ def sigma_view(model, text: str, layer: int, pairs: Sequence[Sequence[int]] | No
     sigma at the last token (`sigma_topk`)."""
     from ..analysis.synapses import SigmaSpec, sigma_topk, sigma_trace, synapse_activations
 
-    if not is_bdh(model):
-        raise ValueError(f"the synapse view is BDH-only ({BDH_ONLY})")
+    if not has_neurons(model):
+        raise ValueError(f"the synapse view is BDH-only: the model type lacks the capability 'neurons' ({BDH_ONLY})")
     c = model.config
     if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer < c.n_layer:
         raise ValueError(f"layer {layer!r}: sigma of layer l reads y of layer l-1; expected an integer in [1, {c.n_layer})")
@@ -290,8 +295,8 @@ def concept_search(model, concept: Sequence[str], contrast: Sequence[str], layer
     search on one part, held-out one-sided Mann-Whitney U on the other (p-value, rank-biserial effect size)."""
     from ..analysis.synapses import concept_synapse_search
 
-    if not is_bdh(model):
-        raise ValueError(f"the synapse view is BDH-only ({BDH_ONLY})")
+    if not has_neurons(model):
+        raise ValueError(f"the synapse view is BDH-only: the model type lacks the capability 'neurons' ({BDH_ONLY})")
     c = model.config
     if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer < c.n_layer:
         raise ValueError(f"layer {layer!r}: expected an integer in [1, {c.n_layer})")
@@ -342,8 +347,8 @@ def rho_norms(model, ids: torch.Tensor, points: int = 128) -> tuple[list[int], n
 
 def state_view(model, text: str, *, points: int = 64, alt_model=None) -> dict:
     """‖rho‖ per layer and head along the text, for the model as configured and with its damping toggled."""
-    if not is_bdh(model):
-        raise ValueError(f"the state view is BDH-only ({BDH_ONLY})")
+    if not has_rho_state(model):
+        raise ValueError(f"the state view is BDH-only: the model type lacks the capability 'rho_state' ({BDH_ONLY})")
     if not 1 <= points <= 1024:
         raise ValueError(f"points={points}: expected an integer in [1, 1024]")
     ids = encode(model, text)

@@ -92,15 +92,14 @@ def match_gpt(bdh_params: int, vocab: int, gpt: dict, positions: str) -> dict:
 
 def model_configs(preset: dict, vocab: int) -> dict[str, tuple[dict, int]]:
     """model name -> (model config fields incl. model_type, parameters) at `vocab`; ValueError beyond +-5%."""
-    from ...baselines.gpt import GPTConfig
-    from ...config import BDHConfig
+    from ...interface import config_from_dict
 
     bdh = {"model_type": "bdh", **preset["bdh"]}
-    pb = BDHConfig(**preset["bdh"], vocab_size=vocab).num_params()
+    pb = config_from_dict({**bdh, "vocab_size": vocab}).num_params()
     out = {"bdh": (bdh, pb)}
     for pos in ("alibi", "rope"):
         g = match_gpt(pb, vocab, preset["gpt"], pos)
-        pg = GPTConfig(**{k: v for k, v in g.items() if k != "model_type"}, vocab_size=vocab).num_params()
+        pg = config_from_dict({**g, "vocab_size": vocab}).num_params()
         if abs(pg - pb) / pb > MAX_PARAM_GAP:
             raise ValueError(f"GPT ({pos}) has {pg:,} parameters, BDH {pb:,} at vocabulary {vocab}: more than "
                              f"{MAX_PARAM_GAP:.0%} apart; expected a preset whose models can be matched")
@@ -145,6 +144,7 @@ def _flops_per_token(cfg: dict, vocab: int, T: int, passes: int | None = None):
 def plan(preset_name: str, tasks: list[str] | None = None, seeds: int | None = None) -> tuple[dict, list[Run]]:
     """The preset and every run of the comparison, validated (tasks, sizes, parameter matching) before anything
     runs or is written."""
+    from ...interface import get_model_type
     from .. import load_task
 
     if preset_name not in PRESETS:
@@ -171,9 +171,11 @@ def plan(preset_name: str, tasks: list[str] | None = None, seeds: int | None = N
         lens = {s: _seq_len(task, s) for s in dict.fromkeys(sizes + far + pass_sizes + [task.train_size])}
         T_train = lens[task.train_size]
         for model, (cfg, params) in cfgs.items():
-            is_bdh = model == "bdh"
-            ev = sizes + (far if is_bdh else [])
-            pe = [(p, s) for p in passes_list(preset["passes"], L) for s in pass_sizes] if is_bdh else []
+            # the studied model (the first arm) is evaluated further out; other layer passes where the type shares
+            # its weights across layers (capability "layer_passes")
+            ev = sizes + (far if model == MODELS[0] else [])
+            shared = "layer_passes" in get_model_type(cfg["model_type"]).model_class.capabilities
+            pe = [(p, s) for p in passes_list(preset["passes"], L) for s in pass_sizes] if shared else []
             V = task.vocab_size
             flops = steps * batch * T_train * _flops_per_token(cfg, V, T_train).training
             flops += sum(preset["n_examples"] * lens[s] * _flops_per_token(cfg, V, lens[s]).forward for s in ev)
@@ -195,8 +197,11 @@ def plan_table(preset_name: str, runs: list[Run]) -> str:
     for (task, model), rs in seen.items():
         r = rs[0]
         c = r.model_cfg
-        shape = (f"L={c['n_layer']} d={c['n_embd']} h={c['n_head']} n={c['mlp_internal_dim_multiplier'] * c['n_embd']}"
-                 if model == "bdh" else f"L={c['n_layer']} d={c['n_embd']} h={c['n_head']} mlp={c['mlp_dim']}")
+        shape = f"L={c['n_layer']} d={c['n_embd']} h={c['n_head']}"
+        if "mlp_internal_dim_multiplier" in c:  # (by the config's fields, not by model name)
+            shape += f" n={c['mlp_internal_dim_multiplier'] * c['n_embd']}"
+        if "mlp_dim" in c:
+            shape += f" mlp={c['mlp_dim']}"
         passes = ", ".join(sorted({str(p) for p, _ in r.pass_evals})) or "-"
         lines.append(f"| {task} | {model} | {r.params:,} | {shape} | {len(rs)} | {', '.join(map(str, r.eval_sizes))} | "
                      f"{passes} | {sum(x.est_s for x in rs) / 60:.1f} |")

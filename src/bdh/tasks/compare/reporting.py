@@ -79,7 +79,7 @@ def task_tables(summary: list[dict], task: str) -> tuple[list[str], list[list[st
                     + [_acc(by[(m, size)]) if (m, size) in by else "–" for m in models]
                     + [_tok(by[(m, size)]) if (m, size) in by else "–" for m in models]
                     + [_bytes(by[(m, size)]["state_bytes"]) if (m, size) in by else "–" for m in models])
-    bdh = [s for s in summary if s["task"] == task and s["model"] == "bdh"]
+    bdh = [s for s in summary if s["task"] == task and s["model"] == MODELS[0]]  # the studied arm (its pass sweep)
     psizes = sorted({s["size"] for s in bdh if s["passes"] != s["trained_passes"]})
     passes = sorted({s["passes"] for s in bdh if s["size"] in psizes})
     pby = {(s["passes"], s["size"]): s for s in bdh}
@@ -128,7 +128,7 @@ def plot_task(summary: list[dict], task: str, out: Path) -> list[Path]:
     ax2.set(xlabel="size (log2)", ylabel="inference state bytes per sequence", title="BDH state vs GPT KV cache")
     ax2.legend(fontsize=8)
     files.append(save(fig, out / f"acc_size_{task}.png"))
-    bdh = [s for s in summary if s["task"] == task and s["model"] == "bdh"]
+    bdh = [s for s in summary if s["task"] == task and s["model"] == MODELS[0]]  # the studied arm (its pass sweep)
     psizes = sorted({s["size"] for s in bdh if s["passes"] != s["trained_passes"]})
     if psizes:
         fig, (ax,) = plt_figure()
