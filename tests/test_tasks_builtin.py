@@ -13,25 +13,10 @@ import pytest
 from bdh.tasks import MAX_EXAMPLE_TOKENS, TASKS, Example, Task, TaskError, load_task
 from bdh.tasks.base import BOS, BOS_ID
 
-BUILTINS = ["parity", "mqar", "copy", "reverse", "copy-blank", "reverse-blank", "vartrack", "eca", "addition", "sudoku4",
-            "sudoku9", "selective-copy", "induction", "dyck", "passkey", "s5"]  # as in test_tasks.py
+from test_tasks import BUILTINS, answers, examples, sizes_of  # noqa: E402  (one copy of the task-test helpers)
+
 NEW = ["selective-copy", "induction", "dyck", "passkey", "s5"]
 TEACHER_FORCED = ["copy", "reverse", "eca", "passkey"]  # next-token form: every target is the next input
-
-
-def sizes_of(task: Task) -> list[int]:
-    """1x, 2x, 4x, 8x the train size, clipped to the task's max_size."""
-    hi = task.max_size if task.max_size is not None else 10**9
-    return sorted({min(m * task.train_size, hi) for m in (1, 2, 4, 8)})
-
-
-def examples(task: Task, size: int, n: int, seed: int = 0) -> list[Example]:
-    rng = random.Random(seed)
-    return [task.checked_example(rng, size) for _ in range(n)]
-
-
-def answers(task: Task, ex: Example) -> list[str]:
-    return [task.vocab[t] for t, m in zip(ex.targets, ex.mask) if m]
 
 
 def scored(ex: Example) -> list[int]:
