@@ -256,28 +256,136 @@ def test_gpt_run_config_errors(tmp_path, over, msg):
 
 # ----------------------------------------------------------------------------------------------- bdh compare
 def test_compare_trains_both_ladders_and_writes_reports(tmp_path):
+    """A tiny real comparison with all three arms (issue 25, point 6): the FLOP-matched GPT trains more steps so
+    that its training FLOPs equal BDH's; every arm's FLOPs follow the formula; the curves come from metrics.jsonl."""
+    import csv
+
     from bdh.baselines.compare import compare
+    from bdh.interface import token_flops
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(bytes(english_bytes(60000).tolist()))
     over = ["train.steps=2", "train.batch_size=2", "train.eval_every=1", "train.eval_tokens=256",
             "train.final_eval_tokens=512", "train.eval_batch_size=2", "train.warmup=1", "train.threads=1"]
-    rows = compare("cpu", tmp_path / "cmp", rungs=1, overrides=over, data=str(corpus), echo=lambda s: None)
-    assert [r["model"] for r in rows] == ["bdh", "gpt"]
-    assert rows[0]["params"] == CPU_LADDER[0].params()[0] and rows[1]["params"] == CPU_LADDER[0].params()[1]
+    rows = compare("cpu", tmp_path / "cmp", rungs=1, overrides=over, data=str(corpus), match="both",
+                   echo=lambda s: None)
+    assert [r["arm"] for r in rows] == ["bdh", "gpt", "gpt-flops"]
+    assert [r["model"] for r in rows] == ["bdh", "gpt", "gpt"]
+    assert [r["matched"] for r in rows] == ["reference", "params, tokens", "params, training FLOPs"]
+    p_bdh, p_gpt = CPU_LADDER[0].params()
+    assert rows[0]["params"] == p_bdh and rows[1]["params"] == rows[2]["params"] == p_gpt
     assert rows[0]["tokens"] == rows[1]["tokens"] == 2 * 2 * 128
-    assert all(math.isfinite(r["val_bpb"]) and r["peak_rss_mib"] > 0 for r in rows)
+    b_cfg, g_cfg = CPU_LADDER[0].configs()
+    f_b, f_g = token_flops(b_cfg, 128).training, token_flops(g_cfg, 128).training
+    assert [r["flops_per_token"] for r in rows] == [f_b, f_g, f_g]
+    assert f_b / f_g == pytest.approx(2.845, abs=0.001)  # spec §6d: 2.8x at the 0.8M rung
+    # the FLOP-matched GPT: round(F_bdh / (tokens/step x f_gpt)) = round(2 x 2.845) = 6 steps
+    assert rows[2]["steps"] == 6 and rows[2]["tokens"] == 6 * 2 * 128
+    for r in rows:
+        assert r["train_flops"] == r["tokens"] * r["flops_per_token"] == r["steps"] * 2 * 128 * r["flops_per_token"]
+    assert abs(rows[2]["train_flops"] - rows[0]["train_flops"]) <= 0.5 * 2 * 128 * f_g
+    assert rows[1]["train_flops"] < rows[0]["train_flops"] / 2.8
+    assert all(math.isfinite(r["val_bpb"]) and r["peak_rss_mib"] > 0 and r["train_time_s"] > 0 for r in rows)
     out = tmp_path / "cmp"
-    for name in ("compare.csv", "compare.md", "compare.json", "compare_params.png", "compare_tokens.png"):
+    for name in ("compare.csv", "compare.md", "compare.json", "compare_curves.csv", "compare_params.png",
+                 "compare_tokens.png", "compare_flops.png", "compare_wall.png"):
         assert (out / name).stat().st_size > 0
-    assert "| 0.8M | 819,200 | 820,352 |" in (out / "compare.md").read_text()
-    # both runs saw the same batches: identical resolved data and train settings
-    a, b = (json.loads((out / "0.8M" / k / "run.json").read_text())["config"] for k in ("bdh", "gpt"))
-    assert a["data"] == b["data"] and a["train"] == b["train"]
+    md = (out / "compare.md").read_text()
+    assert "| 0.8M | 819,200 | 820,352 |" in md
+    assert f"| 0.8M | gpt-flops | params, training FLOPs | L=4 d=128 h=4 | 820,352 | {f_g:,.0f} | 6 | 1,536 |" in md
+    # curves: one point per evaluation (eval_every = 1), the final one last, from each run's metrics.jsonl
+    curves = json.loads((out / "compare.json").read_text())["curves"]
+    assert set(curves) == {"0.8M/bdh", "0.8M/gpt", "0.8M/gpt-flops"}
+    for arm, steps, f in (("bdh", 2, f_b), ("gpt", 2, f_g), ("gpt-flops", 6, f_g)):
+        pts = curves[f"0.8M/{arm}"]
+        assert [p["step"] for p in pts] == list(range(1, steps + 1)) and pts[-1]["split"] == "final"
+        assert [p["train_flops"] for p in pts] == [s * 2 * 128 * f for s in range(1, steps + 1)]
+        assert all(a["elapsed_s"] < b["elapsed_s"] for a, b in zip(pts, pts[1:]))
+        recs = [json.loads(l) for l in (out / "0.8M" / arm / "metrics.jsonl").read_text().splitlines()]
+        final = [r for r in recs if r.get("split") == "final"][-1]
+        assert pts[-1]["val_bpb"] == final["bpb"] and pts[-1]["elapsed_s"] == final["elapsed_s"]
+    row = next(r for r in rows if r["arm"] == "gpt-flops")
+    assert curves["0.8M/gpt-flops"][-1]["val_bpb"] == row["val_bpb"]
+    with open(out / "compare_curves.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 2 + 2 + 6
+    # both runs saw the same batches: identical resolved data and train settings (the FLOP-matched arm: but steps)
+    a, b, c = (json.loads((out / "0.8M" / k / "run.json").read_text())["config"] for k in ("bdh", "gpt", "gpt-flops"))
+    assert a["data"] == b["data"] == c["data"] and a["train"] == b["train"]
+    but_steps = lambda t: {k: v for k, v in t.items() if k != "steps"}  # noqa: E731
+    assert but_steps(c["train"]) == but_steps(a["train"])
     # a repeated command reuses the finished runs
     msgs = []
-    compare("cpu", out, rungs=1, overrides=over, data=str(corpus), echo=msgs.append)
-    assert sum("reusing" in m for m in msgs) == 2
+    compare("cpu", out, rungs=1, overrides=over, data=str(corpus), match="both", echo=msgs.append)
+    assert sum("reusing" in m for m in msgs) == 3
+
+
+@pytest.mark.parametrize("ladder", ["cpu", "gpu"])
+def test_compare_flop_matched_arm_matches_bdh_within_one_step(ladder):
+    """Every rung's FLOP-matched GPT: total training FLOPs = steps x tokens/step x token_flops(cfg, T).training,
+    within half a GPT step's FLOPs of BDH's (nothing trained)."""
+    from bdh.baselines.compare import PRESETS, arm_plan, plan
+    from bdh.interface import token_flops
+
+    preset = "cpu" if ladder == "cpu" else "gpu"
+    plans = plan(preset, rungs=6, match="both", overrides=["train.steps=50", "train.warmup=5"])
+    T, B = PRESETS[preset]["data"]["block_size"], PRESETS[preset]["train"]["batch_size"]
+    for rung, runs in plans:
+        assert list(runs) == ["bdh", "gpt", "gpt-flops"]
+        p = {arm: arm_plan(rung, arm, run) for arm, run in runs.items()}
+        b_cfg, g_cfg = rung.configs()
+        assert p["bdh"]["train_flops"] == 50 * B * T * token_flops(b_cfg, T).training
+        assert p["gpt"]["train_flops"] == 50 * B * T * token_flops(g_cfg, T).training
+        step = B * T * token_flops(g_cfg, T).training
+        assert p["gpt-flops"]["train_flops"] == p["gpt-flops"]["steps"] * step
+        assert abs(p["gpt-flops"]["train_flops"] - p["bdh"]["train_flops"]) <= 0.5 * step
+        assert p["gpt-flops"]["steps"] > 50 and runs["gpt-flops"].train.steps == p["gpt-flops"]["steps"]
+        assert rung.training_flops_per_token(T) == (token_flops(b_cfg, T).training, token_flops(g_cfg, T).training)
+
+
+def test_compare_curves_and_plots_from_synthetic_metrics(tmp_path):
+    """read_curve takes the validations of a metrics.jsonl (the final one replaces a periodic one at its step);
+    write_reports writes the loss-vs-FLOPs and loss-vs-wall-clock plots and the curve CSV."""
+    import csv
+
+    from bdh.baselines.compare import read_curve, write_reports
+
+    recs = [{"step": 1, "split": "train", "loss": 5.0, "elapsed_s": 0.5},
+            {"step": 2, "split": "val", "loss": 4.0, "bpb": 5.77, "elapsed_s": 1.0},
+            {"step": 4, "split": "val", "loss": 3.0, "bpb": 4.33, "elapsed_s": 2.0},
+            {"step": 4, "split": "final", "loss": 2.9, "bpb": 4.2, "elapsed_s": 2.0}]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    pts = read_curve(tmp_path / "run", 100, 10.0)
+    assert pts == [{"split": "val", "step": 2, "tokens": 200, "train_flops": 2000.0, "elapsed_s": 1.0,
+                    "val_loss": 4.0, "val_bpb": 5.77},
+                   {"split": "final", "step": 4, "tokens": 400, "train_flops": 4000.0, "elapsed_s": 2.0,
+                    "val_loss": 2.9, "val_bpb": 4.2}]
+    row = {"rung": "x", "arm": "bdh", "model": "bdh", "matched": "reference", "params": 10, "flops_per_token": 10.0,
+           "steps": 4, "tokens": 400, "train_flops": 4000.0, "val_loss": 2.9, "val_bpb": 4.2, "val_tokens": 64,
+           "train_time_s": 2.0, "tok_per_s": 200.0, "peak_rss_mib": None, "peak_cuda_mib": None, "config": "L=1"}
+    write_reports([row], {"x/bdh": pts}, tmp_path / "out", preset="cpu", command="test", wall_s=1.0, match="params")
+    for name in ("compare_flops.png", "compare_wall.png", "compare_tokens.png", "compare_params.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(tmp_path / "out" / "compare_curves.csv", newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert [(r["arm"], r["step"], r["train_flops"], r["elapsed_s"]) for r in got] == [
+        ("bdh", "2", "2000.0", "1.0"), ("bdh", "4", "4000.0", "2.0")]
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "| x | bdh | reference | L=1 | 10 | 10 | 4 | 400 | 4000 | 2.0 s | 4.2000 |" in md
+
+
+def test_compare_list_prints_the_arms_without_training(tmp_path, capsys, monkeypatch):
+    from bdh.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "--list", "--rungs", "1", "--match", "flops"]) == 0
+    out = capsys.readouterr().out
+    assert ("| 0.8M | d=64 L=2 h=4 n=4096 | 819,200 | L=4 d=128 h=4 | 820,352 | 0.1% | 16,220,160 | 5,701,632 | "
+            "2.84 |") in out
+    assert "| 0.8M | bdh | reference | L=2 d=64 h=4 n=4096 | 819,200 | 16,220,160 | 128 | 262,144 | 4.252e+12 |" in out
+    assert "| 0.8M | gpt-flops | params, training FLOPs | L=4 d=128 h=4 | 820,352 | 5,701,632 | 364 | 745,472 |" in out
+    assert "| 0.8M | gpt |" not in out and "1.6M | bdh" not in out
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_compare_rejects_bad_arguments(tmp_path):
@@ -289,6 +397,8 @@ def test_compare_rejects_bad_arguments(tmp_path):
         compare("tpu", tmp_path)
     with pytest.raises(ValueError, match="only data.. and train.. can be set"):
         compare("cpu", tmp_path, overrides=["model.n_embd=32"])
+    with pytest.raises(ValueError, match="--match 'tokens'"):
+        compare("cpu", tmp_path, match="tokens")
     assert not any(tmp_path.iterdir())  # nothing written
 
 

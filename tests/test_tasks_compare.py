@@ -72,12 +72,32 @@ def test_smoke_outputs(smoke: Path):
     assert summary["preset"] == "smoke" and summary["seeds"] == seeds and summary["params"]["parity"] == params
     assert all(g["accuracy"]["n"] == seeds for g in summary["summary"])
     md = (smoke / "summary.md").read_text()
-    assert "## parity" in md and "±" in md and "BDH passes" in md
+    # 8 steps learn nothing: the table gives way to "not learned at this budget"; compute is always reported
+    assert "## parity" in md and "Not learned at this budget" in md and "FLOPs/token" in md
+    assert summary["learned"]["parity"]["learned"] is False
+    for g in summary["summary"]:  # a 95% bootstrap interval around every mean
+        lo, hi = g["ci"]
+        assert lo <= g["accuracy"]["mean"] <= hi
+    # training FLOPs recorded per run: tokens seen x the model type's training FLOPs per token at the training T
+    from bdh.interface import config_from_dict, token_flops
+
+    _, runs = plan("smoke")
+    T = len(task.checked_example(__import__("random").Random(0), task.train_size).inputs)
+    for r in rows:
+        cfg = next(x.model_cfg for x in runs if x.model == r["model"])
+        fpt = token_flops(config_from_dict({**cfg, "vocab_size": task.vocab_size}), T).training
+        assert float(r["flops_per_token"]) == fpt
+        assert float(r["train_flops"]) == int(r["train_tokens"]) * fpt
+    assert {c["arm"] for c in summary["compute"]["parity"]} == {"bdh", "gpt-alibi", "gpt-rope"}
+    curve = summary["curves"]["parity/bdh/seed0"]  # the evaluations along the run (eval_every 4 of 8 steps)
+    bdh_fpt = next(x.flops_per_token for x in runs if x.model == "bdh")
+    assert [v["step"] for v in curve["val"]] == [4, 8]
+    assert curve["val"][-1]["flops"] == curve["val"][-1]["tokens"] * bdh_fpt
 
 
 def test_report_self_contained(smoke: Path):
     page = (smoke / "report.html").read_text(encoding="utf-8")
-    assert page.count('src="data:image/png;base64,') == 2
+    assert page.count('src="data:image/png;base64,') == 3  # accuracy vs size, passes, curves vs FLOPs/wall-clock
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", page, re.I)  # no relative asset either
     assert "<table>" in page
@@ -129,7 +149,33 @@ def test_list_writes_nothing(tmp_path: Path):
     assert not out.exists() and list(tmp_path.iterdir()) == []
     for task in PRESETS["cpu"]["tasks"]:
         assert f"| {task} | bdh |" in r.stdout and f"| {task} | gpt-rope |" in r.stdout
-    assert "estimated" in r.stdout
+    assert "estimated" in r.stdout and "FLOPs/token" in r.stdout and "train FLOPs" in r.stdout
+    _, runs = plan("cpu")
+    for run in runs[:: len(PRESETS["cpu"]["tasks"])]:  # each arm's FLOPs per token and training FLOPs printed
+        assert f"| {run.flops_per_token:.4g} | {run.train_flops:.4g} |" in r.stdout
+
+
+def test_flop_matched_sweep_end_to_end(tmp_path: Path):
+    """--match flops --lrs: the FLOP-matched GPTs train more steps, every arm at each learning rate; the chosen
+    learning rate is the one with the best validation accuracy, and only its rows make the tables."""
+    out = tmp_path / "fm"
+    r = bdh_cli("--preset", "smoke", "--out", str(out), "--threads", "1", "--no-progress", "--seeds", "1",
+                "--match", "flops", "--lrs", "1e-3,3e-3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "results.csv", encoding="utf-8")))
+    assert {x["model"] for x in rows} == {"bdh", "gpt-alibi-flops", "gpt-rope-flops"}
+    assert {float(x["lr"]) for x in rows} == {1e-3, 3e-3}
+    steps = {x["model"]: int(x["steps"]) for x in rows}
+    assert steps["gpt-rope-flops"] > steps["bdh"] == PRESETS["smoke"]["train"]["steps"]
+    s = json.loads((out / "summary.json").read_text())
+    for arm in ("bdh", "gpt-rope-flops"):
+        ch = s["lr_choice"][f"parity/{arm}"]
+        best = max(ch["val"].values())
+        assert ch["val"][str(ch["lr"])] == best
+        sel = {float(x["lr"]) for x in rows if x["model"] == arm and x["selected"] == "True"}
+        assert sel == {ch["lr"]}
+    assert (out / "runs" / "parity" / "gpt-rope-flops" / "lr0.001" / "seed0" / "model.safetensors").is_file()
+    assert "gpt-rope-flops" in (out / "summary.md").read_text()
 
 
 @pytest.mark.parametrize("preset", ["cpu", "gpu", "smoke"])
@@ -152,6 +198,9 @@ def test_presets_matched_within_5_percent(preset):
     (["--seeds", "0"], ["--seeds", "0"]),
     (["--seeds", "two"], ["--seeds", "two"]),
     (["--threads", "0"], ["--threads"]),
+    (["--match", "steps"], ["--match", "steps"]),
+    (["--lrs", "1e-3,fast"], ["--lrs"]),
+    (["--lrs", "0"], ["--lrs"]),
 ])
 def test_bad_input(tmp_path: Path, args, words):
     out = tmp_path / "out"

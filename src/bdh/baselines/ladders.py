@@ -35,6 +35,14 @@ class Rung:
         b, g = self.configs(vocab_size)
         return b.num_params(), g.num_params()
 
+    def training_flops_per_token(self, T: int, vocab_size: int = 256, form: str = "auto") -> tuple[float, float]:
+        """(BDH, GPT) model FLOPs of one training token in sequences of T tokens:
+        `bdh.interface.token_flops(config, T).training` (3 x forward matmul FLOPs; BDH in `form`)."""
+        from ..interface import token_flops
+
+        b, g = self.configs(vocab_size)
+        return token_flops(b, T, form=form).training, token_flops(g, T).training
+
 
 def _bdh(d: int, L: int, h: int, n: int) -> dict:
     return {"n_embd": d, "n_layer": L, "n_head": h, "mlp_internal_dim_multiplier": n // d, "dropout": 0.0}
@@ -77,11 +85,19 @@ def param_gap(rung: Rung, vocab_size: int = 256) -> float:
     return abs(g - b) / b
 
 
-def param_table(name: str, vocab_size: int = 256) -> str:
-    """A markdown table of both parameter counts per rung."""
-    rows = ["| rung | BDH | BDH params | GPT | GPT params | gap |", "|---|---|---|---|---|---|"]
+def param_table(name: str, vocab_size: int = 256, T: int | None = None) -> str:
+    """A markdown table of both parameter counts per rung (and, with T, the training FLOPs per token of each at
+    sequence length T and their ratio)."""
+    head = "| rung | BDH | BDH params | GPT | GPT params | gap |"
+    if T is not None:
+        head += f" BDH FLOPs/token (T={T}) | GPT FLOPs/token | BDH/GPT |"
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in get_ladder(name):
         b, g = r.configs(vocab_size)
-        rows.append(f"| {r.name} | d={b.n_embd} L={b.n_layer} h={b.n_head} n={b.n} | {b.num_params():,} | "
-                    f"L={g.n_layer} d={g.n_embd} h={g.n_head} | {g.num_params():,} | {param_gap(r, vocab_size):.1%} |")
+        row = (f"| {r.name} | d={b.n_embd} L={b.n_layer} h={b.n_head} n={b.n} | {b.num_params():,} | "
+               f"L={g.n_layer} d={g.n_embd} h={g.n_head} | {g.num_params():,} | {param_gap(r, vocab_size):.1%} |")
+        if T is not None:
+            fb, fg = r.training_flops_per_token(T, vocab_size)
+            row += f" {fb:,.0f} | {fg:,.0f} | {fb / fg:.2f} |"
+        rows.append(row)
     return "\n".join(rows)

@@ -43,9 +43,9 @@ class Score(NamedTuple):
 
 @torch.no_grad()
 def score_batch(model, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, *, batch_size: int = 64,
-                form: str = "auto", autocast=contextlib.nullcontext) -> Score:
+                form: str = "auto", autocast=contextlib.nullcontext, per_example: list | None = None) -> Score:
     """The `Score` of (n, T) inputs, targets and mask, evaluated `batch_size` rows at a time from an empty state
-    (the model in eval mode)."""
+    (the model in eval mode); `per_example`, a list, receives each example's exact match (0 or 1) in order."""
     device = next(model.parameters()).device
     kw = {} if form == "auto" else {"form": form}
     was = model.training
@@ -58,7 +58,10 @@ def score_batch(model, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, *, 
             with autocast():
                 logits, _ = model(xb, **kw)
             logits = logits.float()
-            correct += float(exact_match(logits, yb, mb).sum())
+            em = exact_match(logits, yb, mb)
+            correct += float(em.sum())
+            if per_example is not None:
+                per_example.extend(int(v) for v in em.tolist())
             ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
             nll += float((ce * mb.flatten()).sum())
             answers += int(mb.sum())
@@ -109,7 +112,7 @@ def with_layers(model, n_layer: int):
 
 
 def evaluate_task(model, task, sizes: Sequence[int], *, n_examples: int = 256, seed: int = 1234, batch_size: int = 64,
-                  form: str = "auto", n_layer: int | None = None) -> list[dict]:
+                  form: str = "auto", n_layer: int | None = None, per_example: bool = False) -> list[dict]:
     """Per size: {"size", "accuracy" (exact match), "loss" (masked cross-entropy, nats per answer),
     "token_accuracy" (the fraction of answer positions right: partial credit below exact match), "tokens" (per
     example, padded), "state_bytes" (the state/cache one sequence leaves after an example: constant for BDH,
@@ -117,8 +120,9 @@ def evaluate_task(model, task, sizes: Sequence[int], *, n_examples: int = 256, s
 
     `model`: a model (any registered type) or a model directory; `task`: a Task (`check_task`) or a reference
     (`load_task`). Every size is checked (`task.check_size`, TaskError naming it) before anything runs. `n_layer`:
-    evaluate with that many layer passes (`with_layers`; BDH only). Batches of `batch_size` examples: memory is the
-    caller's.
+    evaluate with that many layer passes (`with_layers`; BDH only). `per_example`: each row also holds "correct",
+    every example's exact match (0/1, in order: what `bootstrap_interval` resamples). Batches of `batch_size`
+    examples: memory is the caller's.
     """
     from .loading import load_task
 
@@ -144,9 +148,47 @@ def evaluate_task(model, task, sizes: Sequence[int], *, n_examples: int = 256, s
     rows = []
     for s in sizes:
         x, y, m = task.batch(size_rng(seed, s), s, n_examples)
-        sc = score_batch(model, x, y, m, batch_size=batch_size, form=form)
+        flags: list[int] | None = [] if per_example else None
+        sc = score_batch(model, x, y, m, batch_size=batch_size, form=form, per_example=flags)
         rows.append({"size": s, "accuracy": sc.correct / sc.examples, "loss": sc.nll / max(sc.answers, 1),
+                     **({"correct": flags} if per_example else {}),
                      "token_accuracy": sc.answers_right / max(sc.answers, 1), "tokens": int(x.shape[1]),
                      "state_bytes": _state_bytes(model, x[:1], form), "examples": sc.examples,
                      "n_layer": model.config.n_layer if hasattr(model.config, "n_layer") else None})
     return rows
+
+
+def bootstrap_interval(per_seed: Sequence[Sequence[int]], *, confidence: float = 0.95, n_resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, float, float]:
+    """(point, lo, hi): the mean over seeds of each seed's exact-match rate, and its two-stage percentile bootstrap
+    interval (`scipy.stats.bootstrap`, method "percentile"): each resample draws the seeds with replacement, then
+    the examples within each drawn seed with replacement (for 0/1 outcomes the mean of n resampled examples is
+    Binomial(n, p_seed) / n, drawn as such). One seed: an interval over examples only; more seeds also carry the
+    spread between seeds. `per_seed`: each seed's per-example outcomes (0/1; `evaluate_task(per_example=True)`)."""
+    import numpy as np
+    from scipy import stats
+
+    seeds = [list(map(int, s)) for s in per_seed if len(s)]
+    if not seeds:
+        raise ValueError("bootstrap_interval: no examples")
+    n = np.array([len(s) for s in seeds], dtype=np.int64)
+    p = np.array([sum(s) / len(s) for s in seeds], dtype=np.float64)
+    point = float(p.mean())
+    if np.all(p == p[0]) and p[0] in (0.0, 1.0):  # every example of every seed alike: no spread to resample
+        return point, point, point
+    rng = np.random.default_rng(seed)
+
+    def stat(idx, axis=-1):
+        i = idx.astype(np.int64)
+        return (rng.binomial(n[i], p[i]) / n[i]).mean(axis=axis)
+
+    idx = np.arange(len(seeds), dtype=np.float64)
+    if len(seeds) == 1:  # scipy needs two observations to resample: the inner (examples) level alone
+        draws = stat(np.zeros((n_resamples, 1)), axis=-1)
+        a = (1 - confidence) / 2
+        lo, hi = np.quantile(draws, [a, 1 - a])
+    else:
+        res = stats.bootstrap((idx,), stat, vectorized=True, method="percentile", confidence_level=confidence,
+                              n_resamples=n_resamples, random_state=np.random.default_rng(seed + 1))
+        lo, hi = res.confidence_interval.low, res.confidence_interval.high
+    return point, float(lo), float(hi)

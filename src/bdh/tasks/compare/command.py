@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .planning import plan, plan_table
+from .planning import parse_lrs, parse_match, plan, plan_table
 from .running import compare
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -32,7 +32,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not all(tasks):
             raise ValueError(f"--tasks {args.tasks!r}: expected comma-separated task names")
     seeds = _parse_seeds(args.seeds)
-    preset, runs = plan(args.preset, tasks, seeds)
+    match = parse_match(args.match)
+    lrs = parse_lrs(args.lrs)
+    preset, runs = plan(args.preset, tasks, seeds, match=match, lrs=lrs)
     if args.list:
         print(plan_table(args.preset, runs))
         return 0
@@ -41,7 +43,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         else f"bdh tasks compare --preset {args.preset}"
     progress = not args.no_progress
     compare(args.preset, out, tasks=tasks, seeds=seeds, overwrite=args.overwrite, device=args.device,
-            threads=args.threads, jobs=args.jobs, progress=progress, command=command)
+            threads=args.threads, jobs=args.jobs, progress=progress, command=command, match=match, lrs=lrs)
     md = (Path(out) / "summary.md").read_text(encoding="utf-8")
     print("\n".join(line for line in md.splitlines() if not line.startswith("![")))
     print(f"\nreports in {out} (results.csv, summary.json, summary.md, *.png, report.html)")
@@ -57,10 +59,17 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--preset", default="cpu", help="cpu (2 cores, < 1 h) or gpu (larger, sudoku9 included)")
     c.add_argument("--tasks", default=None, help="comma-separated tasks (default: the preset's)")
     c.add_argument("--seeds", default=None, help="seeds per model (default: the preset's, 3)")
+    c.add_argument("--match", default="params",
+                   help="params (default: the GPTs at BDH's parameters and steps), flops (arms MODEL-flops: the same "
+                        "GPTs trained for the steps that make their training FLOPs equal BDH's) or params,flops (both)")
+    c.add_argument("--lrs", default=None,
+                   help="a learning-rate sweep, e.g. 1e-3,2e-3,4e-3: every arm and seed trained at each; per task and "
+                        "arm the value with the best validation accuracy is reported (default: the preset's lr)")
     c.add_argument("--out", default=None, help="output directory (default runs/tasks-compare-PRESET)")
     c.add_argument("--overwrite", action="store_true",
                    help="retrain a run directory that holds a model from other settings (refused otherwise)")
-    c.add_argument("--list", action="store_true", help="print the plan (runs, parameters, estimated time) and exit")
+    c.add_argument("--list", action="store_true",
+                   help="print the plan (runs, parameters, FLOPs per token, training FLOPs, estimated time) and exit")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.add_argument("--device", default=None, help="training device (default: the trainer's auto)")
     c.add_argument("--threads", type=str, default=None, help="torch CPU threads per run (1 on a shared CPU)")

@@ -11,6 +11,37 @@ import re
 from ...baselines.ladders import MAX_PARAM_GAP
 
 MODELS = ("bdh", "gpt-alibi", "gpt-rope")
+MATCHES = ("params", "flops")  # --match: how the GPT arms are matched to BDH
+FLOP_SUFFIX = "-flops"  # the FLOP-matched arm of a GPT: "gpt-rope-flops" (same model, more or fewer steps)
+
+
+def arms(match: tuple[str, ...] = ("params",)) -> list[str]:
+    """The arms of a comparison in report order: BDH, then each GPT parameter-matched and/or FLOP-matched."""
+    out = [MODELS[0]]
+    for m in MODELS[1:]:
+        out += [m] * ("params" in match) + [m + FLOP_SUFFIX] * ("flops" in match)
+    return out
+
+
+def parse_match(text: str | None) -> tuple[str, ...]:
+    """--match "params" (default), "flops" or "params,flops" -> a tuple of MATCHES; ValueError naming the value."""
+    items = [t.strip() for t in ("params" if text is None else text).split(",")]
+    if not items or any(t not in MATCHES for t in items) or len(set(items)) != len(items):
+        raise ValueError(f"--match {text!r}: expected params, flops or params,flops")
+    return tuple(m for m in MATCHES if m in items)
+
+
+def parse_lrs(text: str | None) -> list[float] | None:
+    """--lrs "1e-3,2e-3,4e-3" -> [0.001, 0.002, 0.004] (a learning-rate sweep); None when not given."""
+    if text is None:
+        return None
+    try:
+        vals = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--lrs {text!r}: expected comma-separated learning rates, e.g. 1e-3,2e-3,4e-3") from None
+    if not vals or any(not (0 < v < 1) or math.isnan(v) for v in vals) or len(set(vals)) != len(vals):
+        raise ValueError(f"--lrs {text!r}: expected distinct learning rates in (0, 1), e.g. 1e-3,2e-3,4e-3")
+    return vals
 
 # Each preset: tasks, seeds, the BDH shape, the GPT depth/heads (width and MLP solved to match BDH), training
 # (steps, batch, lr; the rest from the shipped task-tiny config), and the evaluation grid.
@@ -20,7 +51,7 @@ PRESETS: dict[str, dict] = {
         "tasks": ["parity"], "seeds": 2,
         "bdh": {"n_layer": 2, "n_embd": 16, "n_head": 2, "mlp_internal_dim_multiplier": 4, "dropout": 0.0},
         "gpt": {"n_layer": 2, "n_head": 2, "dropout": 0.0},
-        "train": {"steps": 8, "batch_size": 8, "lr": 3e-3, "warmup": 2},
+        "train": {"steps": 8, "batch_size": 8, "lr": 3e-3, "warmup": 2, "eval_every": 4},
         "mults": [1, 2], "bdh_mults": [4], "passes": ["L-1", "L+1"], "pass_mults": [1],
         "n_examples": 16, "eval_batch_size": 16,
     },
@@ -32,7 +63,9 @@ PRESETS: dict[str, dict] = {
         "train": {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup": 100},
         "task_train": {"vartrack": {"steps": 1500}, "eca": {"steps": 1500}, "sudoku4": {"steps": 1500}},
         "mults": [1, 2, 4, 8], "bdh_mults": [16, 32], "passes": ["L-1", "L+1", "2L"], "pass_mults": [1, 2],
-        "n_examples": 256, "eval_batch_size": 64,
+        # 1000 examples per size (spec 6d: rare errors); the `--list` estimate grows from 106.9 (256 examples) to
+        # 130.4 single-thread min (+22%; evaluation and overheads 26% of it, ~12 min more wall with --jobs 2)
+        "n_examples": 1000, "eval_batch_size": 64,
     },
     # one GPU: every task including reverse and 9x9 Sudoku, larger models, longer training, further extrapolation
     "gpu": {
@@ -62,10 +95,22 @@ class Run:
     eval_sizes: list[int]  # at the trained number of passes
     pass_evals: list[tuple[int, int]]  # (passes, size): BDH at other depths
     est_s: float
+    steps: int = 0  # training steps (a FLOP-matched arm: solved so its training FLOPs equal BDH's)
+    lr: float = 0.0  # peak learning rate
+    batch: int = 0  # examples per step
+    T_train: int = 0  # tokens of one example at the training size
+    flops_per_token: float = 0.0  # training FLOPs per token at T_train (`token_flops(config, T).training`)
+    sweep: bool = False  # one of several learning rates (--lrs): its own run directory
 
     @property
     def key(self) -> str:
-        return f"{self.task_name}/{self.model}/seed{self.seed}"
+        return f"{self.task_name}/{self.model}/" + (f"lr{self.lr:g}/" if self.sweep else "") + f"seed{self.seed}"
+
+    @property
+    def train_flops(self) -> float:
+        """Planned training FLOPs: steps x batch x T_train x training FLOPs per token (examples shorter than the
+        training size are padded to their batch's longest, so a run's recorded tokens are at most this)."""
+        return self.steps * self.batch * self.T_train * self.flops_per_token
 
 
 def match_gpt(bdh_params: int, vocab: int, gpt: dict, positions: str) -> dict:
@@ -141,9 +186,15 @@ def _flops_per_token(cfg: dict, vocab: int, T: int, passes: int | None = None):
     return token_flops(config, T)
 
 
-def plan(preset_name: str, tasks: list[str] | None = None, seeds: int | None = None) -> tuple[dict, list[Run]]:
+def plan(preset_name: str, tasks: list[str] | None = None, seeds: int | None = None, *,
+         match: tuple[str, ...] = ("params",), lrs: list[float] | None = None) -> tuple[dict, list[Run]]:
     """The preset and every run of the comparison, validated (tasks, sizes, parameter matching) before anything
-    runs or is written."""
+    runs or is written.
+
+    `match`: "params" (the GPTs train the preset's steps, at BDH's parameters) and/or "flops" (arms MODEL-flops: the
+    same GPTs trained for round(steps x BDH's training FLOPs per token / the GPT's) steps, so their total training
+    FLOPs equal BDH's to within one step). `lrs`: a learning-rate sweep, every arm and seed at each value (the
+    value used is chosen afterwards on the runs' validation sets); default the preset's one learning rate."""
     from ...interface import get_model_type
     from .. import load_task
 
@@ -163,6 +214,7 @@ def plan(preset_name: str, tasks: list[str] | None = None, seeds: int | None = N
         task.check_size(task.train_size)
         t = train_settings(preset, task.name)
         steps, batch = t["steps"], t["batch_size"]
+        lr_list = list(lrs) if lrs else [t["lr"]]
         cfgs = model_configs(preset, task.vocab_size)
         sizes = scaled_sizes(task, preset["mults"])
         far = [s for s in scaled_sizes(task, preset["bdh_mults"]) if s not in sizes]
@@ -170,27 +222,38 @@ def plan(preset_name: str, tasks: list[str] | None = None, seeds: int | None = N
         pass_sizes = scaled_sizes(task, preset["pass_mults"])
         lens = {s: _seq_len(task, s) for s in dict.fromkeys(sizes + far + pass_sizes + [task.train_size])}
         T_train = lens[task.train_size]
-        for model, (cfg, params) in cfgs.items():
+        V = task.vocab_size
+        fpt = {m: _flops_per_token(cfg, V, T_train).training for m, (cfg, _) in cfgs.items()}
+        for arm in arms(match):
+            model = arm[:-len(FLOP_SUFFIX)] if arm.endswith(FLOP_SUFFIX) else arm
+            cfg, params = cfgs[model]
+            # FLOP-matched: the steps whose training FLOPs equal BDH's (same batch, same examples in the same order)
+            arm_steps = max(1, round(steps * fpt[MODELS[0]] / fpt[model])) if arm != model else steps
             # the studied model (the first arm) is evaluated further out; other layer passes where the type shares
             # its weights across layers (capability "layer_passes")
             ev = sizes + (far if model == MODELS[0] else [])
             shared = "layer_passes" in get_model_type(cfg["model_type"]).model_class.capabilities
             pe = [(p, s) for p in passes_list(preset["passes"], L) for s in pass_sizes] if shared else []
-            V = task.vocab_size
-            flops = steps * batch * T_train * _flops_per_token(cfg, V, T_train).training
+            flops = arm_steps * batch * T_train * fpt[model]
             flops += sum(preset["n_examples"] * lens[s] * _flops_per_token(cfg, V, lens[s]).forward for s in ev)
             flops += sum(preset["n_examples"] * lens[s] * _flops_per_token(cfg, V, lens[s], p).forward for p, s in pe)
-            for seed in range(n_seeds):
-                runs.append(Run(ref, task.name, model, seed, cfg, params, task.train_size, ev, pe,
-                                flops / CPU_FLOPS + 2.0))
+            for lr in lr_list:
+                for seed in range(n_seeds):
+                    runs.append(Run(ref, task.name, arm, seed, cfg, params, task.train_size, ev, pe,
+                                    flops / CPU_FLOPS + 2.0, steps=arm_steps, lr=lr, batch=batch, T_train=T_train,
+                                    flops_per_token=fpt[model], sweep=bool(lrs)))
     return preset, runs
 
 
 def plan_table(preset_name: str, runs: list[Run]) -> str:
     """A markdown table of the plan: per task and model, the parameters, the shape, the sizes and the estimate."""
     lines = [f"preset {preset_name}: {len(runs)} runs, estimated {sum(r.est_s for r in runs) / 60:.1f} min "
-             "(one CPU thread)", "",
-             "| task | model | params | shape | seeds | eval sizes | other passes | est. min |", "|---|---|---|---|---|---|---|---|"]
+             "(one CPU thread)",
+             "FLOPs: `bdh.interface.token_flops(config, T).training` per token at the training size's T (3 x forward); "
+             "train FLOPs = steps x batch x T x FLOPs/token, per seed. Arms MODEL-flops: FLOP-matched (the steps "
+             "solved so their training FLOPs equal BDH's); the others: parameter-matched at BDH's steps.", "",
+             "| task | model | params | shape | steps | lr | FLOPs/token | train FLOPs | seeds | eval sizes "
+             "| other passes | est. min |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     seen: dict[tuple, list[Run]] = {}
     for r in runs:
         seen.setdefault((r.task_name, r.model), []).append(r)
@@ -203,7 +266,10 @@ def plan_table(preset_name: str, runs: list[Run]) -> str:
         if "mlp_dim" in c:
             shape += f" mlp={c['mlp_dim']}"
         passes = ", ".join(sorted({str(p) for p, _ in r.pass_evals})) or "-"
-        lines.append(f"| {task} | {model} | {r.params:,} | {shape} | {len(rs)} | {', '.join(map(str, r.eval_sizes))} | "
+        lrs = ", ".join(f"{v:g}" for v in dict.fromkeys(x.lr for x in rs))
+        n_seeds = len({x.seed for x in rs})
+        lines.append(f"| {task} | {model} | {r.params:,} | {shape} | {r.steps} | {lrs} | {r.flops_per_token:.4g} | "
+                     f"{r.train_flops:.4g} | {n_seeds} | {', '.join(map(str, r.eval_sizes))} | "
                      f"{passes} | {sum(x.est_s for x in rs) / 60:.1f} |")
     return "\n".join(lines)
 

@@ -25,7 +25,8 @@ def _task_api():
 
 def run_config(r: Run, preset: dict, device: str | None = None, threads: int | None = None):
     task_run_config, _ = _task_api()
-    t = train_settings(preset, r.task_name)
+    t = {**train_settings(preset, r.task_name), **({"lr": r.lr} if r.lr else {})}
+    steps = r.steps or t["steps"]
     over = [f"train.{k}={json.dumps(v)}" for k, v in t.items() if k != "steps"]
     over += ["train.sample_tokens=0", "train.checkpoint_every=0"]  # seed: train.seed = train.data_seed
     if device is not None:
@@ -33,10 +34,46 @@ def run_config(r: Run, preset: dict, device: str | None = None, threads: int | N
     if threads is not None:
         over.append(f"train.threads={threads}")
     model = {k: v for k, v in r.model_cfg.items() if k != "model_type"}
-    run = task_run_config(r.task_ref, model_type=r.model_cfg["model_type"], model=model, steps=t["steps"],
+    run = task_run_config(r.task_ref, model_type=r.model_cfg["model_type"], model=model, steps=steps,
                           seed=r.seed, overrides=over)
-    run.name = f"tasks-compare-{r.task_name}-{r.model}-seed{r.seed}"
+    run.name = f"tasks-compare-{r.task_name}-{r.model}" + (f"-lr{r.lr:g}" if r.sweep else "") + f"-seed{r.seed}"
     return run
+
+
+def run_dir(out: Path, r: Run) -> Path:
+    """OUT/runs/TASK/ARM/seedS (OUT/runs/TASK/ARM/lrLR/seedS in a learning-rate sweep)."""
+    return Path(out) / "runs" / r.key
+
+
+def read_curve(where: Path, r: Run) -> dict:
+    """The run's evaluations along training, from the trainer's metrics.jsonl: {"val": [{"step", "elapsed_s",
+    "tokens" (training tokens seen), "flops" (tokens x training FLOPs per token), "accuracy", "loss"}, ...],
+    "train": [{"step", "loss", "tokens", "elapsed_s"}, ...], "final": {"accuracy", "loss"} (the whole validation
+    set at the end)}. Validation examples: `bdh.tasks.validation.VAL_SEED`, not the test examples' seed."""
+    train, val, final = [], [], {}
+    path = Path(where) / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            split = rec.get("split")
+            if split == "train":
+                train.append({k: rec.get(k) for k in ("step", "loss", "tokens", "elapsed_s")})
+            elif split == "val" and rec.get("accuracy") is not None:
+                val.append({k: rec.get(k) for k in ("step", "elapsed_s", "accuracy", "loss")})
+            elif split == "final":
+                final = {k: rec.get(k) for k in ("accuracy", "loss")}
+    tokens_at = {t["step"]: t["tokens"] for t in train if t.get("tokens") is not None}
+    last = max(tokens_at) if tokens_at else None
+    for v in val:  # the training tokens at the evaluation's step (a train record of the same step, else pro rata)
+        tok = tokens_at.get(v["step"])
+        if tok is None and last:
+            tok = round(tokens_at[last] * v["step"] / last)
+        v["tokens"] = tok
+        v["flops"] = None if tok is None else tok * r.flops_per_token
+    return {"val": val, "train": train, "final": final}
 
 
 def _finished(run_toml: str, where: Path) -> bool:
@@ -48,7 +85,7 @@ def _finished(run_toml: str, where: Path) -> bool:
 
 def _eval_key(r: Run, preset: dict) -> dict:
     return {"sizes": r.eval_sizes, "passes": [list(p) for p in r.pass_evals], "n_examples": preset["n_examples"],
-            "batch_size": preset["eval_batch_size"], "seed": 1234, "fields": "token_accuracy"}
+            "batch_size": preset["eval_batch_size"], "seed": 1234, "fields": "token_accuracy,correct"}
 
 
 def execute(r: Run, preset: dict, where: Path, *, overwrite: bool, device=None, threads=None) -> list[dict]:
@@ -95,8 +132,11 @@ def execute(r: Run, preset: dict, where: Path, *, overwrite: bool, device=None, 
         model = result.model
     model.eval()
     L = r.model_cfg["n_layer"]
+    tokens = info["train_tokens"]
     base = {"task": r.task_name, "model": r.model, "seed": r.seed, "trained_passes": L, "params": info["params"],
-            "train_tokens": info["train_tokens"], "train_time_s": info["train_time_s"],
+            "train_tokens": tokens, "train_time_s": info["train_time_s"], "steps": r.steps, "lr": r.lr,
+            "flops_per_token": r.flops_per_token,
+            "train_flops": None if tokens is None else tokens * r.flops_per_token,
             "eval_examples": preset["n_examples"]}
     rows = []
     kw = {"n_examples": preset["n_examples"], "seed": 1234, "batch_size": preset["eval_batch_size"]}
@@ -104,12 +144,12 @@ def execute(r: Run, preset: dict, where: Path, *, overwrite: bool, device=None, 
                                        for p in dict.fromkeys(q for q, _ in r.pass_evals)]
     for passes, sizes in groups:
         with torch.no_grad():
-            res = evaluate_task(model, task, sizes, n_layer=passes, **kw)
+            res = evaluate_task(model, task, sizes, n_layer=passes, per_example=True, **kw)
         for e in res:
             rows.append({**base, "size": e["size"], "mult": round(e["size"] / r.train_size, 4),
                          "passes": passes or L, "accuracy": e["accuracy"], "token_accuracy": e["token_accuracy"],
                          "loss": e["loss"], "tokens": e["tokens"],
-                         "state_bytes": e["state_bytes"]})
+                         "state_bytes": e["state_bytes"], "correct": "".join(map(str, e["correct"]))})
     atomic_write_text(ev_path, json.dumps({"key": key, "rows": rows}, indent=1))
     return rows
 
@@ -126,15 +166,19 @@ def _execute_job(r: Run, preset: dict, where: Path, overwrite: bool, device, thr
 
 def compare(preset_name: str = "cpu", out: str | os.PathLike = "runs/tasks-compare", *, tasks=None, seeds=None,
             overwrite: bool = False, device: str | None = None, threads: int | None = None, jobs: int = 1,
-            progress: bool = True, command: str | None = None) -> list[dict]:
-    """Run the comparison of `preset_name` into `out` and write the reports; the result rows.
+            progress: bool = True, command: str | None = None, match: tuple[str, ...] = ("params",),
+            lrs: list[float] | None = None) -> list[dict]:
+    """Run the comparison of `preset_name` into `out` and write the reports; the result rows (each with "selected":
+    its learning rate is the one chosen on the validation set, `choose_lrs`; always true without a sweep).
+
+    `match`, `lrs`: the arms and the learning-rate sweep (`plan`).
 
     `jobs` > 1 runs that many training runs at once, each in its own process (e.g. 2 on 2 cores with threads=1);
     the results are the same as one at a time (each run is seeded on its own).
 
     Checked before anything runs or is written: the preset, the tasks, the seeds, the parameter matching, and
     every run directory (one holding a model from other settings is replaced only with `overwrite`)."""
-    preset, runs = plan(preset_name, tasks, seeds)
+    preset, runs = plan(preset_name, tasks, seeds, match=match, lrs=lrs)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"--jobs {jobs!r}: expected a positive integer (runs at once)")
     out = Path(out)
@@ -145,7 +189,7 @@ def compare(preset_name: str = "cpu", out: str | os.PathLike = "runs/tasks-compa
     check_output_dir(out, overwrite=False)  # OUT itself never holds a model (it is not a run directory)
     tomls = {}
     for r in runs:  # every run directory checked before any training
-        where = out / "runs" / r.task_name / r.model / f"seed{r.seed}"
+        where = run_dir(out, r)
         toml = run_config(r, preset, device, threads).to_toml()
         tomls[r.key] = toml
         check_output_dir(where, overwrite=overwrite or _finished(toml, where))
@@ -157,8 +201,7 @@ def compare(preset_name: str = "cpu", out: str | os.PathLike = "runs/tasks-compa
     bar = tqdm(total=total, unit="est-s", desc="tasks compare", disable=not progress, dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} est-s [{elapsed}<{remaining}] {postfix}")
     results: dict[int, list[dict]] = {}
-    jobs_args = [(r, preset, out / "runs" / r.task_name / r.model / f"seed{r.seed}", overwrite, device, threads)
-                 for r in runs]
+    jobs_args = [(r, preset, run_dir(out, r), overwrite, device, threads) for r in runs]
     try:
         if jobs == 1:
             for i, a in enumerate(jobs_args):
@@ -183,9 +226,33 @@ def compare(preset_name: str = "cpu", out: str | os.PathLike = "runs/tasks-compa
     finally:
         bar.close()
     rows = [row for i in range(len(runs)) for row in results[i]]
+    curves = {r.key: read_curve(run_dir(out, r), r) for r in runs}
+    chosen = choose_lrs(runs, curves)
+    for row in rows:
+        row["selected"] = chosen[(row["task"], row["model"])]["lr"] == row["lr"]
     wall = time.time() - t0
     write_reports(rows, runs, out, preset_name=preset_name, preset=preset, wall_s=wall,
-                  command=command or f"compare(preset={preset_name!r})")
+                  command=command or f"compare(preset={preset_name!r})", curves=curves, lr_choice=chosen)
     return rows
+
+
+def choose_lrs(runs: list[Run], curves: dict[str, dict]) -> dict[tuple[str, str], dict]:
+    """(task, arm) -> {"lr": the chosen learning rate, "val": {lr: mean final validation accuracy over seeds}}:
+    the highest mean accuracy on the runs' validation sets (`VAL_SEED`, not the test examples), ties to the lower
+    mean validation loss, then the smaller learning rate. One learning rate: that one."""
+    by: dict[tuple[str, str], dict[float, list[dict]]] = {}
+    for r in runs:
+        by.setdefault((r.task_name, r.model), {}).setdefault(r.lr, []).append(curves.get(r.key, {}).get("final", {}))
+    out = {}
+    for k, per_lr in by.items():
+        def mean(xs):
+            xs = [x for x in xs if x is not None]
+            return sum(xs) / len(xs) if xs else None
+        val = {lr: mean([f.get("accuracy") for f in fs]) for lr, fs in per_lr.items()}
+        loss = {lr: mean([f.get("loss") for f in fs]) for lr, fs in per_lr.items()}
+        best = min(per_lr, key=lambda lr: (-(val[lr] if val[lr] is not None else -1.0),
+                                           loss[lr] if loss[lr] is not None else float("inf"), lr))
+        out[k] = {"lr": best, "val": val, "val_loss": loss}
+    return out
 
 
