@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .common import format_machine, interleaved_times, machine_info, train_step_fn, write_json
+from .common import apply_malloc, format_machine, interleaved_times, machine_info, train_step_fn, write_json
 from .train_ab import shapes
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -37,7 +37,6 @@ def all_shapes() -> dict[str, tuple[dict, int, int, bool]]:
 
 def main(argv=None) -> int:
     from bdh import BDH, BDHConfig
-    from bdh.allocator import keep_freed_memory
     from bdh.attention import cpu_bf16_supported
 
     known = all_shapes()
@@ -51,7 +50,7 @@ def main(argv=None) -> int:
     if any(c not in known for c in want) or a.repeats < 1:
         p.error(f"--configs {a.configs!r} / --repeats {a.repeats}: expected some of {', '.join(known)}, repeats >= 1")
     torch.set_num_threads(a.threads)
-    keep_freed_memory()
+    malloc = apply_malloc("tuned")  # as bdh train tunes it
     info = machine_info()
     native = cpu_bf16_supported()
     print(f"fp32 vs bf16 autocast training step; {format_machine(info)}; {a.threads} thread(s); native bf16: "
@@ -72,7 +71,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{name:>14}: fp32 {row['fp32_ms']:8.1f} ms  bf16 {row['bf16_ms']:8.1f} ms  bf16/fp32 "
               f"{row['bf16_over_fp32']:.2f}x  (first loss {first['fp32']:.4f} vs {first['bf16']:.4f})", flush=True)
-    path = write_json(a.out, {"machine": info, "native_bf16": native, "threads": a.threads, "repeats": a.repeats,
+    path = write_json(a.out, {"machine": info, "native_bf16": native, "threads": a.threads, "repeats": a.repeats, **malloc,
                               "rows": rows})
     print(f"saved {path}")
     return 0

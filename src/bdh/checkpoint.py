@@ -164,23 +164,20 @@ def model_fingerprint(directory: str | os.PathLike) -> str:
 
 
 def save_pretrained(model, directory: str | os.PathLike, tokenizer: Any = None) -> None:
-    """Write `config.json` (with its model_type) and `model.safetensors`, each atomically (+ the tokenizer); for
-    the types `bdh.hf` knows, also the Hugging Face fields and `modeling_bdh.py` (`hf_fields`)."""
+    """Write `config.json` (with its model_type and the Hugging Face fields, `hf_fields`) and `model.safetensors`,
+    each atomically, `modeling_bdh.py` (+ the tokenizer, `save_tokenizer`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_tensors(directory / WEIGHTS_NAME, tensors, {"format": "pt"})  # one key: byte-identical files
-    hf = hf_fields(type(model.config).MODEL_TYPE)
-    model.config.save(directory / CONFIG_NAME, extra=hf)  # atomic (bdh.io)
-    if hf:
-        atomic_write_text(directory / HF_CODE_NAME, HF_CODE)
+    model.config.save(directory / CONFIG_NAME, extra=hf_fields(type(model.config).MODEL_TYPE))  # atomic (bdh.io)
+    atomic_write_text(directory / HF_CODE_NAME, HF_CODE)
     if tokenizer is not None:
-        save_tokenizer(tokenizer, directory, hf=bool(hf))
+        save_tokenizer(tokenizer, directory)
 
 
-def save_tokenizer(tokenizer, directory: str | os.PathLike, hf: bool = True) -> None:
-    """`tokenizer.save(directory)`; with `hf`, also `auto_map` in its tokenizer_config.json and `modeling_bdh.py`
-    beside it, as config.json has: transformers' AutoTokenizer then loads `BDHTokenizerFast` with
+def save_tokenizer(tokenizer, directory: str | os.PathLike) -> None:
+    """`tokenizer.save(directory)`, with `auto_map` in its tokenizer_config.json and `modeling_bdh.py` beside it, as config.json has: transformers' AutoTokenizer then loads `BDHTokenizerFast` with
     trust_remote_code=True (and without it asks for trust_remote_code rather than for sentencepiece)."""
     import json
 
@@ -189,7 +186,7 @@ def save_tokenizer(tokenizer, directory: str | os.PathLike, hf: bool = True) -> 
     directory = Path(directory)
     tokenizer.save(directory)
     cfg = directory / CONFIG_FILE
-    if hf and cfg.is_file():  # (a MissingTokenizer writes nothing)
+    if cfg.is_file():  # (a MissingTokenizer writes nothing)
         fields = json.loads(cfg.read_text(encoding="utf-8"))
         fields["auto_map"] = {"AutoTokenizer": [None, f"{HF_CODE_NAME.removesuffix('.py')}.{HF_TOKENIZER_CLASS}"]}
         atomic_write_json(cfg, fields, sort_keys=True)

@@ -203,10 +203,10 @@ class Trainer:
     def _save_tokenizer(self) -> None:
         """The tokenizer into OUT (process 0) as the final `save_pretrained` writes it, so a resume rewrites the
         same bytes."""
-        from ..checkpoint import hf_fields, save_tokenizer
+        from ..checkpoint import save_tokenizer
 
         if self.dist.main:
-            save_tokenizer(self.tokenizer, self.out, hf=bool(hf_fields(self.run_cfg.model_type)))
+            save_tokenizer(self.tokenizer, self.out)
 
     def _setup_model(self) -> None:
         t, dist = self.t, self.dist
