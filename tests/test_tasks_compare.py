@@ -156,11 +156,12 @@ def test_list_writes_nothing(tmp_path: Path):
 
 
 def test_flop_matched_sweep_end_to_end(tmp_path: Path):
-    """--match flops --lrs: the FLOP-matched GPTs train more steps, every arm at each learning rate; the chosen
-    learning rate is the one with the best validation accuracy, and only its rows make the tables."""
+    """--match flops --lrs --lr-seeds 1: the FLOP-matched GPTs train more steps, every arm at each learning rate on
+    seed 0; the chosen learning rate is the one with the best validation accuracy there, seed 1 trains only at it,
+    and only its rows make the tables."""
     out = tmp_path / "fm"
-    r = bdh_cli("--preset", "smoke", "--out", str(out), "--threads", "1", "--no-progress", "--seeds", "1",
-                "--match", "flops", "--lrs", "1e-3,3e-3")
+    r = bdh_cli("--preset", "smoke", "--out", str(out), "--threads", "1", "--no-progress", "--seeds", "2",
+                "--match", "flops", "--lrs", "1e-3,3e-3", "--lr-seeds", "1")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = list(csv.DictReader(open(out / "results.csv", encoding="utf-8")))
     assert {x["model"] for x in rows} == {"bdh", "gpt-alibi-flops", "gpt-rope-flops"}
@@ -174,6 +175,10 @@ def test_flop_matched_sweep_end_to_end(tmp_path: Path):
         assert ch["val"][str(ch["lr"])] == best
         sel = {float(x["lr"]) for x in rows if x["model"] == arm and x["selected"] == "True"}
         assert sel == {ch["lr"]}
+        assert set(ch["val"]) == {"0.001", "0.003"}  # chosen on seed 0's two runs
+        assert {float(x["lr"]) for x in rows if x["model"] == arm and x["seed"] == "1"} == {ch["lr"]}
+        other = ({1e-3, 3e-3} - {ch["lr"]}).pop()
+        assert not (out / "runs" / "parity" / arm / f"lr{other:g}" / "seed1").exists()
     assert (out / "runs" / "parity" / "gpt-rope-flops" / "lr0.001" / "seed0" / "model.safetensors").is_file()
     assert "gpt-rope-flops" in (out / "summary.md").read_text()
 
@@ -201,6 +206,7 @@ def test_presets_matched_within_5_percent(preset):
     (["--match", "steps"], ["--match", "steps"]),
     (["--lrs", "1e-3,fast"], ["--lrs"]),
     (["--lrs", "0"], ["--lrs"]),
+    (["--lr-seeds", "0"], ["--lr-seeds", "0"]),
 ])
 def test_bad_input(tmp_path: Path, args, words):
     out = tmp_path / "out"

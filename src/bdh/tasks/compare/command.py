@@ -10,15 +10,15 @@ from .planning import parse_lrs, parse_match, plan, plan_table
 from .running import compare
 
 # ----------------------------------------------------------------------------------------------- CLI
-def _parse_seeds(text: str | None) -> int | None:
+def _parse_seeds(text: str | None, flag: str = "--seeds") -> int | None:
     if text is None:
         return None
     try:
         v = int(text)
     except ValueError:
-        raise ValueError(f"--seeds {text!r}: expected a positive integer") from None
+        raise ValueError(f"{flag} {text!r}: expected a positive integer") from None
     if v < 1:
-        raise ValueError(f"--seeds {text}: expected a positive integer")
+        raise ValueError(f"{flag} {text}: expected a positive integer")
     return v
 
 
@@ -32,9 +32,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not all(tasks):
             raise ValueError(f"--tasks {args.tasks!r}: expected comma-separated task names")
     seeds = _parse_seeds(args.seeds)
-    match = parse_match(args.match)
+    match = None if args.match is None else parse_match(args.match)
     lrs = parse_lrs(args.lrs)
-    preset, runs = plan(args.preset, tasks, seeds, match=match, lrs=lrs)
+    lr_seeds = None if args.lr_seeds is None else _parse_seeds(args.lr_seeds, "--lr-seeds")
+    preset, runs = plan(args.preset, tasks, seeds, match=match, lrs=lrs, lr_seeds=lr_seeds)
     if args.list:
         print(plan_table(args.preset, runs))
         return 0
@@ -43,7 +44,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         else f"bdh tasks compare --preset {args.preset}"
     progress = not args.no_progress
     compare(args.preset, out, tasks=tasks, seeds=seeds, overwrite=args.overwrite, device=args.device,
-            threads=args.threads, jobs=args.jobs, progress=progress, command=command, match=match, lrs=lrs)
+            threads=args.threads, jobs=args.jobs, progress=progress, command=command, match=match, lrs=lrs,
+            lr_seeds=lr_seeds)
     md = (Path(out) / "summary.md").read_text(encoding="utf-8")
     print("\n".join(line for line in md.splitlines() if not line.startswith("![")))
     print(f"\nreports in {out} (results.csv, summary.json, summary.md, *.png, report.html)")
@@ -56,15 +58,20 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
         "compare", help="BDH vs GPT (ALiBi, RoPE) at matched parameters on the tasks: CSV, markdown, plots, HTML",
         description="Train BDH, GPT-ALiBi and GPT-RoPE at matched parameters (+-5%%) on equal tokens, several "
                     "seeds, and evaluate them at 1x..8x the training size (BDH further, and at other depths).")
-    c.add_argument("--preset", default="cpu", help="cpu (2 cores, < 1 h) or gpu (larger, sudoku9 included)")
+    c.add_argument("--preset", default="cpu",
+                   help="cpu (2 cores, <= 1 h with --jobs 2), quick (one task, <= 5 min) or gpu (one large GPU)")
     c.add_argument("--tasks", default=None, help="comma-separated tasks (default: the preset's)")
     c.add_argument("--seeds", default=None, help="seeds per model (default: the preset's, 3)")
-    c.add_argument("--match", default="params",
-                   help="params (default: the GPTs at BDH's parameters and steps), flops (arms MODEL-flops: the same "
-                        "GPTs trained for the steps that make their training FLOPs equal BDH's) or params,flops (both)")
+    c.add_argument("--match", default=None,
+                   help="params (the GPTs at BDH's parameters and steps), flops (arms MODEL-flops: the same "
+                        "parameter-matched GPTs trained for the steps that make their training FLOPs equal BDH's) or "
+                        "params,flops (both); default the preset's (flops for cpu, quick and gpu)")
     c.add_argument("--lrs", default=None,
-                   help="a learning-rate sweep, e.g. 1e-3,2e-3,4e-3: every arm and seed trained at each; per task and "
-                        "arm the value with the best validation accuracy is reported (default: the preset's lr)")
+                   help="a learning-rate sweep, e.g. 1e-3,3e-3,1e-2: every arm trained at each on the tuning seeds; "
+                        "per task and arm the value with the best validation accuracy is used (default: the preset's)")
+    c.add_argument("--lr-seeds", default=None,
+                   help="the seeds the learning rates are swept on; the other seeds train only at the chosen value "
+                        "(default: the preset's, 1)")
     c.add_argument("--out", default=None, help="output directory (default runs/tasks-compare-PRESET)")
     c.add_argument("--overwrite", action="store_true",
                    help="retrain a run directory that holds a model from other settings (refused otherwise)")

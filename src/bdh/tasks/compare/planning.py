@@ -101,6 +101,7 @@ class Run:
     T_train: int = 0  # tokens of one example at the training size
     flops_per_token: float = 0.0  # training FLOPs per token at T_train (`token_flops(config, T).training`)
     sweep: bool = False  # one of several learning rates (--lrs): its own run directory
+    pending: bool = False  # a seed past the tuning seeds (--lr-seeds): trained only at the value chosen on those
 
     @property
     def key(self) -> str:
@@ -187,14 +188,18 @@ def _flops_per_token(cfg: dict, vocab: int, T: int, passes: int | None = None):
 
 
 def plan(preset_name: str, tasks: list[str] | None = None, seeds: int | None = None, *,
-         match: tuple[str, ...] = ("params",), lrs: list[float] | None = None) -> tuple[dict, list[Run]]:
+         match: tuple[str, ...] | None = None, lrs: list[float] | None = None,
+         lr_seeds: int | None = None) -> tuple[dict, list[Run]]:
     """The preset and every run of the comparison, validated (tasks, sizes, parameter matching) before anything
     runs or is written.
 
     `match`: "params" (the GPTs train the preset's steps, at BDH's parameters) and/or "flops" (arms MODEL-flops: the
     same GPTs trained for round(steps x BDH's training FLOPs per token / the GPT's) steps, so their total training
     FLOPs equal BDH's to within one step). `lrs`: a learning-rate sweep, every arm and seed at each value (the
-    value used is chosen afterwards on the runs' validation sets); default the preset's one learning rate."""
+    value used is chosen afterwards on the runs' validation sets); default the preset's "lrs", else its one "lr".
+    `lr_seeds`: the seeds the sweep runs on (default the preset's "lr_seeds", else all); the runs of the other
+    seeds are `pending`: each trains only at the value chosen on the tuning seeds (`running.compare`).
+    `match` default: the preset's "match", else ("params",)."""
     from ...interface import get_model_type
     from .. import load_task
 
@@ -208,13 +213,17 @@ def plan(preset_name: str, tasks: list[str] | None = None, seeds: int | None = N
     n_seeds = preset["seeds"] if seeds is None else seeds
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
         raise ValueError(f"--seeds {n_seeds!r}: expected a positive integer")
+    match = tuple(preset.get("match", ("params",))) if match is None else match
+    tune = preset.get("lr_seeds", n_seeds) if lr_seeds is None else lr_seeds
+    if isinstance(tune, bool) or not isinstance(tune, int) or tune < 1:
+        raise ValueError(f"--lr-seeds {tune!r}: expected a positive integer (seeds the learning rates are swept on)")
     runs: list[Run] = []
     for ref in refs:
         task = load_task(ref)  # TaskError (a ValueError) names an unknown task
         task.check_size(task.train_size)
         t = train_settings(preset, task.name)
         steps, batch = t["steps"], t["batch_size"]
-        lr_list = list(lrs) if lrs else [t["lr"]]
+        lr_list = list(lrs or preset.get("lrs") or [t["lr"]])
         cfgs = model_configs(preset, task.vocab_size)
         sizes = scaled_sizes(task, preset["mults"])
         far = [s for s in scaled_sizes(task, preset["bdh_mults"]) if s not in sizes]
@@ -241,14 +250,25 @@ def plan(preset_name: str, tasks: list[str] | None = None, seeds: int | None = N
                 for seed in range(n_seeds):
                     runs.append(Run(ref, task.name, arm, seed, cfg, params, task.train_size, ev, pe,
                                     flops / CPU_FLOPS + 2.0, steps=arm_steps, lr=lr, batch=batch, T_train=T_train,
-                                    flops_per_token=fpt[model], sweep=bool(lrs)))
+                                    flops_per_token=fpt[model], sweep=len(lr_list) > 1,
+                                    pending=len(lr_list) > 1 and seed >= tune))
     return preset, runs
+
+
+def expected_s(runs: list[Run]) -> float:
+    """The plan's estimated single-thread seconds: pending runs count once per (task, arm, seed), not per lr."""
+    n_lrs = {(r.task_name, r.model): len({x.lr for x in runs if (x.task_name, x.model) == (r.task_name, r.model)})
+             for r in runs}
+    return sum(r.est_s / (n_lrs[(r.task_name, r.model)] if r.pending else 1) for r in runs)
 
 
 def plan_table(preset_name: str, runs: list[Run]) -> str:
     """A markdown table of the plan: per task and model, the parameters, the shape, the sizes and the estimate."""
-    lines = [f"preset {preset_name}: {len(runs)} runs, estimated {sum(r.est_s for r in runs) / 60:.1f} min "
-             "(one CPU thread)",
+    tuned = sorted({r.seed for r in runs if r.sweep and not r.pending})
+    n_run = sum(1 for r in runs if not r.pending) + len({(r.task_name, r.model, r.seed) for r in runs if r.pending})
+    sweep = (f"; learning rates swept on seed(s) {', '.join(map(str, tuned))}, the other seeds trained at the value "
+             "chosen there" if any(r.pending for r in runs) else "")
+    lines = [f"preset {preset_name}: {n_run} runs, estimated {expected_s(runs) / 60:.1f} min (one CPU thread){sweep}",
              "FLOPs: `bdh.interface.token_flops(config, T).training` per token at the training size's T (3 x forward); "
              "train FLOPs = steps x batch x T x FLOPs/token, per seed. Arms MODEL-flops: FLOP-matched (the steps "
              "solved so their training FLOPs equal BDH's); the others: parameter-matched at BDH's steps.", "",
@@ -270,7 +290,7 @@ def plan_table(preset_name: str, runs: list[Run]) -> str:
         n_seeds = len({x.seed for x in rs})
         lines.append(f"| {task} | {model} | {r.params:,} | {shape} | {r.steps} | {lrs} | {r.flops_per_token:.4g} | "
                      f"{r.train_flops:.4g} | {n_seeds} | {', '.join(map(str, r.eval_sizes))} | "
-                     f"{passes} | {sum(x.est_s for x in rs) / 60:.1f} |")
+                     f"{passes} | {expected_s(rs) / 60:.1f} |")
     return "\n".join(lines)
 
 

@@ -166,19 +166,20 @@ def _execute_job(r: Run, preset: dict, where: Path, overwrite: bool, device, thr
 
 def compare(preset_name: str = "cpu", out: str | os.PathLike = "runs/tasks-compare", *, tasks=None, seeds=None,
             overwrite: bool = False, device: str | None = None, threads: int | None = None, jobs: int = 1,
-            progress: bool = True, command: str | None = None, match: tuple[str, ...] = ("params",),
-            lrs: list[float] | None = None) -> list[dict]:
+            progress: bool = True, command: str | None = None, match: tuple[str, ...] | None = None,
+            lrs: list[float] | None = None, lr_seeds: int | None = None) -> list[dict]:
     """Run the comparison of `preset_name` into `out` and write the reports; the result rows (each with "selected":
     its learning rate is the one chosen on the validation set, `choose_lrs`; always true without a sweep).
 
-    `match`, `lrs`: the arms and the learning-rate sweep (`plan`).
+    `match`, `lrs`, `lr_seeds`: the arms and the learning-rate sweep (`plan`). In two phases: every run of the
+    tuning seeds (each learning rate), then, per task and arm, the other seeds at the value chosen on those.
 
     `jobs` > 1 runs that many training runs at once, each in its own process (e.g. 2 on 2 cores with threads=1);
     the results are the same as one at a time (each run is seeded on its own).
 
     Checked before anything runs or is written: the preset, the tasks, the seeds, the parameter matching, and
     every run directory (one holding a model from other settings is replaced only with `overwrite`)."""
-    preset, runs = plan(preset_name, tasks, seeds, match=match, lrs=lrs)
+    preset, runs = plan(preset_name, tasks, seeds, match=match, lrs=lrs, lr_seeds=lr_seeds)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"--jobs {jobs!r}: expected a positive integer (runs at once)")
     out = Path(out)
@@ -187,53 +188,66 @@ def compare(preset_name: str = "cpu", out: str | os.PathLike = "runs/tasks-compa
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} exists and is not a directory")
     check_output_dir(out, overwrite=False)  # OUT itself never holds a model (it is not a run directory)
-    tomls = {}
     for r in runs:  # every run directory checked before any training
-        where = run_dir(out, r)
         toml = run_config(r, preset, device, threads).to_toml()
-        tomls[r.key] = toml
-        check_output_dir(where, overwrite=overwrite or _finished(toml, where))
+        check_output_dir(run_dir(out, r), overwrite=overwrite or _finished(toml, run_dir(out, r)))
     out.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
 
-    t0 = time.time()
-    total = sum(r.est_s for r in runs)
-    bar = tqdm(total=total, unit="est-s", desc="tasks compare", disable=not progress, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} est-s [{elapsed}<{remaining}] {postfix}")
-    results: dict[int, list[dict]] = {}
-    jobs_args = [(r, preset, run_dir(out, r), overwrite, device, threads) for r in runs]
-    try:
-        if jobs == 1:
-            for i, a in enumerate(jobs_args):
-                bar.set_postfix_str(a[0].key)
-                results[i] = _execute_job(*a)
-                bar.update(a[0].est_s)
-        else:  # independent runs in `jobs` processes, the longest first; rows kept in plan order
-            import multiprocessing
-            from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from .planning import expected_s
 
-            order = sorted(range(len(runs)), key=lambda i: -runs[i].est_s)
-            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_job_init, initargs=(threads or max(1, (os.cpu_count() or 1) // jobs),)) as ex:
-                pending = {ex.submit(_execute_job, *jobs_args[i]): i for i in order}
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        i = pending.pop(f)
-                        results[i] = f.result()  # a failed run raises here, the others are cancelled
-                        bar.set_postfix_str(runs[i].key)
-                        bar.update(runs[i].est_s)
+    t0 = time.time()
+    bar = tqdm(total=expected_s(runs), unit="est-s", desc="tasks compare", disable=not progress,
+               dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} est-s [{elapsed}<{remaining}] {postfix}")
+    try:
+        first = [r for r in runs if not r.pending]
+        results = _execute_all(first, preset, out, overwrite, device, threads, jobs, bar)
+        curves = {r.key: read_curve(run_dir(out, r), r) for r in first}
+        chosen = choose_lrs(first, curves)  # on the tuning seeds' validation sets
+        second = [r for r in runs if r.pending and r.lr == chosen[(r.task_name, r.model)]["lr"]]
+        results.update(_execute_all(second, preset, out, overwrite, device, threads, jobs, bar))
     finally:
         bar.close()
-    rows = [row for i in range(len(runs)) for row in results[i]]
-    curves = {r.key: read_curve(run_dir(out, r), r) for r in runs}
-    chosen = choose_lrs(runs, curves)
+    done = [r for r in runs if r.key in results]  # plan order
+    rows = [row for r in done for row in results[r.key]]
+    curves = {r.key: read_curve(run_dir(out, r), r) for r in done}
     for row in rows:
         row["selected"] = chosen[(row["task"], row["model"])]["lr"] == row["lr"]
     wall = time.time() - t0
-    write_reports(rows, runs, out, preset_name=preset_name, preset=preset, wall_s=wall,
+    write_reports(rows, done, out, preset_name=preset_name, preset=preset, wall_s=wall,
                   command=command or f"compare(preset={preset_name!r})", curves=curves, lr_choice=chosen)
     return rows
+
+
+def _execute_all(runs: list[Run], preset: dict, out: Path, overwrite: bool, device, threads, jobs: int,
+                 bar) -> dict[str, list[dict]]:
+    """run key -> its result rows, every run of `runs` trained (or reused) and evaluated: one at a time, or in
+    `jobs` processes (the longest first); a failed run raises, the others are cancelled."""
+    results: dict[str, list[dict]] = {}
+    if jobs == 1:
+        for r in runs:
+            bar.set_postfix_str(r.key)
+            results[r.key] = _execute_job(r, preset, run_dir(out, r), overwrite, device, threads)
+            bar.update(r.est_s)
+        return results
+    if not runs:
+        return results
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_job_init,
+                             initargs=(threads or max(1, (os.cpu_count() or 1) // jobs),)) as ex:
+        pending = {ex.submit(_execute_job, r, preset, run_dir(out, r), overwrite, device, threads): r
+                   for r in sorted(runs, key=lambda r: -r.est_s)}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                r = pending.pop(f)
+                results[r.key] = f.result()
+                bar.set_postfix_str(r.key)
+                bar.update(r.est_s)
+    return results
 
 
 def choose_lrs(runs: list[Run], curves: dict[str, dict]) -> dict[tuple[str, str], dict]:
