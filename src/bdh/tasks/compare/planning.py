@@ -55,32 +55,51 @@ PRESETS: dict[str, dict] = {
         "mults": [1, 2], "bdh_mults": [4], "passes": ["L-1", "L+1"], "pass_mults": [1],
         "n_examples": 16, "eval_batch_size": 16,
     },
-    # 2 CPU cores (--jobs 2 --threads 1): the 7 small tasks, 3 seeds, 2000 steps (1500 for the three slowest)
+    # 2 CPU cores (--jobs 2 --threads 1), <= 60 min: 7 tasks whose training size the small models can learn or
+    # nearly learn in minutes (vartrack, addition, eca, sudoku4, reverse, passkey: the gpu preset). Compute-matched:
+    # each GPT has BDH's parameters (+-5%) and is trained for the steps that equal BDH's training FLOPs ("flops").
+    # Converged where the budget allows: 3 learning rates on seed 0 (chosen on the validation set), seeds 1-2 at
+    # the chosen one; validation every 100 steps (steps to 0.95). Measured in a pilot (1 seed, lr 3e-3): BDH learns
+    # copy, dyck, selective-copy in <= 1000 steps, the GPTs within their FLOP-matched steps; induction and MQAR
+    # are still improving, so they get 2x and 2.5x the steps.
     "cpu": {
-        "tasks": ["parity", "mqar", "copy", "vartrack", "addition", "eca", "sudoku4"], "seeds": 3,
-        "bdh": {"n_layer": 3, "n_embd": 64, "n_head": 4, "mlp_internal_dim_multiplier": 8, "dropout": 0.0},
+        "tasks": ["parity", "copy", "selective-copy", "dyck", "induction", "mqar", "s5"], "seeds": 3,
+        "bdh": {"n_layer": 3, "n_embd": 64, "n_head": 4, "mlp_internal_dim_multiplier": 4, "dropout": 0.0},
         "gpt": {"n_layer": 3, "n_head": 4, "dropout": 0.0},
-        "train": {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup": 100},
-        "task_train": {"vartrack": {"steps": 1500}, "eca": {"steps": 1500}, "sudoku4": {"steps": 1500}},
-        "mults": [1, 2, 4, 8], "bdh_mults": [16, 32], "passes": ["L-1", "L+1", "2L"], "pass_mults": [1, 2],
-        # 1000 examples per size (spec 6d: rare errors); the `--list` estimate grows from 106.9 (256 examples) to
-        # 130.4 single-thread min (+22%; evaluation and overheads 26% of it, ~12 min more wall with --jobs 2)
+        "train": {"steps": 1000, "batch_size": 32, "lr": 3e-3, "warmup": 50, "eval_every": 100},
+        "task_train": {"induction": {"steps": 2000}, "mqar": {"steps": 2500}},
+        "match": ("flops",), "lrs": [1e-3, 3e-3, 1e-2], "lr_seeds": 1,
+        "mults": [1, 2, 4, 8, 16, 32], "bdh_mults": [], "passes": ["L-1", "L+1", "2L"], "pass_mults": [1, 2],
         "n_examples": 1000, "eval_batch_size": 64,
     },
-    # one GPU: every task including reverse and 9x9 Sudoku, larger models, longer training, further extrapolation
+    # one task in <= 5 min on 2 cores (--jobs 2): copy (teacher-forced), the cpu preset's models and learning rate
+    # 3e-3 (no sweep), 3 seeds, FLOP-matched GPTs
+    "quick": {
+        "tasks": ["copy"], "seeds": 3,
+        "bdh": {"n_layer": 3, "n_embd": 64, "n_head": 4, "mlp_internal_dim_multiplier": 4, "dropout": 0.0},
+        "gpt": {"n_layer": 3, "n_head": 4, "dropout": 0.0},
+        "train": {"steps": 1000, "batch_size": 32, "lr": 3e-3, "warmup": 50, "eval_every": 100},
+        "match": ("flops",), "mults": [1, 2, 4, 8, 16, 32], "bdh_mults": [], "passes": ["L+1"], "pass_mults": [1],
+        "n_examples": 1000, "eval_batch_size": 64,
+    },
+    # one large GPU (bf16 autocast where supported): every task, ~6M-parameter models, FLOP-matched GPTs (3x the
+    # steps: BDH costs ~3x a GPT's FLOPs per token at these lengths), a 3-value sweep on seed 0, sizes to 32x
     "gpu": {
-        "tasks": ["parity", "mqar", "copy", "reverse", "vartrack", "addition", "eca", "sudoku4", "sudoku9"],
+        "tasks": ["parity", "copy", "reverse", "selective-copy", "dyck", "induction", "mqar", "s5", "vartrack",
+                  "addition", "eca", "sudoku4", "sudoku9", "passkey"],
         "seeds": 3,
         "bdh": {"n_layer": 6, "n_embd": 256, "n_head": 4, "mlp_internal_dim_multiplier": 32, "dropout": 0.0},
         "gpt": {"n_layer": 6, "n_head": 8, "dropout": 0.0},
-        "train": {"steps": 5000, "batch_size": 64, "lr": 1e-3, "warmup": 250},
-        "mults": [1, 2, 4, 8], "bdh_mults": [16, 32, 64, 128], "passes": ["L-1", "L+1", "2L"],
+        "train": {"steps": 5000, "batch_size": 64, "lr": 1e-3, "warmup": 250, "eval_every": 250},
+        "match": ("flops",), "lrs": [3e-4, 1e-3, 3e-3], "lr_seeds": 1,
+        "mults": [1, 2, 4, 8, 16, 32], "bdh_mults": [64, 128], "passes": ["L-1", "L+1", "2L"],
         "pass_mults": [1, 2], "n_examples": 1024, "eval_batch_size": 128,
     },
 }
 # effective training/eval speed used for the time estimate of `--list` and the progress bar's weights
-# (floating-point operations per second of one CPU thread, measured on this project's 2-core machine)
-CPU_FLOPS = 2.5e10
+# (floating-point operations per second of one CPU thread, measured on this project's 2-core machine: the
+# cpu preset's pilot ran BDH at 3.6e10-7.3e10 and the GPTs at ~3e10 per thread)
+CPU_FLOPS = 4e10
 
 # ----------------------------------------------------------------------------------------------- the plan
 @dataclasses.dataclass
@@ -268,7 +287,9 @@ def plan_table(preset_name: str, runs: list[Run]) -> str:
     n_run = sum(1 for r in runs if not r.pending) + len({(r.task_name, r.model, r.seed) for r in runs if r.pending})
     sweep = (f"; learning rates swept on seed(s) {', '.join(map(str, tuned))}, the other seeds trained at the value "
              "chosen there" if any(r.pending for r in runs) else "")
-    lines = [f"preset {preset_name}: {n_run} runs, estimated {expected_s(runs) / 60:.1f} min (one CPU thread){sweep}",
+    est = expected_s(runs)
+    lines = [f"preset {preset_name}: {n_run} runs, {(est - 2.0 * n_run) * CPU_FLOPS:.3g} FLOPs (training and "
+             f"evaluation), estimated {est / 60:.1f} min on one CPU thread at {CPU_FLOPS:.2g} FLOP/s{sweep}",
              "FLOPs: `bdh.interface.token_flops(config, T).training` per token at the training size's T (3 x forward); "
              "train FLOPs = steps x batch x T x FLOPs/token, per seed. Arms MODEL-flops: FLOP-matched (the steps "
              "solved so their training FLOPs equal BDH's); the others: parameter-matched at BDH's steps.", "",
