@@ -148,7 +148,7 @@ def test_list_writes_nothing(tmp_path: Path):
     assert r.returncode == 0, r.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []
     for task in PRESETS["cpu"]["tasks"]:
-        assert f"| {task} | bdh |" in r.stdout and f"| {task} | gpt-rope |" in r.stdout
+        assert f"| {task} | bdh |" in r.stdout and f"| {task} | gpt-rope-flops |" in r.stdout  # the preset's match
     assert "estimated" in r.stdout and "FLOPs/token" in r.stdout and "train FLOPs" in r.stdout
     _, runs = plan("cpu")
     for run in runs[:: len(PRESETS["cpu"]["tasks"])]:  # each arm's FLOPs per token and training FLOPs printed
@@ -158,14 +158,13 @@ def test_list_writes_nothing(tmp_path: Path):
 def test_flop_matched_sweep_end_to_end(tmp_path: Path):
     """--match flops --lrs --lr-seeds 1: the FLOP-matched GPTs train more steps, every arm at each learning rate on
     seed 0; the chosen learning rate is the one with the best validation accuracy there, seed 1 trains only at it,
-    and only its rows make the tables."""
+    and only its runs are evaluated on the test examples (the other value's run is trained, never tested)."""
     out = tmp_path / "fm"
     r = bdh_cli("--preset", "smoke", "--out", str(out), "--threads", "1", "--no-progress", "--seeds", "2",
                 "--match", "flops", "--lrs", "1e-3,3e-3", "--lr-seeds", "1")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = list(csv.DictReader(open(out / "results.csv", encoding="utf-8")))
     assert {x["model"] for x in rows} == {"bdh", "gpt-alibi-flops", "gpt-rope-flops"}
-    assert {float(x["lr"]) for x in rows} == {1e-3, 3e-3}
     steps = {x["model"]: int(x["steps"]) for x in rows}
     assert steps["gpt-rope-flops"] > steps["bdh"] == PRESETS["smoke"]["train"]["steps"]
     s = json.loads((out / "summary.json").read_text())
@@ -173,17 +172,19 @@ def test_flop_matched_sweep_end_to_end(tmp_path: Path):
         ch = s["lr_choice"][f"parity/{arm}"]
         best = max(ch["val"].values())
         assert ch["val"][str(ch["lr"])] == best
-        sel = {float(x["lr"]) for x in rows if x["model"] == arm and x["selected"] == "True"}
-        assert sel == {ch["lr"]}
+        assert {(float(x["lr"]), x["selected"]) for x in rows if x["model"] == arm} == {(ch["lr"], "True")}
+        assert {x["seed"] for x in rows if x["model"] == arm} == {"0", "1"}  # the tuning seed's chosen run too
         assert set(ch["val"]) == {"0.001", "0.003"}  # chosen on seed 0's two runs
         assert {float(x["lr"]) for x in rows if x["model"] == arm and x["seed"] == "1"} == {ch["lr"]}
         other = ({1e-3, 3e-3} - {ch["lr"]}).pop()
         assert not (out / "runs" / "parity" / arm / f"lr{other:g}" / "seed1").exists()
+        tried = out / "runs" / "parity" / arm / f"lr{other:g}" / "seed0"
+        assert (tried / "model.safetensors").is_file() and not (tried / "compare-eval.json").exists()
     assert (out / "runs" / "parity" / "gpt-rope-flops" / "lr0.001" / "seed0" / "model.safetensors").is_file()
     assert "gpt-rope-flops" in (out / "summary.md").read_text()
 
 
-@pytest.mark.parametrize("preset", ["cpu", "gpu", "smoke"])
+@pytest.mark.parametrize("preset", ["cpu", "quick", "gpu", "smoke"])
 def test_presets_matched_within_5_percent(preset):
     _, runs = plan(preset)
     from bdh.tasks import load_task

@@ -5,7 +5,9 @@ and values = the layer input v* (d-dim, shared by all heads):
 
     out_t = sum_{s<t} gamma^(t-s) <QR_t, QR_s> V_s          (strictly causal, tril(-1), no softmax)
 
-gamma is the per-head damping (1 when off, the reference). The three forms compute this same function:
+gamma is the damping (1 when off, the reference): per head, log_gamma (nh,); or per neuron, log_gamma (nh, N), the
+state's rows decaying at their own rates, out_t = sum_{s<t} <QR_t, diag(gamma^(t-s)) QR_s> V_s. The three forms compute
+this same function:
 
 - `attention_parallel`: the quadratic reference form, T x T scores (the readable reference);
 - `attention_chunked`: linear time, masked C x C products inside a chunk plus an exclusive running state
@@ -30,17 +32,21 @@ import torch
 
 
 # ----------------------------------------------------------------------------- RoPE
-def rope_freqs(N: int, theta: float) -> torch.Tensor:
+def rope_freqs(N: int, theta: float, n_rope: int | None = None) -> torch.Tensor:
     """Per-neuron RoPE frequencies in turns per position, (N,) float64.
 
     Computed exactly as the reference (`get_freqs` in fp32: pairs of neurons share a frequency
     theta^(-2 floor(i/2) / N) / 2pi), then stored in fp64 so that phase arithmetic never happens in a lower
-    precision.
+    precision. `n_rope` (even, <= N; `BDHConfig.n_rope`): only the first n_rope neurons rotate, the others get
+    frequency 0: a rotation by angle 0 (cos 1, sin 0), which leaves them exactly unchanged. None: all N.
     """
     i = torch.arange(0, N, 1, dtype=torch.float32)
     q = (i / 2).floor() * 2
     f32 = 1.0 / (torch.tensor(theta, dtype=torch.float32) ** (q / N)) / (2 * math.pi)
-    return f32.to(torch.float64)
+    f = f32.to(torch.float64)
+    if n_rope is not None and n_rope < N:
+        f[n_rope:] = 0.0  # not rotated
+    return f
 
 
 def rope_cos_sin(
@@ -184,15 +190,27 @@ def _cached(cache: dict | None, key, make):
     return out
 
 
+def _per_neuron(log_gamma: torch.Tensor | None) -> bool:
+    """Whether the damping is per neuron (log_gamma (nh, N)) rather than per head ((nh,)) or off (None)."""
+    return log_gamma is not None and log_gamma.dim() == 2
+
+
 def _decay_powers(log_gamma: torch.Tensor | None, exps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-    """gamma_h ** exps for every head: (nh, *exps.shape) in `dtype`; None when damping is off."""
+    """gamma ** exps in `dtype`: (nh, *exps.shape) per head, (nh, *exps.shape, N) per neuron; None when damping is off.
+
+    Exponents are >= 0 wherever the powers are used, so no power exceeds 1 (no overflow). Differentiable in
+    log_gamma (a learned damping)."""
     if log_gamma is None:
         return None
+    if _per_neuron(log_gamma):
+        nh, N = log_gamma.shape
+        lg = log_gamma.to(torch.float64).view(nh, *([1] * exps.dim()), N)
+        return torch.exp(lg * exps.to(torch.float64).unsqueeze(-1)).to(dtype)
     return torch.exp(log_gamma.to(torch.float64).view(-1, *([1] * exps.dim())) * exps.to(torch.float64)).to(dtype)
 
 
 def _causal_mask(T: int, log_gamma: torch.Tensor | None, device, dtype) -> torch.Tensor:
-    """Strictly-lower-triangular (T, T) mask, times gamma^(t-s) per head ((nh, T, T)) with damping."""
+    """Strictly-lower-triangular (T, T) mask, times gamma^(t-s) per head ((nh, T, T)) with damping (not per neuron)."""
     t = torch.arange(T, device=device)
     dist = t.view(-1, 1) - t.view(1, -1)  # t - s
     strict = dist > 0
@@ -203,6 +221,55 @@ def _causal_mask(T: int, log_gamma: torch.Tensor | None, device, dtype) -> torch
 
 def _no_autocast(device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _neuron_decay_attention(
+    QR: torch.Tensor, K: torch.Tensor, V: torch.Tensor, log_gamma: torch.Tensor, cache: dict | None = None
+) -> torch.Tensor:
+    """out_t = sum_{s<t} <QR_t, diag(gamma^(t-s)) K_s> V_s for a per-neuron damping log_gamma (nh, N): (B, nh, T, D).
+
+    No (T, T) mask can hold a decay that differs per neuron, so the pairs s < t are summed by a binary split of
+    the tokens. At level h = 1, 2, 4, ... the blocks [2hp, 2hp + 2h) pair their right half (queries t) with their
+    left half (keys s) around the midpoint m = 2hp + h, where
+
+        gamma^(t-s) = gamma^(t-m) * gamma^(m-s),   t - m in [0, h),  m - s in [1, h]:
+
+    queries scaled by gamma^(t-m), keys by gamma^(m-s), both exponents >= 0, so no factor exceeds 1 (nothing
+    overflows, however fast the decay; a product that underflows is below the smallest float anyway). Each pair
+    s < t is summed at exactly one level (that of the highest bit in which t and s differ), so the products are
+    T(T-1)/2 query-key pairs times (N + D): the causal count, in ceil(log2 T) levels of batched matmuls. A last,
+    partial block (T not a multiple of 2h) is one more product. Autograd keeps the scaled queries and keys of every
+    level: about log2(T) tensors of (B, nh, T, N) (the chunked form bounds T by the chunk size).
+    QR, K (B, nh, T, N); V (B, 1, T, D).
+    """
+    B, nh, T, N = QR.shape
+    dev, dt = QR.device, QR.dtype
+    out = QR.new_zeros((B, nh, T, V.shape[-1])) if T < 2 else None
+    h = 1
+    while h < T:
+        ar = torch.arange(h, device=dev)
+        up = _cached(cache, ("nd_up", h, dt), lambda: _decay_powers(log_gamma, ar, dt))  # (nh, h, N) gamma^(t-m)
+        down = _cached(cache, ("nd_down", h, dt), lambda: _decay_powers(log_gamma, h - ar, dt))  # gamma^(m-s)
+        P, r = divmod(T, 2 * h)
+        parts = []
+        if P:  # P whole blocks: (B, nh, P, 2, h, N) -> right halves (queries), left halves (keys, values)
+            q = QR[:, :, : 2 * h * P].unflatten(2, (P, 2, h))[:, :, :, 1] * up.unsqueeze(1)  # (B, nh, P, h, N)
+            k = K[:, :, : 2 * h * P].unflatten(2, (P, 2, h))[:, :, :, 0] * down.unsqueeze(1)  # (B, nh, P, h, N)
+            v = V[:, :, : 2 * h * P].unflatten(2, (P, 2, h))[:, :, :, 0]  # (B, 1, P, h, D)
+            o = (q @ k.mT) @ v  # (B, nh, P, h, D): the right halves' reads of their left halves
+            parts.append(torch.stack((torch.zeros_like(o), o), 3).flatten(2, 4))  # (B, nh, 2hP, D), 0 on the left
+        a = 2 * h * P
+        if r > h:  # a last, partial block: queries [a + h, T) read keys [a, a + h)
+            q = QR[:, :, a + h :] * up[:, : r - h]  # (B, nh, r - h, N)
+            k = K[:, :, a : a + h] * down  # (B, nh, h, N)
+            o = (q @ k.mT) @ V[:, :, a : a + h]  # (B, nh, r - h, D)
+            parts.append(torch.nn.functional.pad(o, (0, 0, h, 0)))  # (B, nh, r, D)
+        elif r:
+            parts.append(QR.new_zeros((B, nh, r, V.shape[-1])))  # a lone left half: no pair at this level
+        level = torch.cat(parts, 2) if len(parts) > 1 else parts[0]  # (B, nh, T, D)
+        out = level if out is None else out + level
+        h *= 2
+    return out
 
 
 # ----------------------------------------------------------------------------- three forms
@@ -218,7 +285,8 @@ def attention_parallel(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Quadratic form (the reference): out = tril(QR QR^T, -1) V [+ QR S0].
 
-    QR (B, nh, T, N); V (B, 1, T, D); S0 (B, nh, N, D) or None; log_gamma (nh,) or None.
+    QR (B, nh, T, N); V (B, 1, T, D); S0 (B, nh, N, D) or None; log_gamma (nh,) per head, (nh, N) per neuron
+    (`_neuron_decay_attention`: no T x T mask), or None.
     `detach_kv`: no gradient through keys and values (the paper's no-BPTT recipe, §7.2).
     `cache`: a dict shared by the calls of one model call, so masks and decay powers are built once.
     Returns out (B, nh, T, D) and the state after the last token (or None when not `need_state`).
@@ -226,13 +294,19 @@ def attention_parallel(
     B, nh, T, N = QR.shape
     dev, dt = QR.device, QR.dtype
     K, V = (QR.detach(), V.detach()) if detach_kv else (QR, V)
-    mask = _cached(cache, ("mask", T, dt), lambda: _causal_mask(T, log_gamma, dev, dt))  # (T, T) or (nh, T, T)
-    scores = (gram(QR) if K is QR else _bmm(QR, K.mT)) * mask  # (B, nh, T, T)
-    out = _bmm(scores, V)  # (B, nh, T, D)
+    if _per_neuron(log_gamma):
+        out = _neuron_decay_attention(QR, K, V, log_gamma, cache)  # (B, nh, T, D)
+    else:
+        mask = _cached(cache, ("mask", T, dt), lambda: _causal_mask(T, log_gamma, dev, dt))  # (T, T) or (nh, T, T)
+        scores = (gram(QR) if K is QR else _bmm(QR, K.mT)) * mask  # (B, nh, T, T)
+        out = _bmm(scores, V)  # (B, nh, T, D)
     if S0 is not None:
         w = _cached(cache, ("pow", T, dt), lambda: _decay_powers(log_gamma, torch.arange(T, device=dev), dt))
-        read = _bmm(QR, S0.to(dt))  # (B, nh, T, D)
-        out = out + (read if w is None else read * w.view(1, nh, T, 1))  # gamma^t: decay of the carried state
+        if _per_neuron(log_gamma):  # gamma^t per neuron: (nh, T, N), on the queries (diag(gamma^t) S0)
+            out = out + _bmm(QR * w.unsqueeze(0), S0.to(dt))
+        else:
+            read = _bmm(QR, S0.to(dt))  # (B, nh, T, D)
+            out = out + (read if w is None else read * w.view(1, nh, T, 1))  # gamma^t: decay of the carried state
     if not need_state:
         return out, None
     return out, _advance_state(K, V, S0, log_gamma, cache)
@@ -241,7 +315,9 @@ def attention_parallel(
 def _advance_state(
     K: torch.Tensor, V: torch.Tensor, S0: torch.Tensor | None, log_gamma: torch.Tensor | None, cache: dict | None = None
 ) -> torch.Tensor:
-    """S_T = gamma^T S0 + sum_s gamma^(T-s) K_s (x) V_s, accumulated in fp32/fp64. K (B,nh,T,N), V (B,1,T,D)."""
+    """S_T = gamma^T S0 + sum_s gamma^(T-s) K_s (x) V_s, accumulated in fp32/fp64. K (B,nh,T,N), V (B,1,T,D).
+
+    Per-neuron damping: gamma^(T-s) scales each neuron of K_s, and gamma^T each row of S0."""
     B, nh, T, N = K.shape
     dev = K.device
     sd = state_dtype(K.dtype)
@@ -249,11 +325,11 @@ def _advance_state(
         Kf, Vf = K.to(sd), V.to(sd)
         w = _cached(cache, ("adv", T, sd), lambda: _decay_powers(log_gamma, T - torch.arange(T, device=dev), sd))
         if w is not None:
-            Kf = Kf * w.view(1, nh, T, 1)  # gamma^(T-s)
+            Kf = Kf * w.view(1, nh, T, -1)  # gamma^(T-s): (nh, T) per head, (nh, T, N) per neuron
         S = _bmm(Vf.mT, Kf).mT  # (B, nh, N, D) = K^T V, as (V^T K)^T: the keys' gradient V G^T is not transposed
         if S0 is not None:
             g = _cached(cache, ("advT", T, sd), lambda: _decay_powers(log_gamma, torch.tensor(T, device=dev), sd))
-            S = S + (S0 if g is None else S0 * g.view(1, nh, 1, 1))  # gamma^T S0
+            S = S + (S0 if g is None else S0 * g.view(1, nh, -1, 1))  # gamma^T S0: (nh,) per head, (nh, N) per neuron
     return S
 
 
@@ -298,7 +374,8 @@ def attention_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Recurrent form, one token: read the state, then write the token.
 
-    qr (B, nh, N); v (B, D); S (B, nh, N, D); gamma (nh,) or None.
+    qr (B, nh, N); v (B, D); S (B, nh, N, D); gamma (nh,) per head, (nh, N) per neuron (diag(gamma) scales the
+    rows of S), or None.
     Returns out (B, nh, D) and the new state gamma * (S + qr (x) v): a new tensor, or S itself updated in
     place when `inplace` (no allocation; for decode loops that own their state). `detach_kv`: the write uses
     detached keys and values (gradients reach qr only through the read, as in the other forms).
@@ -309,7 +386,7 @@ def attention_step(
     val = v.to(S.dtype)[:, None, None, :]  # (B, 1, 1, D)
     S_new = S.addcmul_(k, val) if inplace else torch.addcmul(S, k, val)  # S + qr (x) v: one pass over S
     if gamma is not None:
-        S_new.mul_(gamma.to(S.dtype).view(1, -1, 1, 1))
+        S_new.mul_(gamma.to(S.dtype).view(1, gamma.shape[0], -1, 1))  # (1, nh, 1 or N, 1): per head or per neuron
     return out.to(qr.dtype), S_new
 
 

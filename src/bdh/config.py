@@ -18,6 +18,8 @@ from ._version import __version__
 from .io import atomic_write_json
 
 FORMS = ("parallel", "chunked", "recurrent", "auto")
+# damping values whose retention gamma is a trained parameter of the model (BDH.log_decay_rate)
+LEARNED_DAMPING = ("learned", "learned-neuron")
 
 
 def alibi_slopes(n_head: int) -> list[float]:
@@ -97,13 +99,29 @@ class BDHConfig(JSONConfig):
     # None: off (the reference). "alibi": gamma_h = exp(-m_h) with ALiBi's slopes (`alibi_slopes`: m_h =
     # 2^(-8(h+1)/n_head) for a power-of-two n_head, ALiBi's own rule otherwise).
     # A list of n_head floats in (0, 1]: gamma_h given directly.
+    # "learned": one trained gamma_h per head; "learned-neuron": one trained gamma_{h,i} per neuron i of each head
+    # (rho's rows decay at their own rates: rho_t = diag(gamma_h) (rho_{t-1} + k_t v_t^T), the same write-then-decay
+    # order as the fixed damping). Parametrised as gamma = exp(-exp(w)) with w = `BDH.log_decay_rate` (the log of
+    # the decay rate -ln gamma), so gamma stays in (0, 1) and Adam moves timescales multiplicatively.
     damping: str | list[float] | None = None
     # Chunk length C of the chunked (linear-time) form; form="auto" uses the parallel form up to C tokens.
     chunk_size: int = 128
+    # Initial spread of a learned damping: [min, max] half-life in tokens (gamma^half_life = 1/2), spread
+    # geometrically from min (head 0, or neuron 0 of every head) to max (the last head / neuron; one head or
+    # neuron: the geometric mean). None: ALiBi's slopes per head ("learned"), or per neuron of every head the
+    # geometric spread between ALiBi's largest and smallest slope ("learned-neuron"). Only with a learned damping.
+    damping_init_range: list[float] | None = None
+    # Fraction of each head's neurons that RoPE rotates: the first n_rope = 2*round(rope_fraction*N/2) neurons
+    # (whole RoPE pairs, rounded half up) keep their frequencies theta^(-2 floor(i/2)/N) (the highest ones, as in
+    # p-RoPE), the others have frequency 0 (not rotated). 1.0: every neuron (the reference); 0.0: no positional
+    # signal at all (NoPE).
+    rope_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.damping, tuple):
             self.damping = list(self.damping)
+        if isinstance(self.damping_init_range, tuple):
+            self.damping_init_range = list(self.damping_init_range)
         self.validate()
 
     # ------------------------------------------------------------------ derived sizes
@@ -122,17 +140,49 @@ class BDHConfig(JSONConfig):
         """The low-rank dimension d (`n_embd`)."""
         return self.n_embd
 
+    @property
+    def n_rope(self) -> int:
+        """Neurons per head that RoPE rotates: the first 2*round(rope_fraction*N/2) (whole pairs, half up)."""
+        return 2 * math.floor(self.rope_fraction * self.N / 2 + 0.5)
+
+    @property
+    def learned_damping(self) -> bool:
+        """Whether the retention gamma is a trained parameter (damping "learned" or "learned-neuron")."""
+        return isinstance(self.damping, str) and self.damping in LEARNED_DAMPING
+
     def num_params(self) -> int:
         """The paper's count 3nd + 2Vd (encoder, encoder_v, decoder; embedding, lm_head)."""
         return 3 * self.n * self.D + 2 * self.vocab_size * self.D
 
     def decay(self) -> list[float] | None:
-        """Per-head retention gamma_h in (0, 1], or None when damping is off."""
+        """Per-head retention gamma_h in (0, 1], or None when damping is off.
+
+        A learned damping has no fixed retention (ValueError): it is the model's `log_gamma`, from its trained
+        `log_decay_rate`; `decay_init_rates` gives its initial value."""
         if self.damping is None:
             return None
+        if self.learned_damping:
+            raise ValueError(f"BDHConfig.damping={self.damping!r}: the retention is a trained parameter, not a "
+                             "config value; read it from the model (model.log_gamma)")
         if self.damping == "alibi":
             return [math.exp(-m) for m in alibi_slopes(self.n_head)]
         return [float(g) for g in self.damping]
+
+    def decay_init_rates(self) -> list[float]:
+        """The initial decay rates m = -ln gamma of a learned damping: n_head values ("learned"), or N values
+        ("learned-neuron", neuron i of every head). See `damping_init_range`."""
+        if not self.learned_damping:
+            raise ValueError(f"BDHConfig.damping={self.damping!r}: decay_init_rates is for a learned damping "
+                             f"({' or '.join(map(repr, LEARNED_DAMPING))})")
+        K = self.n_head if self.damping == "learned" else self.N
+        if self.damping_init_range is None:
+            slopes = alibi_slopes(self.n_head)
+            if self.damping == "learned":
+                return slopes
+            lo, hi = max(slopes), min(slopes)  # rates from the fastest (neuron 0) to the slowest (neuron N-1)
+        else:
+            lo, hi = (math.log(2.0) / h for h in self.damping_init_range)  # rate = ln 2 / half-life
+        return [lo * (hi / lo) ** (i / (K - 1) if K > 1 else 0.5) for i in range(K)]
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -155,10 +205,23 @@ class BDHConfig(JSONConfig):
             )
         if self.N % 2:
             raise bad("mlp_internal_dim_multiplier", f"an even number of neurons per head for RoPE pairs (N={self.N})")
+        f = self.rope_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
+            raise bad("rope_fraction", "a number in [0, 1] (the fraction of each head's neurons that RoPE rotates)")
         d = self.damping
-        if d is not None and d != "alibi":
+        if d is not None and d != "alibi" and not self.learned_damping:
             if not isinstance(d, list) or len(d) != self.n_head:
-                raise bad("damping", f'None, "alibi", or a list of {self.n_head} per-head retention factors')
+                raise bad("damping", f'None, "alibi", "learned", "learned-neuron", or a list of {self.n_head} '
+                                     "per-head retention factors")
             for g in d:
                 if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.0 < g <= 1.0:
                     raise bad("damping", "per-head retention factors in (0, 1]")
+        r = self.damping_init_range
+        if r is not None:
+            if not self.learned_damping:
+                raise bad("damping_init_range", f"None unless damping is {' or '.join(map(repr, LEARNED_DAMPING))} "
+                                                f"(damping={d!r} has no trained initial value)")
+            if (not isinstance(r, list) or len(r) != 2
+                    or any(isinstance(h, bool) or not isinstance(h, (int, float)) or not 0.0 < h < math.inf for h in r)
+                    or r[0] > r[1]):
+                raise bad("damping_init_range", "None or [min, max]: two finite half-lives in tokens, 0 < min <= max")

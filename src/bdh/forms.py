@@ -89,7 +89,7 @@ class ParallelForm(AttentionForm):
 class StepForm(AttentionForm):
     """One token per row (the recurrent form). qr (B, h, 1, N), v (B, 1, 1, d).
 
-    Functional: a new rho per layer. `inplace`: `state` itself is updated. With damping, an in-place step
+    Functional: a new rho per layer. `inplace`: `state` itself is updated. With per-head damping, an in-place step
     outside autograd (a decode loop) decays the state's lazy scale instead of every row of rho
     (`BDHState.lazy_decay_`): the dense and the sparse decode then do the same work per token.
     """
@@ -99,7 +99,8 @@ class StepForm(AttentionForm):
         super().__init__()
         self.state, self.log_gamma, self.fold_every = state, log_gamma, fold_every
         self.inplace, self.detach_kv = inplace, detach_kv
-        self.lazy = log_gamma is not None and inplace and not torch.is_grad_enabled()
+        # the lazy scale is per head: a per-neuron damping (log_gamma (h, N)) decays rho itself, every token
+        self.lazy = log_gamma is not None and log_gamma.dim() == 1 and inplace and not torch.is_grad_enabled()
         self.gamma = None if log_gamma is None or self.lazy else log_gamma.exp()  # the lazy path decays the scale
 
     def attend(self, l, qr, v, x_sparse):

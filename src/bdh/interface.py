@@ -35,7 +35,9 @@ import torch
 #   "neurons"          BDH's neuron views apply: hook kinds x_sparse / y_sparse / xy per neuron, config sizes N, n, D,
 #                      encoder / decoder matrices (`bdh view`'s Neuron and Synapse views, its neuron index)
 #   "rho_state"        the state holds BDH's rho per layer (`states_at`; `bdh view`'s State view)
-#   "layer_passes"     forward accepts passes=K (layer weights applied K times; `bdh tasks compare`'s passes sweep)
+#   "layer_passes"     the weights do not depend on config.n_layer (one set shared by every layer): the model runs K
+#                      layer passes with its config's n_layer = K (`bdh.tasks.evaluate.with_layers`, `bdh tasks
+#                      compare`'s passes sweep; train.layer_passes sets `model.config` around the training forward)
 CAPABILITIES = ("forms", "no_bptt", "activity_penalty", "sparse_decode", "hooks", "neurons", "rho_state",
                 "layer_passes")
 

@@ -10,7 +10,10 @@ n = h N, V = vocab_size):
 | `encoder_v`          | (h, d, N)     | D_y, per head: y_sparse = (D_y LN(a*))^+ |
 | `decoder`            | (h N, d)      | E: v* = LN(E (x_sparse * y_sparse))     |
 | `lm_head`            | (d, V)        | token decoder f_d                        |
-| `freqs` (buffer)     | (N,) fp64     | RoPE frequency of each neuron (U)        |
+| `freqs` (buffer)     | (N,) fp64     | RoPE frequency of each neuron (U); 0 for |
+|                      |               | the neurons past `config.n_rope`         |
+| `log_decay_rate`     | (h,) or (h N,)| learned damping only: w, gamma =         |
+|                      |               | exp(-exp(w)) per head / per neuron       |
 
 One layer, `BDH.layer` (weights shared by all L layers, as in the reference; residual in d-space, spec §2.1 (a)):
 
@@ -124,20 +127,62 @@ class BDH(HookPoints, PretrainedMixin, nn.Module):
         self.lm_head = nn.Parameter(torch.zeros((D, V)).normal_(std=0.02))
         self.ln = nn.LayerNorm(D, elementwise_affine=False, bias=False)
         self.drop = nn.Dropout(config.dropout)
-        self.register_buffer("freqs", rope_freqs(N, config.rope_theta))  # (N,) fp64, kept fp64 by _apply
-        decay = config.decay()
-        self.register_buffer(
-            "log_gamma", None if decay is None else torch.log(torch.tensor(decay, dtype=torch.float64)), persistent=False
+        # (N,) fp64, kept fp64 by _apply; frequency 0 (no rotation) past the first n_rope neurons (rope_fraction)
+        self.register_buffer("freqs", rope_freqs(N, config.rope_theta, config.n_rope))
+        decay = None if config.learned_damping else config.decay()
+        self.register_buffer(  # fixed damping: log gamma_h (nh,) fp64 (`log_gamma`)
+            "_log_gamma", None if decay is None else torch.log(torch.tensor(decay, dtype=torch.float64)), persistent=False
         )
-        self._fold_every = fold_period(decay)  # decode steps between folds of the lazy damping scale
+        if config.learned_damping:
+            # w = log(-log gamma) = log of the decay rate: gamma = exp(-exp(w)) in (0, 1). Per head (nh,), or per
+            # neuron flattened head-major (nh N,) so that it is a vector: the optimizers treat it as one (AdamW, no
+            # weight decay: bdh.training.step.make_optimizer). Kept in fp32 or fp64 (`_apply`).
+            rates = torch.tensor(config.decay_init_rates(), dtype=torch.float64)  # (nh,) or (N,): m = -log gamma
+            if config.damping == "learned-neuron":
+                rates = rates.repeat(nh)  # the same spread in every head
+            self.log_decay_rate = nn.Parameter(rates.log().to(torch.float32))
+        self._fold_every = fold_period(decay)  # decode steps between folds of the lazy damping scale (fixed gamma)
+        self._fold_cache: tuple | None = None  # learned gamma: (parameter version, fold period)
 
-    # Keep the RoPE frequencies (and the damping) in fp64 whatever `.to(dtype)` / `.half()` asks for.
+    @property
+    def log_gamma(self) -> torch.Tensor | None:
+        """log gamma of the damping, fp64: (nh,) per head, (nh, N) per neuron ("learned-neuron"), None when off.
+
+        A learned damping computes it from `log_decay_rate` (-exp(w)), differentiably: gradients reach w."""
+        if not self.config.learned_damping:
+            return self._log_gamma
+        lg = -torch.exp(self.log_decay_rate.to(torch.float64))
+        return lg.view(self.config.n_head, -1) if self.config.damping == "learned-neuron" else lg
+
+    @log_gamma.setter
+    def log_gamma(self, value: torch.Tensor | None) -> None:
+        if self.config.learned_damping:
+            raise ValueError(f"damping={self.config.damping!r}: log_gamma is computed from the trained "
+                             "log_decay_rate; set that parameter instead")
+        self._log_gamma = value
+
+    def _fold_period(self) -> int:
+        """Lazy decays between folds (`BDHState.lazy_decay_`): fixed for a fixed damping; for a learned one, from
+        the current gamma (recomputed when the parameter changes)."""
+        if not self.config.learned_damping:
+            return self._fold_every
+        w = self.log_decay_rate
+        key = (w._version, w.data_ptr(), str(w.device))
+        if self._fold_cache is None or self._fold_cache[0] != key:
+            self._fold_cache = (key, fold_period(torch.exp(-torch.exp(w.detach().double())).tolist()))
+        return self._fold_cache[1]
+
+    # Keep the RoPE frequencies (and a fixed damping) in fp64, and a learned damping in fp32 or fp64, whatever
+    # `.to(dtype)` / `.half()` asks for.
     def _apply(self, fn, recurse=True):
-        keep = {k: getattr(self, k) for k in ("freqs", "log_gamma") if getattr(self, k) is not None}
+        keep = {k: getattr(self, k) for k in ("freqs", "_log_gamma") if getattr(self, k) is not None}
+        w = self.log_decay_rate.detach() if self.config.learned_damping else None  # the values before fn
         super()._apply(fn, recurse)
         for k, t in keep.items():
             moved = fn(t)
             setattr(self, k, t.to(moved.device) if moved.dtype != t.dtype else moved)
+        if w is not None and self.log_decay_rate.dtype not in (torch.float32, torch.float64):
+            self.log_decay_rate.data = w.to(device=self.log_decay_rate.device, dtype=torch.float32)
         return self
 
     # ------------------------------------------------------------------ sizes
@@ -169,6 +214,11 @@ class BDH(HookPoints, PretrainedMixin, nn.Module):
             recurrent (one step):   + 2*n*d + 2*n*d    state read and write (the write is an addcmul)
             once:                   + 2*d*V            lm_head
 
+        Per-neuron damping ("learned-neuron") has no T x T product: its blocks sum the T(T-1)/2 query-key pairs
+        exactly once (`bdh.attention._neuron_decay_attention`), so K is the causal count in every case, and no
+        keys = queries saving applies. Damping and RoPE scale queries, keys and states elementwise (O(n) per token
+        and level, not counted); rope_fraction changes no product.
+
         "auto" is what `forward` runs (parallel up to chunk_size tokens). `causal`: K counts only the earlier keys
         ((T-1)/2, sum(c_i(c_i-1)/2)/T) instead of the full products the kernels execute. The executed backward is
         2 x forward less the scores' second product (keys = queries: one (G + G^T) QR, `bdh.attention.gram`; 2*K*n)
@@ -180,6 +230,7 @@ class BDH(HookPoints, PretrainedMixin, nn.Module):
         if form == "auto":
             form = "parallel" if T <= config.chunk_size else "chunked"
         dense, state, saving = 2 * 3 * n * d, 0.0, 0.0
+        causal = causal or config.damping == "learned-neuron"  # its kernel computes only the causal pairs
         if form == "recurrent":
             keys, state = 0.0, 4 * n * d
         elif form == "parallel":
@@ -194,7 +245,8 @@ class BDH(HookPoints, PretrainedMixin, nn.Module):
             raise ValueError(f"form={form!r}: expected one of {FORMS}")
         attn = 2 * keys * (n + h * d)
         fwd = L * (dense + attn + state) + 2 * d * V
-        return TokenFlops(fwd, 2 * fwd - L * (2 * keys * n + saving))
+        gram_saving = 0.0 if config.damping == "learned-neuron" else 2 * keys * n  # keys = queries (`gram`)
+        return TokenFlops(fwd, 2 * fwd - L * (gram_saving + saving))
 
     # ------------------------------------------------------------------ the layer (paper eq. 8)
     def layer(self, l: int, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, form: AttentionForm,
@@ -358,6 +410,9 @@ class BDH(HookPoints, PretrainedMixin, nn.Module):
         self._check_state(state, token_ids.shape[0])
         if sparse not in (True, False, "auto"):
             raise ValueError(f"sparse={sparse!r}: expected True, False or 'auto'")
+        if sparse is True and self.config.damping == "learned-neuron":
+            raise ValueError("sparse=True: the sparse decode keeps one lazy decay scale per head; "
+                             "damping='learned-neuron' decays every neuron at its own rate (use sparse=False or 'auto')")
         return self._step(token_ids, state, inplace, sparse)
 
     def _run(
@@ -429,10 +484,15 @@ class BDH(HookPoints, PretrainedMixin, nn.Module):
         sparse_ok = sparse is not False and inplace and not self.training and not torch.is_grad_enabled()
         if sparse == "auto" and self.config.n * self.config.D < SPARSE_MIN_STATE or emit is not None:
             sparse_ok = False
+        if self.config.damping == "learned-neuron":  # no per-neuron lazy scale: the dense step
+            sparse_ok = False
+        log_gamma = self.log_gamma
+        # the lazy scale's fold period is read only where it is used (a learned one costs a host sync per change)
+        fold = self._fold_period() if log_gamma is not None and inplace and not torch.is_grad_enabled() else 1 << 62
         if sparse_ok:
-            form = SparseStepForm(state, self.log_gamma, self._fold_every, force=sparse is True)
+            form = SparseStepForm(state, log_gamma, fold, force=sparse is True)
         else:
-            form = StepForm(state, self.log_gamma, self._fold_every, inplace, detach_kv)
+            form = StepForm(state, log_gamma, fold, inplace, detach_kv)
         for l in range(self.config.n_layer):
             v = self.layer(l, v, cos, sin, form, emit)
         logits = self._logits(v, emit)[:, 0]  # (B, V)

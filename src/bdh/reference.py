@@ -53,8 +53,13 @@ def load_reference(path_or_state_dict, config: BDHConfig):
     tensors = {k: v for k, v in sd.items() if k != "attn.freqs"}
     if "attn.freqs" in sd:
         tensors["freqs"] = sd["attn.freqs"].reshape(-1)  # (1, 1, 1, N) fp32 -> (N,), copied into the fp64 buffer
+        f = tensors["freqs"]
+        if config.n_rope < config.N and f.numel() == config.N and bool((f[config.n_rope :] != 0).any()):
+            raise CheckpointError(f"{source}: config.rope_fraction={config.rope_fraction} rotates the first "
+                                  f"{config.n_rope} of {config.N} neurons, but attn.freqs rotates neurons past them "
+                                  "(load it with rope_fraction=1.0)")
     else:
-        tensors["freqs"] = rope_freqs(config.N, config.rope_theta)
+        tensors["freqs"] = rope_freqs(config.N, config.rope_theta, config.n_rope)
     return model_from_tensors(tensors, config, source).eval()
 
 

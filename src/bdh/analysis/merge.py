@@ -44,6 +44,9 @@ def check_mergeable(a, b) -> None:
         if getattr(ca, f) != getattr(cb, f):
             raise MergeError(f"cannot merge: {f} differs ({getattr(ca, f)} vs {getattr(cb, f)}); both models need the "
                              f"same {why}")
+    if ca.learned_damping or cb.learned_damping:
+        raise MergeError(f"cannot merge: a learned damping ({ca.damping!r} vs {cb.damping!r}) has trained values per "
+                         "model; merge models with damping None, 'alibi' or a list")
     if ca.decay() != cb.decay():
         raise MergeError(f"cannot merge: damping differs ({ca.damping!r} vs {cb.damping!r})")
     fa, fb = _tokenizer_fingerprint(a), _tokenizer_fingerprint(b)

@@ -378,7 +378,11 @@ def run_with_cache(
             pieces[name].append(t)
 
     hooks: dict[str, list[Hook]] = {n: [keep] for n in names if not n.endswith((".scores", ".rho"))}
-    scores = _Scores(sel, model.log_gamma, B)
+    log_gamma = model.log_gamma
+    if log_gamma is not None and log_gamma.dim() != 1 and any(n.endswith(".scores") for n in names):
+        raise ValueError(f"damping={c.damping!r}: scores are gamma_h^(t-s) <qr_t, qr_s> per head; with a per-neuron "
+                         "damping the score is no product of the queries (record attn or rho instead)")
+    scores = _Scores(sel, None if log_gamma is None else log_gamma.detach(), B)
     for n in names:
         if n.endswith(".scores"):
             hooks.setdefault(hook_name(parse_hook_name(n, c.n_layer)[0], "qr"), []).append(scores.hook)

@@ -33,7 +33,8 @@ def rope_bands(freqs: torch.Tensor, theta: float, n_bands: int = 8) -> tuple[np.
     if n_bands < 1:
         raise ValueError(f"n_bands={n_bands}: expected a positive integer")
     f = freqs.detach().cpu().to(torch.float64).numpy()
-    inv = 1.0 / (2 * math.pi * f)  # 1/w: positions per radian, in [1, theta)
+    with np.errstate(divide="ignore"):
+        inv = 1.0 / (2 * math.pi * f)  # 1/w: positions per radian, in [1, theta); inf (the last band): not rotated
     edges = float(theta) ** (np.arange(n_bands + 1) / n_bands)
     band = np.clip(np.searchsorted(edges, inv * (1 + 1e-9), side="right") - 1, 0, n_bands - 1)
     return band.astype(np.int64), edges

@@ -68,8 +68,15 @@ class SigmaSpec:
 
     @classmethod
     def from_model(cls, model, U: str = "rope") -> "SigmaSpec":
-        d = model.config.decay()
-        return cls(model.freqs.detach().cpu(), model.config.n_head, None if d is None else torch.tensor(d, dtype=torch.float64), U)
+        c = model.config
+        if c.learned_damping:  # the trained per-head gamma (a per-neuron one is refused)
+            lg = model.log_gamma.detach().cpu()
+            if lg.dim() != 1:
+                raise ValueError(f"damping={c.damping!r}: sigma here decays per head; a per-neuron damping is not "
+                                 "supported (use None, 'alibi', a list or 'learned')")
+            return cls(model.freqs.detach().cpu(), c.n_head, lg.exp(), U)
+        d = c.decay()
+        return cls(model.freqs.detach().cpu(), c.n_head, None if d is None else torch.tensor(d, dtype=torch.float64), U)
 
 
 @dataclasses.dataclass

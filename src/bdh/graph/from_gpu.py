@@ -113,7 +113,10 @@ class GPUWeights:
             emb = model.embed.weight.detach().to(dtype)
             v0 = torch.nn.functional.layer_norm(emb, (d,), eps=model.ln.eps)
             lm = model.lm_head.detach().to(dtype)
-        lg = getattr(model, "log_gamma", None)
+        lg = getattr(model, "log_gamma", None)  # (h,): fixed or learned per-head damping
+        if lg is not None and lg.dim() != 1:
+            raise ValueError(f"damping={c.damping!r}: the graph form decays the synapses of a head by one gamma_h; "
+                             "a per-neuron damping has no graph form here (use None, 'alibi', a list or 'learned')")
         gamma = torch.ones(h, dtype=torch.float64) if lg is None else lg.detach().to(torch.float64).exp()
         freqs = model.freqs.detach().to(torch.float64).repeat(h)
         return cls(D_x, D_y, E, v0, lm, freqs, gamma, float(model.ln.eps), h, c.n_layer)

@@ -14,14 +14,15 @@ vocabularies (`MAX_SIZE`, `MAX_EXAMPLE_TOKENS`, `MAX_BATCH_TOKENS`, `MAX_VOCAB`)
 
 Training and evaluation: a run with `data.corpus = "task:REF"` trains on a task through `bdh.training.train`
 (`task_run_config(REF, model_type=..., steps=..., seed=...)` builds one from the shipped `task-tiny` config);
-`evaluate_task(model, task, sizes, n_layer=None)` scores exact match, masked loss and state bytes per size.
+`evaluate_task(model, task, sizes, n_layer=None)` scores exact match, masked loss and state bytes per size, at the
+model's depth, at k layer passes (`n_layer=k`) or at passes growing with the size (`n_layer=scaled_passes(k, train_size)`).
 """
 
 from __future__ import annotations
 
 from .base import (MAX_BATCH_TOKENS, MAX_EXAMPLE_TOKENS, MAX_SIZE, MAX_VOCAB, PAD, TASKS, Example, Task, TaskError,
                    check_task, exact_match, masked_loss, register_task)
-from .evaluate import MAX_PASSES, evaluate_task, with_layers
+from .evaluate import MAX_PASSES, evaluate_task, scaled_passes, with_layers
 from .loading import load_task
 from .run import task_run_config
 from .source import TaskSource  # registers the data source of data.corpus = "task:REF"
@@ -30,4 +31,4 @@ get_task = load_task
 
 __all__ = ["MAX_BATCH_TOKENS", "MAX_EXAMPLE_TOKENS", "MAX_PASSES", "MAX_SIZE", "MAX_VOCAB", "PAD", "TASKS", "Example",
            "Task", "TaskError", "TaskSource", "check_task", "evaluate_task", "exact_match", "get_task", "load_task",
-           "masked_loss", "register_task", "task_run_config", "with_layers"]
+           "masked_loss", "register_task", "scaled_passes", "task_run_config", "with_layers"]

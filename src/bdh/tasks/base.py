@@ -158,12 +158,26 @@ class Task:
         """n examples of `size`, right-padded: inputs (n, T) int64, targets (n, T) int64, mask (n, T) bool.
         TaskError as soon as n x the longest example so far exceeds `MAX_BATCH_TOKENS`."""
         self.check_size(size)
-        exs, T = [], 0
-        for _ in range(n):
+        return self._padded(rng, [size] * n, f"{self.size_name}={size}")
+
+    def mixed_batch(self, rng: random.Random, sizes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One example of each of `sizes` (in order, from `rng`), right-padded to the longest, as `batch`: a batch
+        that mixes sizes (data.task_curriculum = "mixed")."""
+        sizes = list(sizes)
+        if not sizes:
+            raise TaskError(f"task {self.name!r}: mixed_batch with no sizes: expected at least one {self.size_name}")
+        for s in dict.fromkeys(sizes):
+            self.check_size(s)
+        return self._padded(rng, sizes, f"{self.size_name}={min(sizes)}..{max(sizes)}")
+
+    def _padded(self, rng: random.Random, sizes: list[int], what: str):
+        """Examples of `sizes` drawn in order, right-padded (PAD, mask False); `what` names them in errors."""
+        n, exs, T = len(sizes), [], 0
+        for size in sizes:
             exs.append(self.checked_example(rng, size))
             T = max(T, len(exs[-1].inputs))
             if n * T > MAX_BATCH_TOKENS:
-                raise TaskError(f"task {self.name!r} ({self.size_name}={size}): {n} examples of {T} tokens "
+                raise TaskError(f"task {self.name!r} ({what}): {n} examples of {T} tokens "
                                 f"({n * T} tokens): expected at most {MAX_BATCH_TOKENS} in one batch "
                                 f"(bdh.tasks.MAX_BATCH_TOKENS); fewer examples or a smaller {self.size_name}")
         x = torch.full((n, T), PAD, dtype=torch.long)

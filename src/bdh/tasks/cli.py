@@ -1,4 +1,4 @@
-"""`bdh tasks list | train | eval` (and `compare`, from `bdh.tasks.compare` where present).
+"""`bdh tasks list | train | eval` (and `compare`, `sweep` from `bdh.tasks.compare`, `bdh.tasks.sweep`, where present).
 
     bdh tasks list
     bdh tasks train --task parity --out runs/parity                 # task-tiny config: BDH, ~1-2 min on 1 thread
@@ -167,9 +167,12 @@ def register(sub) -> None:
     add_run_options(ep)
     ep.set_defaults(func=cmd_eval)
 
-    try:  # `bdh tasks compare` (bdh.tasks.compare), where present
-        from . import compare
-    except ImportError:
-        return
-    if callable(getattr(compare, "register", None)):
-        compare.register(ts)
+    import importlib
+
+    for name in ("compare", "sweep"):  # `bdh tasks compare`, `bdh tasks sweep` (bdh.tasks.NAME), where present
+        try:
+            mod = importlib.import_module(f"{__package__}.{name}")
+        except ImportError:
+            continue
+        if callable(getattr(mod, "register", None)):
+            mod.register(ts)

@@ -9,22 +9,24 @@ The examples of a size come from `random.Random(seed * 1_000_003 + size)`: the s
 `n_layer=k` evaluates a BDH with k layer passes: BDH shares its weights across layers, so the same parameters
 run at any depth (depth as a test-time-compute knob) up to `MAX_PASSES` = 64 (5x the deepest preset's 2L = 12;
 each pass is one more layer of compute and of state); a model type with per-layer weights (GPT) refuses it.
+`n_layer` may also be a rule size -> passes, e.g. `scaled_passes(3, 16)`: more passes on longer inputs (spec 6d).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import random
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .base import Task, TaskError, check_task, exact_match
 
-MAX_PASSES = 64  # layer passes `with_layers` runs a model with
+MAX_PASSES = 64  # layer passes `with_layers` runs a model with (= bdh.training.config.MAX_LAYER_PASSES)
 
 
 def size_rng(seed: int, size: int) -> random.Random:
@@ -111,8 +113,28 @@ def with_layers(model, n_layer: int):
     return other.eval()
 
 
+@dataclasses.dataclass(frozen=True)
+class scaled_passes:  # noqa: N801 (a rule used like a function: n_layer=scaled_passes(3, 16))
+    """Layer passes that grow with the length: `passes` x ceil(size / `train_size`), at most `cap` (depth as
+    test-time compute, spec 6d). `scaled_passes(3, 16)(40)` = 9; a size up to train_size keeps `passes`."""
+
+    passes: int  # the passes at the training size (the model's n_layer, or what it was trained at)
+    train_size: int
+    cap: int = MAX_PASSES
+
+    def __post_init__(self):
+        check_passes(self.passes, "scaled_passes.passes")
+        check_passes(self.cap, "scaled_passes.cap")
+        if isinstance(self.train_size, bool) or not isinstance(self.train_size, int) or self.train_size < 1:
+            raise TaskError(f"scaled_passes.train_size={self.train_size!r}: expected a positive integer")
+
+    def __call__(self, size: int) -> int:
+        return min(self.passes * math.ceil(size / self.train_size), self.cap)
+
+
 def evaluate_task(model, task, sizes: Sequence[int], *, n_examples: int = 256, seed: int = 1234, batch_size: int = 64,
-                  form: str = "auto", n_layer: int | None = None, per_example: bool = False) -> list[dict]:
+                  form: str = "auto", n_layer: int | Callable[[int], int] | None = None,
+                  per_example: bool = False) -> list[dict]:
     """Per size: {"size", "accuracy" (exact match), "loss" (masked cross-entropy, nats per answer),
     "token_accuracy" (the fraction of answer positions right: partial credit below exact match), "tokens" (per
     example, padded), "state_bytes" (the state/cache one sequence leaves after an example: constant for BDH,
@@ -120,7 +142,8 @@ def evaluate_task(model, task, sizes: Sequence[int], *, n_examples: int = 256, s
 
     `model`: a model (any registered type) or a model directory; `task`: a Task (`check_task`) or a reference
     (`load_task`). Every size is checked (`task.check_size`, TaskError naming it) before anything runs. `n_layer`:
-    evaluate with that many layer passes (`with_layers`; BDH only). `per_example`: each row also holds "correct",
+    evaluate with that many layer passes (`with_layers`; BDH only), or a rule size -> passes (`scaled_passes`), each
+    size at its own passes (the rows' "n_layer"; all checked first). `per_example`: each row also holds "correct",
     every example's exact match (0/1, in order: what `bootstrap_interval` resamples). Batches of `batch_size`
     examples: memory is the caller's.
     """
@@ -143,10 +166,17 @@ def evaluate_task(model, task, sizes: Sequence[int], *, n_examples: int = 256, s
     if V != task.vocab_size:
         raise TaskError(f"task {task.name!r} has {task.vocab_size} tokens, the model a vocabulary of {V}: expected a "
                         "model trained on this task")
-    if n_layer is not None:
-        model = with_layers(model, n_layer)
+    models = {}  # passes -> the model run with them (None: as it is)
+    if callable(n_layer):
+        passes = [check_passes(n_layer(s), f"n_layer({s})") for s in sizes]
+    else:
+        passes = [n_layer] * len(sizes)
+    for k in passes:
+        if k not in models:
+            models[k] = model if k is None else with_layers(model, k)
     rows = []
-    for s in sizes:
+    for s, k in zip(sizes, passes):
+        model = models[k]
         x, y, m = task.batch(size_rng(seed, s), s, n_examples)
         flags: list[int] | None = [] if per_example else None
         sc = score_batch(model, x, y, m, batch_size=batch_size, form=form, per_example=flags)

@@ -45,9 +45,9 @@ class TaskSource(DataSource):
         out.mkdir(parents=True, exist_ok=True)
 
     def start(self, rank: int, world: int) -> None:
-        lo, hi = self.sizes
-        t = self.run.train
-        self.stream = TaskSampler(self.task, lo, hi, t.batch_size, t.data_seed, rank, world)
+        (lo, hi), t, d = self.sizes, self.run.train, self.run.data
+        self.stream = TaskSampler(self.task, lo, hi, t.batch_size, t.data_seed, rank, world,
+                                  curriculum=d.task_curriculum, grow_steps=d.task_curriculum_steps or t.steps)
 
     def tokens_per_step(self) -> int:
         """The last step's padded tokens; before the first, the batch at the largest validation size."""
@@ -64,8 +64,10 @@ class TaskSource(DataSource):
         return f"loss {res['loss']:.4f} nats/answer, accuracy {res['accuracy']:.3f} ({res['examples']} examples)"
 
     def describe(self) -> str:
-        (lo, hi), t, task = self.sizes, self.run.train, self.task
-        return (f"task {task.name!r}: {task.size_name} {lo}..{hi}, {task.vocab_size} tokens | "
+        (lo, hi), t, d, task = self.sizes, self.run.train, self.run.data, self.task
+        how = {"uniform": "", "mixed": " (mixed in each batch)",
+               "grow": f" (the largest growing over {d.task_curriculum_steps or t.steps} steps)"}[d.task_curriculum]
+        return (f"task {task.name!r}: {task.size_name} {lo}..{hi}{how}, {task.vocab_size} tokens | "
                 f"{t.steps} steps x {t.batch_size * t.grad_accum} examples")
 
     def summary(self, final: dict) -> dict:

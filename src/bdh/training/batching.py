@@ -116,40 +116,80 @@ class Streams:
         self.chunk, self.epoch = int(meta["chunk"]), int(meta["epoch"])
 
 
+def seeded_rng(*key) -> random.Random:
+    """A `random.Random` that is a function of `key` alone (ints and strings; str seeding hashes with SHA-512, the
+    same in every process and Python run): draws that depend on (seed, step, micro-step), not on history."""
+    return random.Random(":".join(map(str, key)))
+
+
 class TaskSampler:
-    """Task runs (made by `bdh.tasks.source.TaskSource`; `task`: anything with `batch(rng, size, n)`): each
-    micro-step draws one size uniformly in [min_size, max_size] and `batch_size` examples of it (right-padded)
-    from a `random.Random(seed)`; targets are the task's targets with IGNORE_INDEX (-100) at every
-    non-answer and padding position, so the models' own cross-entropy is the masked loss. Every process draws the
-    global batch and takes its rows. `step_tokens`: the global batch's tokens (padded) in the last step."""
+    """Task runs (made by `bdh.tasks.source.TaskSource`; `task`: anything with `batch(rng, size, n)`, and
+    `mixed_batch(rng, sizes)` for curriculum "mixed"): `batch_size` examples per micro-step (right-padded) from a
+    `random.Random(seed)`; targets are the task's targets with IGNORE_INDEX (-100) at every non-answer and padding
+    position, so the models' own cross-entropy is the masked loss. Every process draws the global batch and takes
+    its rows. `step_tokens`: the global batch's tokens (padded) in the last step.
+
+    The sizes (`curriculum`, data.task_curriculum): "uniform" draws one size per micro-step uniformly in [min_size,
+    max_size] from the same generator as the examples; "grow" draws one size per micro-step uniformly in
+    [min_size, `largest(step)`], the largest growing linearly from min_size at step 0 to max_size at step
+    `grow_steps` - 1; "mixed" draws each example's size uniformly in [min_size, max_size]. The sizes of "grow" and
+    "mixed" are a function of (seed, step, micro-step) (`sizes`), the examples come from the generator; both are in
+    checkpoints (its state and the step), so resume is exact.
+    """
 
     kind = "task"
 
-    def __init__(self, task, min_size: int, max_size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, task, min_size: int, max_size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 *, curriculum: str = "uniform", grow_steps: int = 1):
         self.task, self.min_size, self.max_size, self.batch_size = task, min_size, max_size, batch_size
+        self.curriculum, self.grow_steps, self.seed = curriculum, grow_steps, seed
         self.rows = _rank_rows(batch_size, rank, world)
         self.rng = random.Random(seed)
+        self.step = 0  # optimizer steps drawn so far
         self.step_tokens = self._tokens = 0
+
+    def largest(self, step: int) -> int:
+        """The largest size at optimizer step `step` (0-based): max_size, or for "grow" min_size + (max_size -
+        min_size) * step / (grow_steps - 1), rounded half up, until max_size."""
+        lo, hi, n = self.min_size, self.max_size, self.grow_steps
+        if self.curriculum != "grow" or n <= 1 or step >= n - 1:
+            return hi
+        return lo + ((hi - lo) * step * 2 + n - 1) // (2 * (n - 1))
+
+    def sizes(self, step: int, micro: int) -> list[int]:
+        """The example sizes of micro-step `micro` of step `step` ("grow" and "mixed"; the global batch's rows)."""
+        rng = seeded_rng("task_curriculum", self.seed, step, micro)
+        hi = self.largest(step)
+        if self.curriculum == "mixed":
+            return [rng.randint(self.min_size, hi) for _ in range(self.batch_size)]
+        return [rng.randint(self.min_size, hi)] * self.batch_size
 
     def next(self, micro: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """(x, y, reset) for this process; `reset` is always True (examples are independent)."""
-        size = self.rng.randint(self.min_size, self.max_size)
-        x, y, mask = self.task.batch(self.rng, size, self.batch_size)
+        if self.curriculum == "uniform":
+            size = self.rng.randint(self.min_size, self.max_size)
+            x, y, mask = self.task.batch(self.rng, size, self.batch_size)
+        elif self.curriculum == "grow":
+            x, y, mask = self.task.batch(self.rng, self.sizes(self.step, micro)[0], self.batch_size)
+        else:
+            x, y, mask = self.task.mixed_batch(self.rng, self.sizes(self.step, micro))
         self._tokens += x.numel()
         y = y.masked_fill(~mask, IGNORE_INDEX)
         return x[self.rows], y[self.rows], True
 
     def end_step(self) -> None:
         self.step_tokens, self._tokens = self._tokens, 0
+        self.step += 1
 
     def state_dict(self) -> tuple[dict, dict[str, torch.Tensor]]:
         version, internal, gauss = self.rng.getstate()
-        return {"kind": self.kind, "rng": [version, list(internal), gauss]}, {}
+        return {"kind": self.kind, "rng": [version, list(internal), gauss], "step": self.step}, {}
 
     def load_state_dict(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
         _check_kind(self.kind, meta)
         version, internal, gauss = meta["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
+        self.step = int(meta.get("step", 0))  # checkpoints before data.task_curriculum: "uniform", step unused
 
 
 def _check_kind(kind: str, meta: dict) -> None:

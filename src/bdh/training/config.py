@@ -32,6 +32,8 @@ TASK_PREFIX = "task:"  # data.corpus = "task:REF": train on a bdh.tasks task (RE
 BATCHING = ("random", "tbptt")
 DECAYS = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
+CURRICULA = ("uniform", "grow", "mixed")  # data.task_curriculum
+MAX_LAYER_PASSES = 64  # train.layer_passes bound: bdh.tasks.MAX_PASSES (training does not import bdh.tasks)
 
 
 @dataclasses.dataclass
@@ -50,6 +52,11 @@ class DataConfig:
     task_size: int = 0  # task runs: the largest training size (0 = the task's train_size)
     task_min_size: int = 0  # task runs: the smallest training size (0 = the task's min_size); each micro-step draws
     # one size uniformly in [task_min_size, task_size]
+    task_curriculum: str = "uniform"  # task runs, sizes over training (spec 6d; bdh.training.batching.TaskSampler):
+    # uniform: one size per micro-step, uniform in [task_min_size, task_size] | grow: the same, but the largest size
+    # grows linearly from task_min_size (step 0) to task_size (step task_curriculum_steps - 1), then stays | mixed:
+    # every example of a batch its own size, uniform in [task_min_size, task_size] (right-padded to the longest)
+    task_curriculum_steps: int = 0  # "grow": optimizer steps over which the largest size grows (0 = train.steps)
 
     @property
     def task_ref(self) -> str | None:
@@ -68,7 +75,14 @@ class DataConfig:
 
     def validate(self) -> None:
         _positive(self, "block_size", "bpe_vocab_size")
-        _non_negative(self, "task_size", "task_min_size")
+        _non_negative(self, "task_size", "task_min_size", "task_curriculum_steps")
+        _choice(self, "task_curriculum", CURRICULA)
+        if self.task_ref is None and self.task_curriculum != "uniform":
+            raise _bad(self, "task_curriculum", "'uniform' for a text corpus: a curriculum over sizes applies to "
+                       "task runs (data.corpus = 'task:...')")
+        if self.task_curriculum_steps and self.task_curriculum != "grow":
+            raise _bad(self, "task_curriculum_steps", f"0 with data.task_curriculum = {self.task_curriculum!r}: it is "
+                       "the length of the 'grow' curriculum")
         if self.task_ref is not None:
             if not self.task_ref:
                 raise _bad(self, "corpus", "task:NAME, task:FILE.py:NAME or task:module:NAME")
@@ -105,6 +119,10 @@ class TrainConfig:
     # mean over layers): trains sparser models for sparse decode; 0 = the paper's objective
     init_from: str = ""  # a model directory (save_pretrained / a finished run) whose weights start the run
     form: str = "auto"  # attention form for training: auto | parallel | chunked
+    layer_passes: list[int] | None = None  # [lo, hi]: each optimizer step runs the model with a number of layer
+    # passes drawn uniformly in [lo, hi] (from train.seed and the step: resume is exact), depth as test-time compute
+    # (spec 6d); model types with the "layer_passes" capability (BDH: weights shared across layers), random batching
+    # only; evaluation uses model.n_layer. None or [] = model.n_layer
     compile: bool = False  # torch.compile the training step
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (CUDA, or CPUs with AVX512-BF16/AMX)
@@ -149,6 +167,16 @@ class TrainConfig:
             raise _bad(self, "batch_size", f"a multiple of train.processes = {self.processes} (the global batch)")
         if self.sample_tokens and not self.sample_prompt:
             raise _bad(self, "sample_prompt", "a non-empty prompt (or sample_tokens = 0)")
+        if self.layer_passes:
+            lp = self.layer_passes
+            if len(lp) != 2 or not 1 <= lp[0] <= lp[1] <= MAX_LAYER_PASSES:
+                raise _bad(self, "layer_passes", f"[lo, hi] with 1 <= lo <= hi <= {MAX_LAYER_PASSES} (or [] for "
+                           "model.n_layer)")
+
+    @property
+    def passes_range(self) -> tuple[int, int] | None:
+        """(lo, hi) of train.layer_passes, None when unset (the model's n_layer)."""
+        return (self.layer_passes[0], self.layer_passes[1]) if self.layer_passes else None
 
 
 @dataclasses.dataclass
@@ -213,6 +241,13 @@ class RunConfig:
                              f"{mt!r} does not support it (no 'activity_penalty' capability)")
         if t.form != "auto" and "forms" not in caps:
             raise ValueError(f"train.form = {t.form!r}: model_type {mt!r} has one form (auto)")
+        if t.layer_passes and "layer_passes" not in caps:
+            raise ValueError(f"train.layer_passes = {t.layer_passes}: model_type {mt!r} has per-layer weights (no "
+                             "'layer_passes' capability); it applies to models that share weights across layers, "
+                             "e.g. BDH")
+        if t.layer_passes and self.data.batching != "random":
+            raise ValueError(f"train.layer_passes = {t.layer_passes}: expected data.batching = 'random' (a carried "
+                             "TBPTT state holds one layer state per pass)")
 
 
 # ----------------------------------------------------------------------------------------------- loading

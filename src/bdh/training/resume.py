@@ -63,8 +63,9 @@ def check_resume(run, saved: dict, model_cfg, path: Path) -> None:
     if diff:
         raise CheckpointError(f"--resume {path}: the checkpoint is for another model config: " + "; ".join(diff))
     sd = saved["run_config"]["data"]
-    for key in ("corpus", "tokenizer", "block_size", "batching", "task_size", "task_min_size"):
-        if sd.get(key, 0 if key.startswith("task_") else None) != getattr(run.data, key):
+    older = {"task_size": 0, "task_min_size": 0, "task_curriculum": "uniform", "task_curriculum_steps": 0}  # absent
+    for key in ("corpus", "tokenizer", "block_size", "batching", *older):  # from checkpoints older than the key
+        if sd.get(key, older.get(key)) != getattr(run.data, key):
             raise CheckpointError(
                 f"--resume {path}: data.{key} = {sd.get(key)!r} in the checkpoint, {getattr(run.data, key)!r} now"
             )

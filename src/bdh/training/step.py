@@ -1,7 +1,9 @@
-"""The step's pieces: the loss module DDP wraps and the optimizer (the step itself is `Trainer.train_step`)."""
+"""The step's pieces: the loss module DDP wraps, the optimizer and the layer passes of a step (the step itself is
+`Trainer.train_step`)."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..sparse import hoyer_activity
+from .batching import seeded_rng
 
 
 class LossModule(nn.Module):
@@ -68,3 +71,22 @@ def make_optimizer(model: nn.Module, t) -> torch.optim.Optimizer:
     ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, betas=(t.beta1, t.beta2))
 
+
+
+def draw_layer_passes(seed: int, step: int, lo: int, hi: int) -> int:
+    """The layer passes of optimizer step `step` (0-based) under train.layer_passes = [lo, hi]: uniform in [lo, hi],
+    a function of (train.seed, step) alone, so a resumed run draws what the uninterrupted one drew."""
+    return seeded_rng("layer_passes", seed, step).randint(lo, hi)
+
+
+@contextlib.contextmanager
+def layer_passes(model: nn.Module, config):
+    """Run `model` with `config` (its own config at another n_layer) inside the block: other layer passes of a
+    model type with the "layer_passes" capability, whose weights do not depend on n_layer. As
+    `bdh.tasks.evaluate.with_layers`, but on the model itself, so the gradients reach its weights."""
+    own = model.config
+    model.config = config
+    try:
+        yield model
+    finally:
+        model.config = own

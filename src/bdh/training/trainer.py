@@ -54,7 +54,7 @@ from .resume import (check_resume, init_from_config, read_resume_checkpoint, sta
 from .runfiles import Metrics, fmt_time, peak_rss_mib
 from .schedule import make_scheduler
 from .sources import data_source_kind
-from .step import LossModule, make_optimizer
+from .step import LossModule, draw_layer_passes, layer_passes, make_optimizer
 
 __all__ = ["EMULATED_BF16_ENV", "LossModule", "Metrics", "Trainer", "TrainingDiverged", "TrainResult", "launch",
            "make_optimizer", "train"]  # LossModule, Metrics, make_optimizer: re-exported from their modules
@@ -223,6 +223,11 @@ class Trainer:
         self.states: list = [None] * t.grad_accum  # the carried TBPTT state of each micro-step's streams
         self.tokens_per_step = self.data.tokens_per_step()  # updated every step (task lengths vary with the sizes)
         self._bad = torch.zeros(3, dtype=torch.float64, device=self.device)  # first non-finite (step, loss, norm)
+        # train.layer_passes: the model's config at each number of passes (None: n_layer, the model as it is)
+        lp = t.passes_range
+        self.pass_configs = {k: dataclasses.replace(self.model_cfg, n_layer=k) for k in range(lp[0], lp[1] + 1)} \
+            if lp else None
+        self.passes: int | None = None  # the layer passes of the current step (train.layer_passes)
         self._lrs: dict[int, float] = {}  # lr of every step since the last check_finite
 
     def _init_weights(self) -> None:
@@ -296,6 +301,10 @@ class Trainer:
             self.metrics = Metrics(self.out, self.step if resumed else None, finish_step)
         self.say(f"{type(model).__name__} {model.extra_repr()} | {self.data.describe()} | {self.device}"
                  + (f" x {dist.world} processes" if dist.world > 1 else ""))
+        if t.layer_passes:
+            lo, hi = t.passes_range
+            self.say(f"layer passes: drawn in [{lo}, {hi}] each step (train.layer_passes); evaluation at n_layer = "
+                     f"{self.model_cfg.n_layer}")
         if self.carry and getattr(self.model_cfg, "damping", 0) is None:
             self.say("note: data.batching = 'tbptt' with model.damping = none: the carried state sums every past token "
                      "of a stream (tens of thousands); long contexts need damping (--set model.damping=alibi)")
@@ -315,6 +324,8 @@ class Trainer:
         Returns (mean cross-entropy, mean Hoyer activity or None, gradient norm, lr): tensors, no host sync.
         """
         t = self.t
+        if self.pass_configs is not None:
+            self.passes = draw_layer_passes(t.seed, self.step, *t.passes_range)
         loss_sum = torch.zeros((), device=self.device)
         hoyer_sum = torch.zeros((), device=self.device)  # the activity penalty's measure (train.activity_penalty)
         for micro in range(t.grad_accum):
@@ -338,8 +349,10 @@ class Trainer:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         last = micro == self.t.grad_accum - 1
         sync = contextlib.nullcontext() if self.dist.world == 1 or last else self.step_fn.no_sync()
+        passes = contextlib.nullcontext() if self.passes is None else layer_passes(self.model,
+                                                                                     self.pass_configs[self.passes])
         with sync:
-            with self.autocast():
+            with self.autocast(), passes:
                 objective, loss, new_state = self.step_fn(x, y, None if reset else self.states[micro])
             (objective / self.t.grad_accum).backward()
         if self.carry:
@@ -414,6 +427,8 @@ class Trainer:
                   "tokens": self.tokens_seen, "tok_per_s": tps, "elapsed_s": self.elapsed}
         if hoyer is not None:
             record["x_hoyer"] = float(self.dist.mean(hoyer / t.grad_accum))
+        if self.passes is not None:
+            record["layer_passes"] = self.passes  # of the last step (train.layer_passes)
         self.log(record)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{tps:,.0f}", refresh=False)

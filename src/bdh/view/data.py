@@ -324,9 +324,11 @@ def _toggled_damping(model):
     from ..interface import build_model
 
     c = model.config
-    alt = dataclasses.replace(c, damping=None if c.damping is not None else "alibi")
+    alt = dataclasses.replace(c, damping=None if c.damping is not None else "alibi", damping_init_range=None)
     m = build_model(alt)
-    m.load_state_dict(model.state_dict())
+    sd = model.state_dict()
+    sd.pop("log_decay_rate", None)  # a learned damping's parameter: the toggled model has none
+    m.load_state_dict(sd)
     m.tokenizer = model.tokenizer
     return m.to(model.device).eval()
 

@@ -72,21 +72,27 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--lr-seeds", default=None,
                    help="the seeds the learning rates are swept on; the other seeds train only at the chosen value "
                         "(default: the preset's, 1)")
-    c.add_argument("--out", default=None, help="output directory (default runs/tasks-compare-PRESET)")
+    add_run_arguments(c, "tasks-compare", "runs, parameters, FLOPs per token, training FLOPs, estimated time")
+    c.set_defaults(func=lambda a: cmd_compare(parse_run_arguments(a)))
+    return c
+
+
+def add_run_arguments(c: argparse.ArgumentParser, name: str, plan: str) -> None:
+    """The arguments of a command that trains many runs (`bdh tasks compare`, `bdh tasks sweep`): --out, --overwrite,
+    --list, --no-progress, --device, --threads, --jobs."""
+    c.add_argument("--out", default=None, help=f"output directory (default runs/{name}-PRESET)")
     c.add_argument("--overwrite", action="store_true",
                    help="retrain a run directory that holds a model from other settings (refused otherwise)")
-    c.add_argument("--list", action="store_true",
-                   help="print the plan (runs, parameters, FLOPs per token, training FLOPs, estimated time) and exit")
+    c.add_argument("--list", action="store_true", help=f"print the plan ({plan}) and exit")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.add_argument("--device", default=None, help="training device (default: the trainer's auto)")
     c.add_argument("--threads", type=str, default=None, help="torch CPU threads per run (1 on a shared CPU)")
     c.add_argument("--jobs", type=str, default="1",
                    help="training runs at once, each in its own process (default 1; 2 on 2 cores with --threads 1)")
-    c.set_defaults(func=_cmd_compare_checked)
-    return c
 
 
-def _cmd_compare_checked(args: argparse.Namespace) -> int:
+def parse_run_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """--jobs and --threads as integers (ValueError naming the flag and value)."""
     try:
         args.jobs = int(args.jobs)
     except ValueError:
@@ -96,7 +102,7 @@ def _cmd_compare_checked(args: argparse.Namespace) -> int:
             args.threads = int(args.threads)
         except ValueError:
             raise ValueError(f"--threads {args.threads!r}: expected a positive integer") from None
-    return cmd_compare(args)
+    return args
 
 
 register = add_compare_parser

@@ -121,10 +121,13 @@ class Run:
     flops_per_token: float = 0.0  # training FLOPs per token at T_train (`token_flops(config, T).training`)
     sweep: bool = False  # one of several learning rates (--lrs): its own run directory
     pending: bool = False  # a seed past the tuning seeds (--lr-seeds): trained only at the value chosen on those
+    overrides: tuple[str, ...] = ()  # `section.key=value` applied last in `running.run_config` (bdh tasks sweep)
+    variant: str = ""  # a directory-safe name of `overrides`: its own run directory TASK/ARM/VARIANT/seedS
 
     @property
     def key(self) -> str:
-        return f"{self.task_name}/{self.model}/" + (f"lr{self.lr:g}/" if self.sweep else "") + f"seed{self.seed}"
+        return (f"{self.task_name}/{self.model}/" + (f"{self.variant}/" if self.variant else "")
+                + (f"lr{self.lr:g}/" if self.sweep else "") + f"seed{self.seed}")
 
     @property
     def train_flops(self) -> float:
@@ -208,7 +211,7 @@ def _flops_per_token(cfg: dict, vocab: int, T: int, passes: int | None = None):
 
 def plan(preset_name: str, tasks: list[str] | None = None, seeds: int | None = None, *,
          match: tuple[str, ...] | None = None, lrs: list[float] | None = None,
-         lr_seeds: int | None = None) -> tuple[dict, list[Run]]:
+         lr_seeds: int | None = None, settings: dict | None = None) -> tuple[dict, list[Run]]:
     """The preset and every run of the comparison, validated (tasks, sizes, parameter matching) before anything
     runs or is written.
 
@@ -218,14 +221,15 @@ def plan(preset_name: str, tasks: list[str] | None = None, seeds: int | None = N
     value used is chosen afterwards on the runs' validation sets); default the preset's "lrs", else its one "lr".
     `lr_seeds`: the seeds the sweep runs on (default the preset's "lr_seeds", else all); the runs of the other
     seeds are `pending`: each trains only at the value chosen on the tuning seeds (`running.compare`).
-    `match` default: the preset's "match", else ("params",)."""
+    `match` default: the preset's "match", else ("params",). `settings`: the preset's settings to use instead of
+    PRESETS[preset_name] (`bdh tasks sweep`: the preset with its --set applied)."""
     from ...interface import get_model_type
     from .. import load_task
 
     if preset_name not in PRESETS:
         raise ValueError(f"--preset {preset_name!r}: expected one of {', '.join(p for p in PRESETS if p != 'smoke')}"
                          " (or smoke, the test suite's)")
-    preset = PRESETS[preset_name]
+    preset = PRESETS[preset_name] if settings is None else settings
     refs = list(tasks) if tasks else list(preset["tasks"])
     if len(set(refs)) != len(refs):
         raise ValueError(f"--tasks {','.join(refs)!r}: a task is named twice")

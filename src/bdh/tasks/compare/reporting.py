@@ -390,14 +390,24 @@ def write_reports(rows: list[dict], runs: list[Run], out: Path, *, preset_name: 
         cpng = plot_curves(runs, curves, task, out, lr_choice, plateaus[task])
         for png in plot_task(summary, task, out) + ([cpng] if cpng else []):
             md += [f"![{png.stem}]({png.name})", ""]
-            data = base64.b64encode(png.read_bytes()).decode("ascii")
-            body_html.append(f'<p><img alt="{html.escape(png.stem)}" src="data:image/png;base64,{data}"></p>')
+            body_html.append(inline_png(png))
     atomic_write_text(out / "summary.md", "\n".join(md))
+    write_html(out / "report.html", "bdh tasks compare", body_html)
+
+
+def inline_png(png: Path) -> str:
+    """An HTML paragraph with the image inlined (base64): a report that is one self-contained file."""
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    return f'<p><img alt="{html.escape(png.stem)}" src="data:image/png;base64,{data}"></p>'
+
+
+def write_html(path: Path, title: str, body_html: list[str]) -> None:
+    """A self-contained HTML report (inline style, images inlined by `inline_png`), written atomically."""
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;"
              "text-align:right}th{background:#f4f4f4}img{max-width:100%}")
-    page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>bdh tasks compare</title>"
+    page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(body_html) + "\n</body></html>\n")
-    atomic_write_text(out / "report.html", page)
+    atomic_write_text(path, page)
 
 

@@ -35,8 +35,9 @@ def run_config(r: Run, preset: dict, device: str | None = None, threads: int | N
         over.append(f"train.threads={threads}")
     model = {k: v for k, v in r.model_cfg.items() if k != "model_type"}
     run = task_run_config(r.task_ref, model_type=r.model_cfg["model_type"], model=model, steps=steps,
-                          seed=r.seed, overrides=over)
-    run.name = f"tasks-compare-{r.task_name}-{r.model}" + (f"-lr{r.lr:g}" if r.sweep else "") + f"-seed{r.seed}"
+                          seed=r.seed, overrides=over + list(r.overrides))  # a sweep's variant: last
+    run.name = (f"tasks-compare-{r.task_name}-{r.model}" + (f"-{r.variant}" if r.variant else "")
+                + (f"-lr{r.lr:g}" if r.sweep else "") + f"-seed{r.seed}")
     return run
 
 
@@ -88,8 +89,10 @@ def _eval_key(r: Run, preset: dict) -> dict:
             "batch_size": preset["eval_batch_size"], "seed": 1234, "fields": "token_accuracy,correct"}
 
 
-def execute(r: Run, preset: dict, where: Path, *, overwrite: bool, device=None, threads=None) -> list[dict]:
-    """Train (or reuse) one run and evaluate it (or reuse its evaluation); its result rows."""
+def execute(r: Run, preset: dict, where: Path, *, overwrite: bool, device=None, threads=None,
+            evaluate: bool = True) -> list[dict]:
+    """Train (or reuse) one run and evaluate it (or reuse its evaluation); its result rows ([] when not
+    `evaluate`: trained only, e.g. a learning rate of a sweep that may not be chosen)."""
     import torch
 
     from ...checkpoint import load_model
@@ -105,6 +108,8 @@ def execute(r: Run, preset: dict, where: Path, *, overwrite: bool, device=None, 
     key = _eval_key(r, preset)
     if _finished(toml, where):
         info = json.loads((where / "compare-train.json").read_text(encoding="utf-8"))
+        if not evaluate:
+            return []
         if ev_path.is_file():
             saved = json.loads(ev_path.read_text(encoding="utf-8"))
             if saved.get("key") == key:
@@ -130,6 +135,8 @@ def execute(r: Run, preset: dict, where: Path, *, overwrite: bool, device=None, 
         atomic_write_text(where / "compare-train.json", json.dumps(info, indent=2))
         atomic_write_text(where / "compare-run.toml", toml)  # last: marks the run finished
         model = result.model
+    if not evaluate:
+        return []
     model.eval()
     L = r.model_cfg["n_layer"]
     tokens = info["train_tokens"]
@@ -160,8 +167,8 @@ def _job_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _execute_job(r: Run, preset: dict, where: Path, overwrite: bool, device, threads) -> list[dict]:
-    return execute(r, preset, where, overwrite=overwrite, device=device, threads=threads)
+def _execute_job(r: Run, preset: dict, where: Path, overwrite: bool, device, threads, evaluate=True) -> list[dict]:
+    return execute(r, preset, where, overwrite=overwrite, device=device, threads=threads, evaluate=evaluate)
 
 
 def compare(preset_name: str = "cpu", out: str | os.PathLike = "runs/tasks-compare", *, tasks=None, seeds=None,
@@ -172,7 +179,9 @@ def compare(preset_name: str = "cpu", out: str | os.PathLike = "runs/tasks-compa
     its learning rate is the one chosen on the validation set, `choose_lrs`; always true without a sweep).
 
     `match`, `lrs`, `lr_seeds`: the arms and the learning-rate sweep (`plan`). In two phases: every run of the
-    tuning seeds (each learning rate), then, per task and arm, the other seeds at the value chosen on those.
+    tuning seeds trained (each learning rate; evaluated at once without a sweep), then, per task and arm, the
+    runs at the value chosen on their validation sets evaluated and the other seeds trained and evaluated at it
+    (the runs at the other values are trained, never evaluated on the test examples).
 
     `jobs` > 1 runs that many training runs at once, each in its own process (e.g. 2 on 2 cores with threads=1);
     the results are the same as one at a time (each run is seeded on its own).
@@ -202,13 +211,16 @@ def compare(preset_name: str = "cpu", out: str | os.PathLike = "runs/tasks-compa
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} est-s [{elapsed}<{remaining}] {postfix}")
     try:
         first = [r for r in runs if not r.pending]
-        results = _execute_all(first, preset, out, overwrite, device, threads, jobs, bar)
+        results = _execute_all(first, preset, out, overwrite, device, threads, jobs, bar,
+                               evaluate=lambda r: not r.sweep)
         curves = {r.key: read_curve(run_dir(out, r), r) for r in first}
         chosen = choose_lrs(first, curves)  # on the tuning seeds' validation sets
-        second = [r for r in runs if r.pending and r.lr == chosen[(r.task_name, r.model)]["lr"]]
+        second = [r for r in runs if (r.pending or r.sweep) and not results.get(r.key)  # trained only, or not yet
+                  and r.lr == chosen[(r.task_name, r.model)]["lr"]]
         results.update(_execute_all(second, preset, out, overwrite, device, threads, jobs, bar))
     finally:
         bar.close()
+    results = {k: v for k, v in results.items() if v}  # the runs trained only (other learning rates): no rows
     done = [r for r in runs if r.key in results]  # plan order
     rows = [row for r in done for row in results[r.key]]
     curves = {r.key: read_curve(run_dir(out, r), r) for r in done}
@@ -221,14 +233,14 @@ def compare(preset_name: str = "cpu", out: str | os.PathLike = "runs/tasks-compa
 
 
 def _execute_all(runs: list[Run], preset: dict, out: Path, overwrite: bool, device, threads, jobs: int,
-                 bar) -> dict[str, list[dict]]:
-    """run key -> its result rows, every run of `runs` trained (or reused) and evaluated: one at a time, or in
-    `jobs` processes (the longest first); a failed run raises, the others are cancelled."""
+                 bar, evaluate=lambda r: True) -> dict[str, list[dict]]:
+    """run key -> its result rows, every run of `runs` trained (or reused) and, where `evaluate(run)`, evaluated:
+    one at a time, or in `jobs` processes (the longest first); a failed run raises, the others are cancelled."""
     results: dict[str, list[dict]] = {}
     if jobs == 1:
         for r in runs:
             bar.set_postfix_str(r.key)
-            results[r.key] = _execute_job(r, preset, run_dir(out, r), overwrite, device, threads)
+            results[r.key] = _execute_job(r, preset, run_dir(out, r), overwrite, device, threads, evaluate(r))
             bar.update(r.est_s)
         return results
     if not runs:
@@ -238,7 +250,7 @@ def _execute_all(runs: list[Run], preset: dict, out: Path, overwrite: bool, devi
 
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_job_init,
                              initargs=(threads or max(1, (os.cpu_count() or 1) // jobs),)) as ex:
-        pending = {ex.submit(_execute_job, r, preset, run_dir(out, r), overwrite, device, threads): r
+        pending = {ex.submit(_execute_job, r, preset, run_dir(out, r), overwrite, device, threads, evaluate(r)): r
                    for r in sorted(runs, key=lambda r: -r.est_s)}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)

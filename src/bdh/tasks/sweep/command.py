@@ -1,0 +1,75 @@
+"""`bdh tasks sweep`: its arguments, parsed and checked here, and the command (the plan, or `running.sweep`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..compare.command import _parse_seeds, add_run_arguments, parse_run_arguments
+from .planning import parse_baselines, parse_mults, plan_sweep, plan_table
+from .running import sweep
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ...runtime import apply_run_options
+
+    apply_run_options(argparse.Namespace(threads=args.threads, device=args.device))  # --threads/--device checked
+    tasks = None
+    if args.tasks is not None:
+        tasks = [t.strip() for t in args.tasks.split(",")]
+        if not all(tasks):
+            raise ValueError(f"--tasks {args.tasks!r}: expected comma-separated task names")
+    seeds = _parse_seeds(args.seeds)
+    mults = parse_mults(args.mults)
+    baselines = parse_baselines(args.baselines)
+    sets, grids, variants = list(args.set or []), list(args.grid or []), list(args.variant or [])
+    if args.list:
+        _, vs, runs = plan_sweep(args.preset, tasks, seeds, grids=grids, variants=variants, sets=sets, mults=mults,
+                                 baselines=baselines, device=args.device, threads=args.threads)
+        print(plan_table(args.preset, vs, runs, tuple(sets)))
+        return 0
+    out = args.out or f"runs/tasks-sweep-{args.preset}"
+    command = " ".join(["bdh", "tasks", "sweep"] + sys.argv[3:]) if sys.argv[1:3] == ["tasks", "sweep"] \
+        else f"bdh tasks sweep --preset {args.preset}"
+    sweep(args.preset, out, tasks=tasks, seeds=seeds, grids=grids, variants=variants, sets=sets, mults=mults,
+          baselines=baselines, overwrite=args.overwrite, device=args.device, threads=args.threads, jobs=args.jobs,
+          progress=not args.no_progress, command=command)
+    md = (Path(out) / "summary.md").read_text(encoding="utf-8")
+    print("\n".join(line for line in md.splitlines() if not line.startswith("![")))
+    print(f"\nreports in {out} (results.csv, summary.json, summary.md, acc_mult_*.png, report.html)")
+    return 0
+
+
+def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `sweep` to the `bdh tasks` sub-commands."""
+    c = subparsers.add_parser(
+        "sweep", help="a grid of BDH options x tasks x seeds: accuracy vs length multiple, CSV, markdown, plots, HTML",
+        description="Train the preset's BDH with every combination of --grid options (and each --variant) on the "
+                    "tasks, several seeds, evaluate each at the length multiples, and report accuracy vs multiple "
+                    "per variant with 95%% bootstrap intervals (FLOP-matched GPT baselines with --baselines). "
+                    "Finished runs are reused: an interrupted sweep continues where it stopped.")
+    c.add_argument("--preset", default="quick",
+                   help="the base model, training and evaluation: quick (default), cpu, gpu (bdh tasks compare's)")
+    c.add_argument("--tasks", default=None, help="comma-separated tasks (default: the preset's)")
+    c.add_argument("--grid", action="append", metavar="SECTION.KEY=V1,V2,...",
+                   help="an option and its values, e.g. 'model.damping=null,\"alibi\"' (values parsed like --set; "
+                        "repeatable: the variants are the cartesian product)")
+    c.add_argument("--variant", action="append", metavar="NAME:SECTION.KEY=VALUE;...",
+                   help="a named variant, e.g. 'best:model.damping=\"alibi\";model.rope_theta=1000' (repeatable; "
+                        "'base:' for the base model)")
+    c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="a setting of every variant (the base), e.g. train.steps=500 (repeatable)")
+    c.add_argument("--seeds", default=None, help="seeds per variant (default: the preset's)")
+    c.add_argument("--mults", default=None,
+                   help="length multiples of the training size to evaluate, e.g. 1,2,4,8 (default: the preset's, "
+                        "clipped to each task's largest size)")
+    c.add_argument("--baselines", default=None,
+                   help="GPT reference lines, e.g. gpt-alibi,gpt-rope: compare's FLOP-matched arms at the base BDH "
+                        "(default none)")
+    add_run_arguments(c, "tasks-sweep", "variants, runs, parameters, FLOPs, estimated time")
+    c.set_defaults(func=lambda a: cmd_sweep(parse_run_arguments(a)))
+    return c
+
+
+register = add_sweep_parser
