@@ -185,6 +185,20 @@ def test_a_user_task_trains_and_evaluates_through_the_cli(tmp_path):
     assert [(x["n_layer"], x["size"]) for x in rows] == [(2, 4), (2, 8), (3, 4), (3, 8)]
     r = _cli("eval", "--model", str(out), "--sizes", "4", "--n", "4", cwd=tmp_path)
     assert r.returncode == 0 and "accuracy" in r.stdout
+    # more passes on longer inputs, and the drift statistics (bdh.analysis.drift) per size
+    r = _cli("eval", "--model", str(out), "--multiples", "1,2,3", "--n", "4", "--scale-passes", "--drift", "--json",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    L = TINY["bdh"]["n_layer"]
+    assert [(x["n_layer"], x["size"]) for x in rows] == [(L, 4), (2 * L, 8), (3 * L, 12)]
+    from bdh import load_model
+    from bdh.analysis.drift import length_drift
+    from bdh.tasks import load_task
+
+    want = length_drift(load_model(out), load_task(f"{HERE}:Echo"), [4, 8, 12], n_examples=4)
+    for x, d in zip(rows, want):
+        assert x["rho_norm"] == pytest.approx(d["rho_norm"]) and x["x_active"] == pytest.approx(d["x_active"])
     r = _cli("list", cwd=tmp_path)
     assert r.returncode == 0 and "parity" in r.stdout and "sudoku4" in r.stdout
 

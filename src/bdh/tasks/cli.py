@@ -79,7 +79,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..cli import apply_run_options
     from ..training.config import TASK_PREFIX
     from . import TaskError, load_task
-    from .evaluate import check_passes, evaluate_task, with_layers
+    from .evaluate import check_passes, evaluate_task, scaled_passes, with_layers
 
     device = apply_run_options(args)
     model_dir = Path(args.model)
@@ -105,22 +105,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for k in passes:
             check_passes(k, "--passes")
     model = load_model(model_dir, device=device)
-    if args.passes:
-        for k in passes:
+    if args.passes or args.scale_passes:
+        for k in (args.passes or [model.config.n_layer]):
             with_layers(model, k)  # refuses every count for a model with per-layer weights, before any work
+    if args.scale_passes:  # each size at (passes) x ceil(size / train size): more passes on longer inputs
+        passes = [scaled_passes(k or model.config.n_layer, train_size) for k in passes]
+    if args.drift and "rho_state" not in model.capabilities:
+        raise TaskError(f"--drift: model_type {model.config.MODEL_TYPE!r} has no rho state to measure")
     rows = []
     for k in passes:
         for r in evaluate_task(model, task, sizes, n_examples=args.n, seed=args.seed, batch_size=args.batch_size,
                                n_layer=k):
             rows.append({"task": task.name, "multiple": r["size"] / train_size, **r})
+    if args.drift:  # statistics of the model at its own n_layer (bdh.analysis.drift)
+        from ..analysis.drift import length_drift
+
+        drift = {d["size"]: d for d in length_drift(model, task, sizes, n_examples=min(args.n, 16), seed=args.seed)}
+        for r in rows:
+            r.update({k: v for k, v in drift[r["size"]].items() if k not in ("size", "tokens")})
     if args.json:
         print(json.dumps({"model": str(model_dir), "task": task.name, "train_size": train_size, "rows": rows}))
         return 0
     print(f"{task.name}: {task.size_name} trained up to {train_size}; {args.n} examples per size ({model_dir})")
     print(f"{'passes':>6} {task.size_name:>8} {'x train':>7} {'accuracy':>8} {'loss':>8} {'tokens':>7} {'state bytes':>12}")
+    if args.drift:
+        print(" (drift at the model's n_layer: x/y active = fraction of neurons > 0, all positions | last quarter; "
+              "rho = mean ||rho||_F after the last token, and per token)")
     for r in rows:
+        extra = (f"  x {r['x_active']:.4f}|{r['x_active_last']:.4f}  y {r['y_active']:.4f}|{r['y_active_last']:.4f}"
+                 f"  rho {r['rho_norm']:.4g} ({r['rho_norm_per_token']:.4g}/token)") if args.drift else ""
         print(f"{r['n_layer'] or '-':>6} {r['size']:>8} {r['multiple']:>7.2g} {r['accuracy']:>8.3f} {r['loss']:>8.4f} "
-              f"{r['tokens']:>7} {r['state_bytes']:>12,}")
+              f"{r['tokens']:>7} {r['state_bytes']:>12,}{extra}")
     return 0
 
 
@@ -161,6 +176,11 @@ def register(sub) -> None:
     ep.add_argument("--n", type=positive_int, default=256, help="examples per size (default 256)")
     ep.add_argument("--passes", type=_int_list, default=None,
                     help="layer passes to evaluate, e.g. 1,2,3, at most 64 (BDH: weights shared across layers)")
+    ep.add_argument("--scale-passes", action="store_true",
+                    help="each size at passes x ceil(size / training size), at most 64 (the passes: --passes, else the "
+                         "model's n_layer): more depth on longer inputs")
+    ep.add_argument("--drift", action="store_true",
+                    help="BDH: also the active fraction of x/y neurons and ||rho|| per size (bdh.analysis.drift)")
     ep.add_argument("--seed", type=seed_value, default=1234, help="seed of the evaluation examples (default 1234)")
     ep.add_argument("--batch-size", type=positive_int, default=64, help="examples evaluated together (default 64)")
     ep.add_argument("--json", action="store_true", help="print JSON")
