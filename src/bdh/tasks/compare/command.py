@@ -26,11 +26,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ...runtime import apply_run_options
 
     apply_run_options(argparse.Namespace(threads=args.threads, device=args.device))  # --threads/--device checked
-    tasks = None
-    if args.tasks is not None:
-        tasks = [t.strip() for t in args.tasks.split(",")]
-        if not all(tasks):
-            raise ValueError(f"--tasks {args.tasks!r}: expected comma-separated task names")
+    tasks = parse_tasks(args.tasks)
     seeds = _parse_seeds(args.seeds)
     match = None if args.match is None else parse_match(args.match)
     lrs = parse_lrs(args.lrs)
@@ -40,24 +36,45 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(plan_table(args.preset, runs))
         return 0
     out = args.out or f"runs/tasks-compare-{args.preset}"
-    command = " ".join(["bdh", "tasks", "compare"] + sys.argv[3:]) if sys.argv[1:3] == ["tasks", "compare"] \
-        else f"bdh tasks compare --preset {args.preset}"
-    progress = not args.no_progress
     compare(args.preset, out, tasks=tasks, seeds=seeds, overwrite=args.overwrite, device=args.device,
-            threads=args.threads, jobs=args.jobs, progress=progress, command=command, match=match, lrs=lrs,
-            lr_seeds=lr_seeds)
+            threads=args.threads, jobs=args.jobs, progress=not args.no_progress,
+            command=invoked_command("compare", args.preset), match=match, lrs=lrs, lr_seeds=lr_seeds)
+    print_summary(out, "*.png")
+    return 0
+
+
+def parse_tasks(text: str | None) -> list[str] | None:
+    """--tasks "parity,copy" -> ["parity", "copy"]; None when not given; ValueError naming an empty item."""
+    if text is None:
+        return None
+    tasks = [t.strip() for t in text.split(",")]
+    if not all(tasks):
+        raise ValueError(f"--tasks {text!r}: expected comma-separated task names")
+    return tasks
+
+
+def invoked_command(name: str, preset: str) -> str:
+    """The command line as typed (`bdh tasks NAME ...`), for the reports."""
+    if sys.argv[1:3] == ["tasks", name]:
+        return " ".join(["bdh", "tasks", name] + sys.argv[3:])
+    return f"bdh tasks {name} --preset {preset}"
+
+
+def print_summary(out, plots: str) -> None:
+    """summary.md without its image lines, then where the reports are."""
     md = (Path(out) / "summary.md").read_text(encoding="utf-8")
     print("\n".join(line for line in md.splitlines() if not line.startswith("![")))
-    print(f"\nreports in {out} (results.csv, summary.json, summary.md, *.png, report.html)")
-    return 0
+    print(f"\nreports in {out} (results.csv, summary.json, summary.md, {plots}, report.html)")
 
 
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     """Add `compare` to the `bdh tasks` sub-commands."""
     c = subparsers.add_parser(
-        "compare", help="BDH vs GPT (ALiBi, RoPE) at matched parameters on the tasks: CSV, markdown, plots, HTML",
-        description="Train BDH, GPT-ALiBi and GPT-RoPE at matched parameters (+-5%%) on equal tokens, several "
-                    "seeds, and evaluate them at 1x..8x the training size (BDH further, and at other depths).")
+        "compare", help="BDH vs GPT (ALiBi, RoPE) matched on parameters and/or training FLOPs: CSV, markdown, "
+                        "plots, HTML",
+        description="Train BDH, GPT-ALiBi and GPT-RoPE at matched parameters (+-5%%), and with --match flops at "
+                    "equal training FLOPs, several seeds and a learning-rate sweep, and evaluate them at multiples "
+                    "of the training size (BDH also at other depths).")
     c.add_argument("--preset", default="cpu",
                    help="cpu (2 cores, <= 1 h with --jobs 2), quick (one task, <= 5 min) or gpu (one large GPU)")
     c.add_argument("--tasks", default=None, help="comma-separated tasks (default: the preset's)")

@@ -350,9 +350,7 @@ def write_reports(rows: list[dict], runs: list[Run], out: Path, *, preset_name: 
              f"reach it. Learning rate: the value with the best mean validation accuracy where several were swept. "
              f"State: BDH's ρ (constant) vs the GPT's KV cache at the sequence's length. "
              f"Wall time of this invocation {wall_s / 60:.1f} min (finished runs are reused).")
-    md = [f"# BDH vs GPT on reasoning tasks ({preset_name} preset)", "", f"`{command}`", "", intro, ""]
-    body_html = [f"<h1>BDH vs GPT on reasoning tasks ({html.escape(preset_name)} preset)</h1>",
-                 f"<p><code>{html.escape(command)}</code></p>", f"<p>{html.escape(intro)}</p>"]
+    md, body_html = report_head(f"BDH vs GPT on reasoning tasks ({preset_name} preset)", command, intro)
     for task in tasks:
         head, body, phead, pbody = task_tables(summary, task)
         pp = ", ".join(f"{m} {p:,}" for m, p in params[task].items())
@@ -393,6 +391,13 @@ def write_reports(rows: list[dict], runs: list[Run], out: Path, *, preset_name: 
             body_html.append(inline_png(png))
     atomic_write_text(out / "summary.md", "\n".join(md))
     write_html(out / "report.html", "bdh tasks compare", body_html)
+
+
+def report_head(title: str, command: str, intro: str) -> tuple[list[str], list[str]]:
+    """The first lines of summary.md and of report.html's body: the title, the command, the introduction."""
+    return ([f"# {title}", "", f"`{command}`", "", intro, ""],
+            [f"<h1>{html.escape(title)}</h1>", f"<p><code>{html.escape(command)}</code></p>",
+             f"<p>{html.escape(intro)}</p>"])
 
 
 def inline_png(png: Path) -> str:

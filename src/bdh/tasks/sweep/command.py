@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-from ..compare.command import _parse_seeds, add_run_arguments, parse_run_arguments
+from ..compare.command import (_parse_seeds, add_run_arguments, invoked_command, parse_run_arguments, parse_tasks,
+                               print_summary)
 from .planning import parse_baselines, parse_mults, plan_sweep, plan_table
 from .running import sweep
 
@@ -15,11 +14,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ...runtime import apply_run_options
 
     apply_run_options(argparse.Namespace(threads=args.threads, device=args.device))  # --threads/--device checked
-    tasks = None
-    if args.tasks is not None:
-        tasks = [t.strip() for t in args.tasks.split(",")]
-        if not all(tasks):
-            raise ValueError(f"--tasks {args.tasks!r}: expected comma-separated task names")
+    tasks = parse_tasks(args.tasks)
     seeds = _parse_seeds(args.seeds)
     mults = parse_mults(args.mults)
     baselines = parse_baselines(args.baselines)
@@ -30,14 +25,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(plan_table(args.preset, vs, runs, tuple(sets)))
         return 0
     out = args.out or f"runs/tasks-sweep-{args.preset}"
-    command = " ".join(["bdh", "tasks", "sweep"] + sys.argv[3:]) if sys.argv[1:3] == ["tasks", "sweep"] \
-        else f"bdh tasks sweep --preset {args.preset}"
+    command = invoked_command("sweep", args.preset)
     sweep(args.preset, out, tasks=tasks, seeds=seeds, grids=grids, variants=variants, sets=sets, mults=mults,
           baselines=baselines, overwrite=args.overwrite, device=args.device, threads=args.threads, jobs=args.jobs,
           progress=not args.no_progress, command=command)
-    md = (Path(out) / "summary.md").read_text(encoding="utf-8")
-    print("\n".join(line for line in md.splitlines() if not line.startswith("![")))
-    print(f"\nreports in {out} (results.csv, summary.json, summary.md, acc_mult_*.png, report.html)")
+    print_summary(out, "acc_mult_*.png")
     return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ...io import atomic_path, atomic_write_text
 from ..compare.planning import Run
-from ..compare.reporting import LEARNED, _acc, _html_table, _md, inline_png, summarize, write_html
+from ..compare.reporting import LEARNED, _acc, _html_table, _md, inline_png, report_head, summarize, write_html
 from .planning import HEADLINE_MULT, Variant, _key, split_top
 
 FIELDS = ["task", "variant", "settings", "baseline", "model", "seed", "size", "mult", "accuracy", "token_accuracy",
@@ -185,9 +185,7 @@ def write_reports(rows: list[dict], runs: list[Run], variants: list[Variant], ou
              f"FLOPs. Accuracy: exact match on {preset['n_examples']} fresh examples per size (test seed 1234), "
              f"mean over seeds [95% bootstrap interval: seeds resampled, then examples within each seed]. "
              f"Wall time of this invocation {wall_s / 60:.1f} min (finished runs are reused).")
-    md = [f"# BDH sweep ({preset_name} preset)", "", f"`{command}`", "", intro, ""]
-    body_html = [f"<h1>BDH sweep ({html.escape(preset_name)} preset)</h1>",
-                 f"<p><code>{html.escape(command)}</code></p>", f"<p>{html.escape(intro)}</p>"]
+    md, body_html = report_head(f"BDH sweep ({preset_name} preset)", command, intro)
     bhead = ["task", "at", "best variant", "accuracy [95% CI]", "its 1x", "base", "best baseline",
              f"learned (some arm >= {LEARNED} at 1x)"]
     bbody = [[t, f"{b['mult']:g}x", b["best"]["variant"] if b["best"] else "–", _ci(b["best"]),
