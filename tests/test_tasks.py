@@ -553,3 +553,23 @@ def test_sizes_examples_and_batches_are_bounded():
     assert calls == [4]  # refused after the first example, before the rest are generated
     x, _, _ = Counted().batch(random.Random(0), 4, MAX_BATCH_TOKENS // 4 // 1024)  # within the bound: served
     assert x.shape == (MAX_BATCH_TOKENS // 4 // 1024, 4)
+
+
+def test_task_at_a_training_size():
+    """REF@SIZE: the task of REF trained at SIZE (sizes drawn up to it, multiples of an evaluation of it), the same
+    examples as REF, named NAME@SIZE; REF's own class untouched; a size it cannot generate is a TaskError."""
+    from bdh.tasks.compare.planning import plan
+    from bdh.training.config import DataConfig
+
+    t, base = load_task("s5@4"), load_task("s5")
+    assert (t.name, t.train_size, base.train_size, type(t).train_size) == ("s5@4", 4, 16, 16)
+    assert t.example(random.Random(3), 7) == base.example(random.Random(3), 7)
+    assert DataConfig(corpus="task:s5@4").task_sizes(t) == (1, 4)
+    _, runs = plan("smoke", ["parity@8"], 1)
+    assert {r.task_name for r in runs} == {"parity@8"} and runs[0].train_size == 8
+    assert runs[0].eval_sizes == [8, 16, 32] and runs[0].key.startswith("parity@8/")
+    for ref, words in (("s5@0", "positive integer"), ("s5@x", "positive integer"), ("s5@", "positive integer"),
+                       ("parity@70000", "training size"), ("nosuch@4", "unknown task")):
+        with pytest.raises(TaskError) as e:
+            load_task(ref)
+        assert words in str(e.value) and "\n" not in str(e.value), (ref, str(e.value))

@@ -152,11 +152,11 @@ def test_choose_lr_on_validation():
     val = {1e-3: [0.5, 0.6], 2e-3: [0.9, 0.8], 4e-3: [0.2, 0.9]}
     curves = {r.key: {"final": {"accuracy": val[r.lr][r.seed], "loss": 1.0}} for r in runs}
     chosen = choose_lrs(runs, curves)
-    assert chosen[("parity", "bdh")]["lr"] == 2e-3
-    assert chosen[("parity", "bdh")]["val"][4e-3] == pytest.approx(0.55)
+    assert chosen[("parity", "bdh", "")]["lr"] == 2e-3
+    assert chosen[("parity", "bdh", "")]["val"][4e-3] == pytest.approx(0.55)
     # a tie in accuracy goes to the lower validation loss
     curves = {r.key: {"final": {"accuracy": 1.0, "loss": {1e-3: 0.3, 2e-3: 0.2, 4e-3: 0.1}[r.lr]}} for r in runs}
-    assert choose_lrs(runs, curves)[("parity", "gpt-rope")]["lr"] == 4e-3
+    assert choose_lrs(runs, curves)[("parity", "gpt-rope", "")]["lr"] == 4e-3
 
 
 # ----------------------------------------------------------------------------------------------- the rule, reports
@@ -198,7 +198,7 @@ def test_reports_from_synthetic_runs(tmp_path: Path):
         good = r.task_name == "parity" and r.model == "bdh"
         fake_metrics(where, [0.3, 0.96, 0.99] if good else [0.1, 0.2, 0.3], loss=math.log(8) + 0.01)
         curves[r.key] = read_curve(where, r)
-    chosen = choose_lrs(runs, curves)
+    chosen = {(t, m): v for (t, m, _), v in choose_lrs(runs, curves).items()}
     write_reports(rows, runs, tmp_path / "out", preset_name="smoke", preset=preset, wall_s=1.0, command="test",
                   curves=curves, lr_choice=chosen)
     md = (tmp_path / "out" / "summary.md").read_text()

@@ -1,7 +1,9 @@
 """`bdh tasks sweep` through the real CLI: a tiny sweep end to end (2 variants x parity x 2 seeds + a FLOP-matched
 GPT baseline, the smoke preset): the table's values are the runs' own evaluation rows, the report is
 self-contained; a rerun reuses the finished runs, changed settings are refused without --overwrite; bad --grid,
---set, --variant input is one line, exit 1, nothing written; --list names the variants and writes nothing."""
+--set, --variant input is one line, exit 1, nothing written; --list names the variants and writes nothing. A second
+sweep (parity@8): per-variant learning rates (--lrs) chosen on validation, and --scale-passes rows equal to
+`evaluate_task` at those passes."""
 
 from __future__ import annotations
 
@@ -31,12 +33,16 @@ def sweep_cli(*args: str) -> subprocess.CompletedProcess:
                           env=env, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sw") / "sweep"
-    r = sweep_cli(*ARGS, "--out", str(out))
+def swept_into(tmp_path_factory, name: str, args: list[str]) -> Path:
+    out = tmp_path_factory.mktemp("sw") / name
+    r = sweep_cli(*args, "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> Path:
+    return swept_into(tmp_path_factory, "sweep", ARGS)
 
 
 def test_table_values_are_the_runs_evaluations(swept: Path):
@@ -131,6 +137,13 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
     (["--variant", "best:model.foo=1"], ["--variant", "model.foo"]),
     (["--baselines", "gpt-lstm"], ["--baselines", "gpt-lstm"]),
     (["--mults", "0"], ["--mults", "0"]),
+    (["--variant", "x:train.lr=1e-3", "--lrs", "1e-3,3e-3"], ["--variant x", "train.lr", "--lrs"]),
+    (["--set", "train.lr=1e-3", "--lrs", "1e-3,3e-3"], ["--set", "train.lr", "--lrs"]),
+    (["--lrs", "1e-3,2"], ["--lrs", "1e-3,2"]),
+    (["--lr-seeds", "0", "--lrs", "1e-3,3e-3"], ["--lr-seeds", "0"]),
+    (["--scale-passes", "1"], ["--scale-passes 1", "n_layer = 2"]),
+    (["--scale-passes", "many"], ["--scale-passes", "many"]),
+    (["--tasks", "parity@0"], ["parity@0", "training size"]),
 ])
 def test_bad_input(tmp_path: Path, capsys, args, words):
     out = tmp_path / "out"
@@ -154,3 +167,73 @@ def test_list_names_variants_and_writes_nothing(tmp_path: Path, capsys):
                  "gpt-alibi-flops (baseline)", "gpt-rope-flops (baseline)"):
         assert f"| parity | {name} |" in stdout, name
     assert "5 variants, 14 runs" in stdout  # 5 variants x 2 seeds + 2 baselines x 2 seeds
+
+
+# ----------------------------------------------------------------------------------------------- --lrs, --scale-passes
+TUNED = ["--preset", "smoke", "--tasks", "parity@8", "--variant", "base:", "--seeds", "2", "--lrs", "1e-3,1e-2",
+         "--lr-seeds", "1", "--scale-passes", "8", "--baselines", "gpt-rope", "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory) -> Path:
+    return swept_into(tmp_path_factory, "tuned", TUNED)
+
+
+def test_lr_sweep_per_variant_chosen_on_validation(tuned: Path):
+    """Each arm's learning rate is swept on seed 0 and chosen by its final validation accuracy (then loss); seed 1
+    trains only at the chosen value; the other value is never evaluated on the test examples."""
+    from bdh.tasks.compare.planning import Run
+    from bdh.tasks.compare.running import read_curve
+
+    s = json.loads((tuned / "summary.json").read_text())
+    rows = list(csv.DictReader(open(tuned / "results.csv", encoding="utf-8")))
+    assert set(s["lr_choice"]) == {"parity@8/bdh/base", "parity@8/gpt-rope-flops"}
+    for key, arm_dir in (("parity@8/bdh/base", "bdh/base"), ("parity@8/gpt-rope-flops", "gpt-rope-flops")):
+        finals = {}
+        for lr in (1e-3, 1e-2):
+            where = tuned / "runs" / "parity@8" / arm_dir / f"lr{lr:g}" / "seed0"
+            c = read_curve(where, Run("parity@8", "parity@8", "bdh", 0, {}, 0, 8, [], [], 0.0))
+            finals[lr] = (c["final"]["accuracy"], c["final"]["loss"])
+        want = min(finals, key=lambda lr: (-finals[lr][0], finals[lr][1], lr))
+        choice = s["lr_choice"][key]
+        assert choice["lr"] == want
+        assert {float(k): v for k, v in choice["val"].items()} == pytest.approx({lr: f[0] for lr, f in finals.items()})
+        other = 1e-2 if want == 1e-3 else 1e-3
+        base = tuned / "runs" / "parity@8" / arm_dir
+        assert (base / f"lr{want:g}" / "seed1" / "model.safetensors").is_file()
+        assert not (base / f"lr{other:g}" / "seed1").exists()  # seed 1: only the chosen value
+        assert not (base / f"lr{other:g}" / "seed0" / "compare-eval.json").exists()  # trained, never tested
+        variant = "base" if arm_dir.startswith("bdh") else "gpt-rope-flops"
+        assert {float(r["lr"]) for r in rows if r["variant"] == variant} == {want}
+        assert {int(r["seed"]) for r in rows if r["variant"] == variant} == {0, 1}
+    md = (tuned / "summary.md").read_text()
+    assert "## Learning rates" in md and "| parity@8 | base |" in md
+
+
+def test_scaled_passes_rows_are_evaluations_at_those_passes(tuned: Path):
+    """base+scaled-passes: the base runs evaluated at 2 x ceil(size / 8) layer passes (at most 8): at 1x the base's
+    own row; beyond, the run's evaluation at those passes, equal to `evaluate_task` with `scaled_passes`."""
+    import torch
+
+    from bdh.checkpoint import load_model
+    from bdh.tasks import evaluate_task, load_task
+    from bdh.tasks.evaluate import scaled_passes
+
+    rows = list(csv.DictReader(open(tuned / "results.csv", encoding="utf-8")))
+    got = {(int(r["seed"]), int(r["size"])): r for r in rows if r["variant"] == "base+scaled-passes"}
+    plain = {(int(r["seed"]), int(r["size"])): r for r in rows if r["variant"] == "base"}
+    assert set(got) == set(plain) == {(s, z) for s in (0, 1) for z in (8, 16, 32)}
+    assert {z: int(got[(0, z)]["passes"]) for z in (8, 16, 32)} == {8: 2, 16: 4, 32: 8}
+    assert {int(r["passes"]) for r in plain.values()} == {2}
+    assert got[(0, 8)]["accuracy"] == plain[(0, 8)]["accuracy"]
+    lr = json.loads((tuned / "summary.json").read_text())["lr_choice"]["parity@8/bdh/base"]["lr"]
+    model = load_model(tuned / "runs" / "parity@8" / "bdh" / "base" / f"lr{lr:g}" / "seed1")
+    with torch.no_grad():
+        ev = evaluate_task(model, load_task("parity@8"), [8, 16, 32], n_examples=16, seed=1234, batch_size=16,
+                           n_layer=scaled_passes(2, 8, 8))
+    for e in ev:
+        r = got[(1, e["size"])]
+        assert int(r["passes"]) == e["n_layer"] and float(r["accuracy"]) == e["accuracy"]
+        assert float(r["loss"]) == pytest.approx(e["loss"], rel=1e-6)
+    md = (tuned / "summary.md").read_text()
+    assert "| base+scaled-passes |" in md and "at most 8" in md

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -25,13 +27,32 @@ def _as_task(obj, ref: str) -> Task:
     return check_task(obj)
 
 
+def with_train_size(task: Task, size: int, ref: str | None = None) -> Task:
+    """A copy of `task` trained at `size` (its `train_size`; the length multiples of an evaluation are of it) and
+    named NAME@SIZE; TaskError naming `ref` where the task cannot generate that size."""
+    try:
+        task.check_size(size)
+    except TaskError as e:
+        raise TaskError(f"--task {ref or task.name!r}: {e} (the training size after '@')") from None
+    out = copy.copy(task)
+    out.train_size = size
+    out.name = f"{task.name}@{size}"
+    return check_task(out)
+
+
 def load_task(ref: str) -> Task:
     """A task by reference: a built-in name, `path/to/file.py:NAME` or `package.module:NAME`; checked
-    (`check_task`). A file is imported without writing bytecode beside it."""
+    (`check_task`). A file is imported without writing bytecode beside it. `REF@SIZE` is the task of REF trained
+    at SIZE instead of its `train_size` (`with_train_size`: e.g. `s5@4`, S5 trained on up to 4 permutations)."""
     from . import builtin, standard  # noqa: F401  (register the built-in tasks and those from the literature)
 
     if not isinstance(ref, str) or not ref:
         raise TaskError(f"task {ref!r}: expected a task name ({', '.join(TASKS)}), FILE.py:NAME or module:NAME")
+    sized = re.fullmatch(r"(.+)@([^@:/\\]*)", ref)
+    if sized:
+        if not re.fullmatch(r"[1-9][0-9]*", sized.group(2)):
+            raise TaskError(f"--task {ref!r}: expected a positive integer training size after '@', e.g. s5@4")
+        return with_train_size(load_task(sized.group(1)), int(sized.group(2)), ref)
     if ref in TASKS:
         return check_task(TASKS[ref]())
     if ":" not in ref:

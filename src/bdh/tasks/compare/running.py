@@ -210,26 +210,35 @@ def compare(preset_name: str = "cpu", out: str | os.PathLike = "runs/tasks-compa
                dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} est-s [{elapsed}<{remaining}] {postfix}")
     try:
-        first = [r for r in runs if not r.pending]
-        results = _execute_all(first, preset, out, overwrite, device, threads, jobs, bar,
-                               evaluate=lambda r: not r.sweep)
-        curves = {r.key: read_curve(run_dir(out, r), r) for r in first}
-        chosen = choose_lrs(first, curves)  # on the tuning seeds' validation sets
-        second = [r for r in runs if (r.pending or r.sweep) and not results.get(r.key)  # trained only, or not yet
-                  and r.lr == chosen[(r.task_name, r.model)]["lr"]]
-        results.update(_execute_all(second, preset, out, overwrite, device, threads, jobs, bar))
+        results, chosen = execute_tuned(runs, preset, out, overwrite, device, threads, jobs, bar)
     finally:
         bar.close()
-    results = {k: v for k, v in results.items() if v}  # the runs trained only (other learning rates): no rows
     done = [r for r in runs if r.key in results]  # plan order
     rows = [row for r in done for row in results[r.key]]
     curves = {r.key: read_curve(run_dir(out, r), r) for r in done}
+    lr_choice = {(t, m): v for (t, m, _), v in chosen.items()}  # compare: no variants
     for row in rows:
-        row["selected"] = chosen[(row["task"], row["model"])]["lr"] == row["lr"]
+        row["selected"] = lr_choice[(row["task"], row["model"])]["lr"] == row["lr"]
     wall = time.time() - t0
     write_reports(rows, done, out, preset_name=preset_name, preset=preset, wall_s=wall,
-                  command=command or f"compare(preset={preset_name!r})", curves=curves, lr_choice=chosen)
+                  command=command or f"compare(preset={preset_name!r})", curves=curves, lr_choice=lr_choice)
     return rows
+
+
+def execute_tuned(runs: list[Run], preset: dict, out: Path, overwrite: bool, device, threads, jobs: int,
+                  bar) -> tuple[dict[str, list[dict]], dict[tuple[str, str, str], dict]]:
+    """(run key -> its result rows, (task, arm, variant) -> `choose_lrs`'s choice), in two phases: every run of the
+    tuning seeds trained (each learning rate; evaluated at once without a sweep), then, per task, arm and variant,
+    the runs at the value chosen on their validation sets evaluated and the other seeds (`pending`) trained and
+    evaluated at it. The runs at the other values are trained, never evaluated on the test examples: no rows."""
+    first = [r for r in runs if not r.pending]
+    results = _execute_all(first, preset, out, overwrite, device, threads, jobs, bar, evaluate=lambda r: not r.sweep)
+    curves = {r.key: read_curve(run_dir(out, r), r) for r in first}
+    chosen = choose_lrs(first, curves)  # on the tuning seeds' validation sets
+    second = [r for r in runs if (r.pending or r.sweep) and not results.get(r.key)  # trained only, or not yet
+              and r.lr == chosen[(r.task_name, r.model, r.variant)]["lr"]]
+    results.update(_execute_all(second, preset, out, overwrite, device, threads, jobs, bar))
+    return {k: v for k, v in results.items() if v}, chosen
 
 
 def _execute_all(runs: list[Run], preset: dict, out: Path, overwrite: bool, device, threads, jobs: int,
@@ -262,13 +271,15 @@ def _execute_all(runs: list[Run], preset: dict, out: Path, overwrite: bool, devi
     return results
 
 
-def choose_lrs(runs: list[Run], curves: dict[str, dict]) -> dict[tuple[str, str], dict]:
-    """(task, arm) -> {"lr": the chosen learning rate, "val": {lr: mean final validation accuracy over seeds}}:
+def choose_lrs(runs: list[Run], curves: dict[str, dict]) -> dict[tuple[str, str, str], dict]:
+    """(task, arm, variant) -> {"lr": the chosen learning rate, "val": {lr: mean final validation accuracy over
+    seeds}, "val_loss": {lr: mean final validation loss}}:
     the highest mean accuracy on the runs' validation sets (`VAL_SEED`, not the test examples), ties to the lower
     mean validation loss, then the smaller learning rate. One learning rate: that one."""
-    by: dict[tuple[str, str], dict[float, list[dict]]] = {}
+    by: dict[tuple[str, str, str], dict[float, list[dict]]] = {}
     for r in runs:
-        by.setdefault((r.task_name, r.model), {}).setdefault(r.lr, []).append(curves.get(r.key, {}).get("final", {}))
+        final = curves.get(r.key, {}).get("final", {})
+        by.setdefault((r.task_name, r.model, r.variant), {}).setdefault(r.lr, []).append(final)
     out = {}
     for k, per_lr in by.items():
         def mean(xs):

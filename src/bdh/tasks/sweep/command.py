@@ -6,6 +6,7 @@ import argparse
 
 from ..compare.command import (_parse_seeds, add_run_arguments, invoked_command, parse_run_arguments, parse_tasks,
                                print_summary)
+from ..compare.planning import parse_lrs
 from .planning import parse_baselines, parse_mults, plan_sweep, plan_table
 from .running import sweep
 
@@ -19,16 +20,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     mults = parse_mults(args.mults)
     baselines = parse_baselines(args.baselines)
     sets, grids, variants = list(args.set or []), list(args.grid or []), list(args.variant or [])
+    lrs = parse_lrs(args.lrs)
+    lr_seeds = _parse_seeds(args.lr_seeds, "--lr-seeds")
+    scale = None if args.scale_passes is None else _parse_seeds(args.scale_passes, "--scale-passes")
+    kw = dict(grids=grids, variants=variants, sets=sets, mults=mults, baselines=baselines, lrs=lrs, lr_seeds=lr_seeds,
+              scale_passes=scale, device=args.device, threads=args.threads)
     if args.list:
-        _, vs, runs = plan_sweep(args.preset, tasks, seeds, grids=grids, variants=variants, sets=sets, mults=mults,
-                                 baselines=baselines, device=args.device, threads=args.threads)
+        _, vs, runs = plan_sweep(args.preset, tasks, seeds, **kw)
         print(plan_table(args.preset, vs, runs, tuple(sets)))
         return 0
     out = args.out or f"runs/tasks-sweep-{args.preset}"
     command = invoked_command("sweep", args.preset)
-    sweep(args.preset, out, tasks=tasks, seeds=seeds, grids=grids, variants=variants, sets=sets, mults=mults,
-          baselines=baselines, overwrite=args.overwrite, device=args.device, threads=args.threads, jobs=args.jobs,
-          progress=not args.no_progress, command=command)
+    sweep(args.preset, out, tasks=tasks, seeds=seeds, overwrite=args.overwrite, jobs=args.jobs,
+          progress=not args.no_progress, command=command, **kw)
     print_summary(out, "acc_mult_*.png")
     return 0
 
@@ -59,6 +63,14 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--baselines", default=None,
                    help="GPT reference lines, e.g. gpt-alibi,gpt-rope: compare's FLOP-matched arms at the base BDH "
                         "(default none)")
+    c.add_argument("--lrs", default=None,
+                   help="a learning-rate sweep, e.g. 1e-3,3e-3,1e-2: per task, variant and baseline, each value "
+                        "trained on the tuning seeds and the one with the best validation accuracy used for every "
+                        "seed (default: the preset's one learning rate)")
+    c.add_argument("--lr-seeds", default="1", help="the seeds the learning rates are swept on (default 1)")
+    c.add_argument("--scale-passes", default=None, metavar="MAX",
+                   help="also report each variant at test-time layer passes scaled with the length: L x ceil(size / "
+                        "train size), at most MAX (variant NAME+scaled-passes; depth as test-time compute)")
     add_run_arguments(c, "tasks-sweep", "variants, runs, parameters, FLOPs, estimated time")
     c.set_defaults(func=lambda a: cmd_sweep(parse_run_arguments(a)))
     return c

@@ -22,6 +22,19 @@ class Variant:
     name: str  # "base", "damping=alibi,rope_fraction=0.5" (its non-default grid settings), or a --variant name
     settings: tuple[str, ...]  # `section.key=value` overrides, applied after the preset and --set
     dir: str  # directory-safe name: the runs OUT/runs/TASK/bdh/DIR/seedS
+    scaled: bool = False  # a report label: the runs of DIR evaluated at layer passes scaled with the length
+
+
+SCALED = "+scaled-passes"  # the name suffix of a variant's report label at scaled passes (--scale-passes)
+
+
+def scaled_labels(variants: list[Variant], cap: int | None) -> list[Variant]:
+    """The variants, each followed (with --scale-passes CAP) by its label at test-time passes scaled with the
+    length: NAME+scaled-passes, the same runs evaluated at L x ceil(size / train size) passes, at most CAP."""
+    if cap is None:
+        return list(variants)
+    note = f"test: L x ceil(size / train size) layer passes, at most {cap}"
+    return [x for v in variants for x in (v, Variant(v.name + SCALED, v.settings + (note,), v.dir, scaled=True))]
 
 
 # ----------------------------------------------------------------------------------------------- parsing
@@ -278,12 +291,28 @@ def _resolve(r: Run, cfg) -> Run:
                                batch=batch, flops_per_token=fpt, est_s=max(1.0, r.est_s + (new - old) / CPU_FLOPS))
 
 
+def _check_lr_free(lrs, grid_list, named, sets) -> None:
+    """With a learning-rate sweep, no --grid, --variant or --set may set train.lr (it would replace the swept
+    value): ValueError naming the option."""
+    if not lrs:
+        return
+    items = [(f"--grid {k}", k) for k, _ in grid_list] + [(f"--variant {n}", s.split("=", 1)[0]) for n, ss in named
+                                                         for s in ss] + [(f"--set {s}", s.split("=", 1)[0]) for s in sets]
+    for where, k in items:
+        if k.strip() == "train.lr":
+            raise ValueError(f"{where}: sets train.lr while --lrs sweeps it; expected one or the other")
+
+
 def plan_sweep(preset_name: str, tasks: list[str] | None = None, seeds: int | None = None, *,
                grids=(), variants=(), sets=(), mults: list[int] | None = None, baselines: tuple[str, ...] = (),
+               lrs: list[float] | None = None, lr_seeds: int = 1, scale_passes: int | None = None,
                device: str | None = None, threads: int | None = None) -> tuple[dict, list[Variant], list[Run]]:
     """(the preset's settings, the variants, every run): each variant of BDH per task and seed (compare's BDH run
     with the variant's settings after --set), then the requested FLOP-matched GPT baselines (compare's arms at
     the base BDH: preset + --set). `grids`: --grid texts; `variants`: --variant texts; `sets`: --set items.
+    `lrs`: a learning-rate sweep per task, variant and baseline, on the first `lr_seeds` seeds (compare's: the
+    other seeds train at the value chosen on the validation set). `scale_passes`: every BDH variant also evaluated
+    at `scaled_passes(L, train size, scale_passes)` layer passes (`scaled_pass_evals`).
     Every run's config is resolved and validated here (ValueError naming the variant and the problem)."""
     from ..compare.running import run_config
 
@@ -294,8 +323,13 @@ def plan_sweep(preset_name: str, tasks: list[str] | None = None, seeds: int | No
         if keys.count(k) > 1:
             raise ValueError(f"--grid {k}: the key is given twice; expected one --grid per key")
     named = [parse_variant(v) for v in variants]
+    _check_lr_free(lrs, grid_list, named, sets)
+    if scale_passes is not None:
+        from ..evaluate import check_passes
+
+        check_passes(scale_passes, "--scale-passes")
     preset, common = sweep_preset(preset_name, sets, mults)
-    preset, cruns = plan(preset_name, tasks, seeds, match=("flops",), settings=preset)
+    preset, cruns = plan(preset_name, tasks, seeds, match=("flops",), settings=preset, lrs=lrs, lr_seeds=lr_seeds)
     base_runs = [r for r in cruns if r.model == MODELS[0]]
     try:
         base_cfg = run_config(dataclasses.replace(base_runs[0], overrides=common), preset, device, threads)
@@ -311,9 +345,31 @@ def plan_sweep(preset_name: str, tasks: list[str] | None = None, seeds: int | No
             except ValueError as e:
                 what = "; ".join(v.settings) or "no settings"
                 raise ValueError(f"variant {v.name!r} ({what}) on {r.task_name}: {e}") from None
-            runs.append(_resolve(rv, cfg))
+            rv = _resolve(rv, cfg)
+            if scale_passes is not None:
+                rv = dataclasses.replace(rv, **scaled_pass_evals(rv, scale_passes, preset["n_examples"]))
+            runs.append(rv)
     runs += [r for r in cruns if r.model in baselines]
     return preset, vs, runs
+
+
+def scaled_pass_evals(r: Run, cap: int, n_examples: int) -> dict:
+    """The fields of a BDH run evaluated also at more layer passes on longer inputs: "pass_evals" (passes, size)
+    for every evaluated size whose `scaled_passes(L, train size, cap)` differs from L, and "est_s" with their
+    forward FLOPs (`n_examples` per size). L: the run's trained passes (`model.n_layer`)."""
+    from .. import load_task
+    from ..compare.planning import _flops_per_token, _seq_len
+    from ..evaluate import scaled_passes
+
+    L = r.model_cfg["n_layer"]
+    if cap < L:
+        raise ValueError(f"--scale-passes {cap}: expected at least the trained passes, model.n_layer = {L}")
+    rule = scaled_passes(L, r.train_size, cap)
+    task = load_task(r.task_ref)
+    pe = [(rule(s), s) for s in r.eval_sizes if rule(s) != L]
+    flops = sum(n_examples * _seq_len(task, s) * _flops_per_token(r.model_cfg, task.vocab_size, _seq_len(task, s),
+                                                                   p).forward for p, s in pe)
+    return {"pass_evals": pe, "est_s": r.est_s + flops / CPU_FLOPS}
 
 
 def plan_table(preset_name: str, variants: list[Variant], runs: list[Run], sets: tuple[str, ...] = ()) -> str:
@@ -322,9 +378,15 @@ def plan_table(preset_name: str, variants: list[Variant], runs: list[Run], sets:
     name = {v.dir: v.name for v in variants}
     settings = {v.dir: "; ".join(v.settings) or "-" for v in variants}
     est = expected_s(runs)
-    n = len(runs)
+    n = sum(1 for r in runs if not r.pending) + len({(r.task_name, r.model, r.variant, r.seed)
+                                                    for r in runs if r.pending})
+    tuned = sorted({r.seed for r in runs if r.sweep and not r.pending})
+    sweep = (f"; learning rates swept on seed(s) {', '.join(map(str, tuned))}, the other seeds trained at the value "
+             "chosen there" if tuned else "")
+    scaled = sorted({p for r in runs for p, _ in r.pass_evals})
+    scaled = f"; also evaluated at scaled layer passes ({', '.join(map(str, scaled))})" if scaled else ""
     lines = [f"preset {preset_name}: {len(variants)} variants, {n} runs, estimated {est / 60:.1f} min on one CPU "
-             f"thread at {CPU_FLOPS:.2g} FLOP/s" + (f"; --set {' '.join(sets)}" if sets else ""), "",
+             f"thread at {CPU_FLOPS:.2g} FLOP/s" + (f"; --set {' '.join(sets)}" if sets else "") + sweep + scaled, "",
              "| task | variant | settings | params | steps | lr | FLOPs/token | train FLOPs | seeds | eval sizes "
              "| est. min |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list[Run]] = {}
@@ -334,6 +396,7 @@ def plan_table(preset_name: str, variants: list[Variant], runs: list[Run], sets:
         r = rs[0]
         label = name.get(vdir, model) if model == MODELS[0] else f"{model} (baseline)"
         lines.append(f"| {task} | {label} | {settings.get(vdir, '-') if model == MODELS[0] else 'FLOP-matched'} | "
-                     f"{r.params:,} | {r.steps} | {r.lr:g} | {r.flops_per_token:.4g} | {r.train_flops:.4g} | "
-                     f"{len(rs)} | {', '.join(map(str, r.eval_sizes))} | {expected_s(rs) / 60:.1f} |")
+                     f"{r.params:,} | {r.steps} | {', '.join(f'{v:g}' for v in dict.fromkeys(x.lr for x in rs))} | "
+                     f"{r.flops_per_token:.4g} | {r.train_flops:.4g} | {len({x.seed for x in rs})} | "
+                     f"{', '.join(map(str, r.eval_sizes))} | {expected_s(rs) / 60:.1f} |")
     return "\n".join(lines)

@@ -15,7 +15,8 @@ from ..compare.planning import Run
 from ..compare.reporting import LEARNED, _acc, _html_table, _md, inline_png, report_head, summarize, write_html
 from .planning import HEADLINE_MULT, Variant, _key, split_top
 
-FIELDS = ["task", "variant", "settings", "baseline", "model", "seed", "size", "mult", "accuracy", "token_accuracy",
+FIELDS = ["task", "variant", "settings", "baseline", "model", "seed", "size", "mult", "passes", "accuracy",
+          "token_accuracy",
           "loss", "tokens", "state_bytes", "params", "steps", "lr", "flops_per_token", "train_flops", "train_tokens",
           "train_time_s", "eval_examples"]
 
@@ -149,8 +150,25 @@ def plot_task(summary: list[dict], task: str, order: list[str], out: Path) -> Pa
     return save(fig, out / f"acc_mult_{task}.png")
 
 
+def lr_table(lr_choice: dict, variants: list[Variant]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a learning-rate sweep: per task and arm (variant or baseline), the value chosen and the
+    mean final validation accuracy at each value swept; ([], []) when no arm swept more than one."""
+    swept = {k: c for k, c in lr_choice.items() if len(c["val"]) > 1}
+    if not swept:
+        return [], []
+    lrs = sorted({lr for c in swept.values() for lr in c["val"]})
+    name = {v.dir: v.name for v in variants if not v.scaled}
+    head = ["task", "variant", "chosen lr"] + [f"val acc at {lr:g}" for lr in lrs]
+    body = [[t, name.get(vdir, m) if vdir else m, f"{c['lr']:g}"] + [_f(c["val"].get(lr)) for lr in lrs]
+            for (t, m, vdir), c in swept.items()]
+    return head, body
+
+
 def write_reports(rows: list[dict], runs: list[Run], variants: list[Variant], out: Path, *, preset_name: str,
-                  preset: dict, sets: tuple[str, ...], grids: list[str], wall_s: float, command: str) -> None:
+                  preset: dict, sets: tuple[str, ...], grids: list[str], wall_s: float, command: str,
+                  lr_choice: dict | None = None) -> None:
+    """results.csv, summary.json, summary.md, acc_mult_TASK.png and report.html in `out`. `variants`: the report
+    labels in order (`scaled_labels`); `lr_choice`: `execute_tuned`'s choice, (task, arm, variant dir) -> ..."""
     from ...analysis.plotting import jsonable
 
     out.mkdir(parents=True, exist_ok=True)
@@ -163,9 +181,8 @@ def write_reports(rows: list[dict], runs: list[Run], variants: list[Variant], ou
     order = [v.name for v in variants] + list(dict.fromkeys(r.model for r in runs if not r.variant))
     settings = {v.name: "; ".join(v.settings) or "–" for v in variants}
     settings.update({r.model: "FLOP-matched to base" for r in runs if not r.variant})
-    by_dir = {v.dir: v.name for v in variants}
-    params = {t: {(by_dir[r.variant] if r.variant else r.model): r.params for r in runs if r.task_name == t}
-              for t in tasks}
+    params = {t: {v.name: r.params for r in runs if r.task_name == t for v in variants if v.dir == r.variant}
+                 | {r.model: r.params for r in runs if r.task_name == t and not r.variant} for t in tasks}
     best = {t: best_per_task(summary, t, order) for t in tasks}
     effects = {t: main_effects(summary, t, variants, grids, best[t]["mult"]) for t in tasks}
     n_seeds = len({r.seed for r in runs})
@@ -174,7 +191,8 @@ def write_reports(rows: list[dict], runs: list[Run], variants: list[Variant], ou
         "grid": grids, "settings": {k: v for k, v in preset.items() if k != "tasks"},
         "variants": [{"name": v.name, "dir": v.dir, "settings": list(v.settings)} for v in variants],
         "baselines": list(dict.fromkeys(r.model for r in runs if not r.variant)), "params": params,
-        "summary": summary, "best": best, "main_effects": effects, "wall_s": wall_s}), indent=2))
+        "summary": summary, "best": best, "main_effects": effects, "wall_s": wall_s,
+        "lr_choice": {"/".join(x for x in k if x): c for k, c in (lr_choice or {}).items()}}), indent=2))
     steps = sorted({r.steps for r in runs if r.variant})
     shape = ", ".join(f"{k}={v}" for k, v in preset["bdh"].items())
     intro = (f"Preset `{preset_name}`: the base BDH ({shape})" + (f", --set {' '.join(sets)}" if sets else "")
@@ -194,6 +212,12 @@ def write_reports(rows: list[dict], runs: list[Run], variants: list[Variant], ou
               "yes" if b["learned"] else "no: not learned at this budget"] for t, b in best.items()]
     md += [f"## Best variant per task at {HEADLINE_MULT}x", "", _md(bhead, bbody), ""]
     body_html += [f"<h2>Best variant per task at {HEADLINE_MULT}x</h2>", _html_table(bhead, bbody)]
+    lhead, lbody = lr_table(lr_choice or {}, variants)
+    if lbody:
+        text = ("Learning rates: each arm's values swept on its tuning seed(s), the one with the highest mean final "
+                "validation accuracy (validation examples, not the test ones) used for every seed:")
+        md += ["## Learning rates", "", text, "", _md(lhead, lbody), ""]
+        body_html += ["<h2>Learning rates</h2>", f"<p>{html.escape(text)}</p>", _html_table(lhead, lbody)]
     for task in tasks:
         head, body = task_table(summary, task, order, settings, params[task])
         text = "Exact match per length multiple of the training size, mean [95% CI]:"
