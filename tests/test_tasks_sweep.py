@@ -96,7 +96,8 @@ def test_table_values_are_the_runs_evaluations(swept: Path):
 def test_report_inlines_the_plot(swept: Path):
     page = (swept / "report.html").read_text(encoding="utf-8")
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(imgs) == 1 and base64.b64decode(imgs[0]) == (swept / "acc_mult_parity.png").read_bytes()
+    assert [base64.b64decode(i) for i in imgs] == [(swept / f"{n}_parity.png").read_bytes()
+                                                   for n in ("acc_mult", "curves")]
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", page, re.I)  # no external or relative asset
     assert "<table>" in page and "damping=alibi" in page and "gpt-rope-flops" in page
 

@@ -33,7 +33,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     command = invoked_command("sweep", args.preset)
     sweep(args.preset, out, tasks=tasks, seeds=seeds, overwrite=args.overwrite, jobs=args.jobs,
           progress=not args.no_progress, command=command, **kw)
-    print_summary(out, "acc_mult_*.png")
+    print_summary(out, "acc_mult_*.png, curves_*.png")
     return 0
 
 

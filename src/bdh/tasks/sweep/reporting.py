@@ -1,6 +1,7 @@
 """`bdh tasks sweep`, the reports: results.csv, summary.json, summary.md (per task a table variant x length
 multiple, mean [95% bootstrap interval over examples and seeds]; the best variant per task at 4x; per grid option
-the mean over the variants holding each value), acc_mult_TASK.png and a self-contained report.html."""
+the mean over the variants holding each value), acc_mult_TASK.png, curves_TASK.png (validation accuracy along
+training per run) and a self-contained report.html."""
 
 from __future__ import annotations
 
@@ -164,11 +165,45 @@ def lr_table(lr_choice: dict, variants: list[Variant]) -> tuple[list[str], list[
     return head, body
 
 
+def plot_curves(runs: list[Run], curves: dict[str, dict], task: str, variants: list[Variant], out: Path) -> Path | None:
+    """curves_TASK.png: validation exact match along training (against training FLOPs) for every run of `task`,
+    one colour per variant and one line per seed (the GPT baselines dashed, in greys): whether each arm converged."""
+    from ...analysis.plotting import plt_figure, save
+
+    name = {v.dir: v.name for v in variants if not v.scaled}
+    arms = list(dict.fromkeys((r.variant, r.model) for r in runs if r.task_name == task))
+    if not any(curves.get(r.key, {}).get("val") for r in runs if r.task_name == task):
+        return None
+    fig, (ax,) = plt_figure(width=8 + (2 if len(arms) > 8 else 0), height=4.5)
+    colours = 0
+    for vdir, model in arms:
+        if vdir:
+            style, col = dict(ls="-", marker="o", lw=1.2, ms=3), f"C{colours % 10}"
+            colours += 1
+        else:
+            style, col = dict(ls="--", marker="s", lw=1.2, ms=3), {"gpt-alibi-flops": "0.25"}.get(model, "0.55")
+        label = name.get(vdir, model) if vdir else model
+        for r in (r for r in runs if r.task_name == task and (r.variant, r.model) == (vdir, model)):
+            v = [x for x in curves.get(r.key, {}).get("val", []) if x.get("flops") is not None]
+            if v:
+                ax.plot([x["flops"] for x in v], [x["accuracy"] for x in v], color=col, label=label, alpha=0.8,
+                        **style)
+                label = None  # one legend entry per arm
+    ax.set_xscale("log")
+    ax.axhline(LEARNED, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="training FLOPs (log)", ylabel="validation exact match", ylim=(-0.02, 1.02),
+           title=f"{task}: validation accuracy along training (one line per seed; dashed: GPT baselines)")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return save(fig, out / f"curves_{task}.png")
+
+
 def write_reports(rows: list[dict], runs: list[Run], variants: list[Variant], out: Path, *, preset_name: str,
                   preset: dict, sets: tuple[str, ...], grids: list[str], wall_s: float, command: str,
-                  lr_choice: dict | None = None) -> None:
-    """results.csv, summary.json, summary.md, acc_mult_TASK.png and report.html in `out`. `variants`: the report
-    labels in order (`scaled_labels`); `lr_choice`: `execute_tuned`'s choice, (task, arm, variant dir) -> ..."""
+                  lr_choice: dict | None = None, curves: dict[str, dict] | None = None) -> None:
+    """results.csv, summary.json, summary.md, acc_mult_TASK.png, curves_TASK.png and report.html in `out`.
+    `variants`: the report labels in order (`scaled_labels`); `lr_choice`: `execute_tuned`'s choice, (task, arm,
+    variant dir) -> ...; `curves`: run key -> `read_curve` (the validation accuracy along training)."""
     from ...analysis.plotting import jsonable
 
     out.mkdir(parents=True, exist_ok=True)
@@ -234,5 +269,9 @@ def write_reports(rows: list[dict], runs: list[Run], variants: list[Variant], ou
         png = plot_task(summary, task, order, out)
         md += [f"![{png.stem}]({png.name})", ""]
         body_html.append(inline_png(png))
+        cpng = plot_curves(runs, curves or {}, task, variants, out)
+        if cpng:
+            md += [f"![{cpng.stem}]({cpng.name})", ""]
+            body_html.append(inline_png(cpng))
     atomic_write_text(out / "summary.md", "\n".join(md))
     write_html(out / "report.html", "bdh tasks sweep", body_html)

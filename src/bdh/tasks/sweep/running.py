@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..compare.planning import MODELS, Run, expected_s
-from ..compare.running import _finished, execute_tuned, run_config, run_dir
+from ..compare.running import _finished, execute_tuned, read_curve, run_config, run_dir
 from .planning import Variant, plan_sweep, scaled_labels
 from .reporting import write_reports
 
@@ -73,7 +73,8 @@ def sweep(preset_name: str = "quick", out: str | os.PathLike = "runs/tasks-sweep
         bar.close()
     labels = scaled_labels(vs, scale_passes)
     rows = label_rows(runs, labels, results)
-    write_reports(rows, [r for r in runs if r.key in results], labels, out, preset_name=preset_name, preset=preset,
-                  sets=tuple(sets or ()), grids=list(grids or ()), wall_s=time.time() - t0,
-                  command=command or f"sweep(preset={preset_name!r})", lr_choice=chosen)
+    done = [r for r in runs if r.key in results]
+    write_reports(rows, done, labels, out, preset_name=preset_name, preset=preset, sets=tuple(sets or ()),
+                  grids=list(grids or ()), wall_s=time.time() - t0, command=command or f"sweep(preset={preset_name!r})",
+                  lr_choice=chosen, curves={r.key: read_curve(run_dir(out, r), r) for r in done})
     return rows
