@@ -16,6 +16,9 @@ from ..compare.planning import Run
 from ..compare.reporting import LEARNED, _acc, _html_table, _md, inline_png, report_head, summarize, write_html
 from .planning import HEADLINE_MULT, Variant, _key, split_top
 
+PALETTE = [f"C{i}" for i in range(10) if i != 7]  # the variants' colours: matplotlib's cycle without its grey (C7),
+# which the GPT baselines use
+
 FIELDS = ["task", "variant", "settings", "baseline", "model", "seed", "size", "mult", "passes", "accuracy",
           "token_accuracy",
           "loss", "tokens", "state_bytes", "params", "steps", "lr", "flops_per_token", "train_flops", "train_tokens",
@@ -135,7 +138,7 @@ def plot_task(summary: list[dict], task: str, order: list[str], out: Path) -> Pa
             style = dict(ls="--", marker="s", lw=1.5)
             col = {"gpt-alibi-flops": "0.25", "gpt-rope-flops": "0.55"}.get(v, "0.4")  # greys
         else:
-            style, col = dict(ls="-", marker="o", lw=1.8), f"C{colours % 10}"
+            style, col = dict(ls="-", marker="o", lw=1.8), PALETTE[colours % len(PALETTE)]
             colours += 1
         ax.plot(x, y, color=col, label=v, **style)
         if all(p[1].get("ci") for p in pts):
@@ -178,7 +181,7 @@ def plot_curves(runs: list[Run], curves: dict[str, dict], task: str, variants: l
     colours = 0
     for vdir, model in arms:
         if vdir:
-            style, col = dict(ls="-", marker="o", lw=1.2, ms=3), f"C{colours % 10}"
+            style, col = dict(ls="-", marker="o", lw=1.2, ms=3), PALETTE[colours % len(PALETTE)]
             colours += 1
         else:
             style, col = dict(ls="--", marker="s", lw=1.2, ms=3), {"gpt-alibi-flops": "0.25"}.get(model, "0.55")
