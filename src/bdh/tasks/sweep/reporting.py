@@ -16,8 +16,8 @@ from ..compare.planning import Run
 from ..compare.reporting import LEARNED, _acc, _html_table, _md, inline_png, report_head, summarize, write_html
 from .planning import HEADLINE_MULT, Variant, _key, split_top
 
-PALETTE = [f"C{i}" for i in range(10) if i != 7]  # the variants' colours: matplotlib's cycle without its grey (C7),
-# which the GPT baselines use
+# the variants' colours: matplotlib's cycle without its grey (C7, the GPT baselines'), then six more distinct ones
+PALETTE = [f"C{i}" for i in range(10) if i != 7] + ["navy", "olive", "teal", "gold", "magenta", "maroon"]
 
 FIELDS = ["task", "variant", "settings", "baseline", "model", "seed", "size", "mult", "passes", "accuracy",
           "token_accuracy",
