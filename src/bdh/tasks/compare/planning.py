@@ -285,12 +285,22 @@ def expected_s(runs: list[Run]) -> float:
     return sum(r.est_s / (n_lrs[(r.task_name, r.model)] if r.pending else 1) for r in runs)
 
 
+def run_count(runs: list[Run]) -> int:
+    """Trainings the plan runs: every run of the tuning seeds, and one per pending (task, arm, variant, seed)."""
+    return sum(1 for r in runs if not r.pending) + len({(r.task_name, r.model, r.variant, r.seed)
+                                                       for r in runs if r.pending})
+
+
+def lr_note(runs: list[Run]) -> str:
+    """"; learning rates swept on seed(s) ..." for a plan with a learning-rate sweep, else ""."""
+    tuned = sorted({r.seed for r in runs if r.sweep and not r.pending})
+    return (f"; learning rates swept on seed(s) {', '.join(map(str, tuned))}, the other seeds trained at the value "
+            "chosen there" if any(r.pending for r in runs) else "")
+
+
 def plan_table(preset_name: str, runs: list[Run]) -> str:
     """A markdown table of the plan: per task and model, the parameters, the shape, the sizes and the estimate."""
-    tuned = sorted({r.seed for r in runs if r.sweep and not r.pending})
-    n_run = sum(1 for r in runs if not r.pending) + len({(r.task_name, r.model, r.seed) for r in runs if r.pending})
-    sweep = (f"; learning rates swept on seed(s) {', '.join(map(str, tuned))}, the other seeds trained at the value "
-             "chosen there" if any(r.pending for r in runs) else "")
+    n_run, sweep = run_count(runs), lr_note(runs)
     est = expected_s(runs)
     lines = [f"preset {preset_name}: {n_run} runs, {(est - 2.0 * n_run) * CPU_FLOPS:.3g} FLOPs (training and "
              f"evaluation), estimated {est / 60:.1f} min on one CPU thread at {CPU_FLOPS:.2g} FLOP/s{sweep}",

@@ -10,7 +10,7 @@ import hashlib
 import itertools
 import re
 
-from ..compare.planning import CPU_FLOPS, FLOP_SUFFIX, MODELS, PRESETS, Run, expected_s, plan
+from ..compare.planning import CPU_FLOPS, FLOP_SUFFIX, MODELS, PRESETS, Run, expected_s, lr_note, plan, run_count
 
 BASELINES = ("gpt-alibi", "gpt-rope")  # --baselines: compare's FLOP-matched arms MODEL-flops
 HEADLINE_MULT = 4  # "best variant per task" at this multiple of the training size
@@ -367,8 +367,9 @@ def scaled_pass_evals(r: Run, cap: int, n_examples: int) -> dict:
     rule = scaled_passes(L, r.train_size, cap)
     task = load_task(r.task_ref)
     pe = [(rule(s), s) for s in r.eval_sizes if rule(s) != L]
-    flops = sum(n_examples * _seq_len(task, s) * _flops_per_token(r.model_cfg, task.vocab_size, _seq_len(task, s),
-                                                                   p).forward for p, s in pe)
+    lens = {s: _seq_len(task, s) for _, s in pe}
+    flops = sum(n_examples * lens[s] * _flops_per_token(r.model_cfg, task.vocab_size, lens[s], p).forward
+                for p, s in pe)
     return {"pass_evals": pe, "est_s": r.est_s + flops / CPU_FLOPS}
 
 
@@ -378,11 +379,7 @@ def plan_table(preset_name: str, variants: list[Variant], runs: list[Run], sets:
     name = {v.dir: v.name for v in variants}
     settings = {v.dir: "; ".join(v.settings) or "-" for v in variants}
     est = expected_s(runs)
-    n = sum(1 for r in runs if not r.pending) + len({(r.task_name, r.model, r.variant, r.seed)
-                                                    for r in runs if r.pending})
-    tuned = sorted({r.seed for r in runs if r.sweep and not r.pending})
-    sweep = (f"; learning rates swept on seed(s) {', '.join(map(str, tuned))}, the other seeds trained at the value "
-             "chosen there" if tuned else "")
+    n, sweep = run_count(runs), lr_note(runs)
     scaled = sorted({p for r in runs for p, _ in r.pass_evals})
     scaled = f"; also evaluated at scaled layer passes ({', '.join(map(str, scaled))})" if scaled else ""
     lines = [f"preset {preset_name}: {len(variants)} variants, {n} runs, estimated {est / 60:.1f} min on one CPU "
